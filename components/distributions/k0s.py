@@ -1,0 +1,373 @@
+"""k0s: ClusterConfig and lifecycle scripts, after the k0s documentation and k0sctl's phases.
+
+Servers are k0s controllers (with ``--enable-worker --no-taints`` unless they run agentless),
+agents are k0s workers. Unlike K3s, a k0s join token is minted by the first controller
+(``k0s token create``): :func:`render_join_token` prints one on stdout for the component to
+capture as a secret and hand to the joining node's install as ``$K0S_TOKEN``.
+
+Artifacts: ``k0s`` (the release binary) and, for air-gapped nodes, ``k0s-airgap-bundle``
+image archives, imported by the worker from ``<data dir>/images``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components.distributions.common import (
+    GATEWAY_EVICTION_HARD,
+    GATEWAY_KUBE_RESERVED,
+    GATEWAY_SYSTEM_RESERVED,
+    UNAME_ARCH,
+    Artifact,
+    DistributionError,
+    KubeAccess,
+    ModuleDriver,
+    NodeSpec,
+    Script,
+    Service,
+    UpgradeSteps,
+    archive_suffix,
+    check_node,
+    drain_body,
+    ere_literal,
+    for_arch,
+    heredoc_file,
+    kube_script,
+    mirror_host,
+    node_ready_body,
+    pick_artifact,
+    q,
+    ready_function,
+    remove_node_body,
+    render_cat,
+    uncordon_body,
+    verify_lines,
+    wait_ready_lines,
+    yaml_text,
+)
+from components.distributions.common import rewrite_kubeconfig  # noqa: F401  (part of this module's API)
+from components.inventory import VERSION_PATTERNS
+
+NAME = "k0s"
+TOKEN_ENV = "K0S_TOKEN"
+BIN = "/usr/local/bin/k0s"
+CONFIG_DIR = "/etc/k0s"
+CONFIG_FILE = f"{CONFIG_DIR}/k0s.yaml"
+TOKEN_FILE = f"{CONFIG_DIR}/k0stoken"
+INSTALL_ARGS_FILE = f"{CONFIG_DIR}/edgefleet-install.args"
+CONTAINERD_DIR = f"{CONFIG_DIR}/containerd.d"
+REGISTRY_DROPIN = f"{CONTAINERD_DIR}/edgefleet-registry.toml"
+CERTS_DIR = f"{CONTAINERD_DIR}/certs.d"
+DEFAULT_DATA_DIR = "/var/lib/k0s"
+BUNDLE_PREFIX = "k0s-airgap-bundle"
+GATEWAY_PROFILE = "edgefleet-gateway"
+JOIN_TOKEN_EXPIRY = "1h"
+# k0s bundles containerd 2 (configuration version 3) from 1.36 on.
+CONTAINERD_V2_MINOR = 36
+
+
+def data_dir(node: NodeSpec) -> str:
+    return node.data_dir or DEFAULT_DATA_DIR
+
+
+def access(data: str = DEFAULT_DATA_DIR) -> KubeAccess:
+    return KubeAccess(("env", f"KUBECONFIG={data}/pki/admin.conf", BIN, "kubectl"), BIN)
+
+
+def is_controller(node: NodeSpec) -> bool:
+    return node.role == "server"
+
+
+def has_worker(node: NodeSpec) -> bool:
+    return not (is_controller(node) and node.disable_agent)
+
+
+def validate(node: NodeSpec) -> None:
+    """Refuse node specs k0s cannot run, naming the field and the fix."""
+    check_node(node, "k0s")
+
+
+def render_config(node: NodeSpec) -> str:
+    """``/etc/k0s/k0s.yaml``: the ClusterConfig of a controller."""
+    validate(node)
+    if not is_controller(node):
+        raise DistributionError(f"{node.site}/{node.host}.role", "workers take no ClusterConfig",
+                                "render the configuration of a controller")
+    spec: dict[str, object] = {
+        "api": {"address": node.address, "port": 6443, "k0sApiPort": 9443,
+                "sans": list(dict.fromkeys([node.address, *node.tls_sans]))},
+        "network": {"provider": "kuberouter", "podCIDR": node.cluster_cidr, "serviceCIDR": node.service_cidr,
+                    "clusterDomain": "cluster.local"},
+        # Etcd on every controller of an HA site; a single controller keeps state in kine's
+        # SQLite, the lighter choice for one node.
+        "storage": ({"type": "etcd", "etcd": {"peerAddress": node.address}} if node.ha else {"type": "kine"}),
+        "telemetry": {"enabled": False},
+        "installConfig": {"users": {"etcdUser": "etcd", "kineUser": "kube-apiserver",
+                                    "konnectivityUser": "konnectivity-server", "kubeAPIserverUser": "kube-apiserver",
+                                    "kubeSchedulerUser": "kube-scheduler"}},
+        # Images imported from an air-gap bundle are used as they are; others are pulled once.
+        "images": {"default_pull_policy": "IfNotPresent"},
+    }
+    if node.profile == "gateway":
+        spec["workerProfiles"] = [{"name": GATEWAY_PROFILE, "values": {
+            "systemReserved": dict(GATEWAY_SYSTEM_RESERVED),
+            "kubeReserved": dict(GATEWAY_KUBE_RESERVED),
+            "evictionHard": dict(GATEWAY_EVICTION_HARD),
+        }}]
+    return yaml_text({"apiVersion": "k0s.k0sproject.io/v1beta1", "kind": "ClusterConfig",
+                      "metadata": {"name": node.site}, "spec": spec})
+
+
+def render_registry_hosts(registry: str, endpoints: Sequence[str]) -> str:
+    """containerd ``hosts.toml`` sending pulls of ``registry`` to its mirrors."""
+    server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+    out = f'server = "{server}"\n'
+    for e in endpoints:
+        mirror_host(e)
+        out += f'\n[host."{e.rstrip("/")}"]\n  capabilities = ["pull", "resolve"]\n'
+    return out
+
+
+def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
+    files: dict[str, tuple[str, int]] = {}
+    if is_controller(node):
+        files[CONFIG_FILE] = (render_config(node), 0o600)
+    if has_worker(node):
+        for registry, endpoints in sorted(node.registry_mirrors.items()):
+            files[f"{CERTS_DIR}/{registry}/hosts.toml"] = (render_registry_hosts(registry, endpoints), 0o644)
+    return files
+
+
+def install_flags(node: NodeSpec) -> tuple[str, ...]:
+    """The flags of ``k0s install controller|worker`` (and of the supervised command)."""
+    validate(node)
+    flags = [f"--data-dir={data_dir(node)}"]
+    if is_controller(node):
+        flags.append(f"--config={CONFIG_FILE}")
+        if has_worker(node):
+            flags += ["--enable-worker", "--no-taints"]
+        if node.profile == "gateway":
+            flags.append("--disable-components=metrics-server")
+    if not node.first_server:
+        flags.append(f"--token-file={TOKEN_FILE}")
+    if has_worker(node):
+        if node.labels:
+            flags.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())))
+        if node.taints:
+            flags.append("--taints=" + ",".join(node.taints))
+        flags.append(f"--kubelet-extra-args=--node-ip={node.address} --hostname-override={node.host}")
+        if node.profile == "gateway":
+            flags.append(f"--profile={GATEWAY_PROFILE}")
+    return (*flags, *node.extra_args)
+
+
+def service(node: NodeSpec) -> Service:
+    """``k0scontroller`` / ``k0sworker``, the names ``k0s install`` gives the services."""
+    role = "controller" if is_controller(node) else "worker"
+    return Service(name=f"k0s{role}", manager=node.service_manager, argv=(BIN, role, *install_flags(node)),
+                   description=f"k0s - Zero Friction Kubernetes ({role})")
+
+
+@dataclass(frozen=True)
+class _Artifacts:
+    binary: Artifact
+    bundles: tuple[tuple[Artifact, str], ...]
+
+
+def _artifacts(node: NodeSpec, artifacts: Sequence[Artifact]) -> _Artifacts:
+    for a in artifacts:
+        if a.name != NAME and not a.name.startswith(BUNDLE_PREFIX):
+            raise DistributionError(f"artifacts[{a.name}]", "not a k0s artifact",
+                                    f"name the binary {NAME!r} and image bundles {BUNDLE_PREFIX!r}*")
+    binary = pick_artifact(artifacts, node.arch, NAME)
+    bundles = []
+    if has_worker(node):
+        bundles = [(a, f"{data_dir(node)}/images/{a.name}{archive_suffix(a)}")
+                   for a in for_arch(artifacts, node.arch) if a.name.startswith(BUNDLE_PREFIX)]
+    return _Artifacts(binary, tuple(bundles))
+
+
+def _ready_functions(node: NodeSpec) -> str:
+    kubectl = " ".join(q(a) for a in access(data_dir(node)).kubectl)
+    if is_controller(node):
+        return ready_function(f"{kubectl} get --raw /readyz")
+    return ready_function("svc_running && kubelet_healthy")
+
+
+def _wait_ready(node: NodeSpec, timeout_s: int) -> str:
+    return wait_ready_lines("the k0s API" if is_controller(node) else "the k0s worker (kubelet)", timeout_s)
+
+
+def _service_lines(node: NodeSpec) -> str:
+    """Bring the service to the rendered state. Under systemd/OpenRC ``k0s install`` writes
+    the unit (again with --force when the flags changed); supervised hosts use the supervisor."""
+    svc = service(node)
+    role = "controller" if is_controller(node) else "worker"
+    flags = install_flags(node)
+    if svc.manager == "supervised":
+        return "".join(heredoc_file(p, c, m) for p, (c, m) in svc.files().items()) + "svc_apply\n"
+    args = "".join(f"{f}\n" for f in flags)
+    return "changed_before=$CHANGED\nCHANGED=0\n" + heredoc_file(INSTALL_ARGS_FILE, args, 0o600) + f"""args_changed=$CHANGED
+CHANGED=$((changed_before | CHANGED))
+if ((args_changed)) || [[ ! -e {q(svc.unit_path())} ]]; then
+  {q(BIN)} install {role} --force {" ".join(q(f) for f in flags)}
+  CHANGED=1
+  log "installed the {svc.name} service"
+fi
+svc_apply
+"""
+
+
+def _containerd_dropin_lines() -> str:
+    # The CRI registry section moved between containerd 1.7 (config v2) and 2.x (config v3).
+    return f"""k0s_minor="$({q(BIN)} version | sed -E 's/^v?1\\.([0-9]+)\\..*/\\1/')"
+if [[ "$k0s_minor" =~ ^[0-9]+$ ]] && ((k0s_minor >= {CONTAINERD_V2_MINOR})); then
+  cri_version=3 cri_plugin=io.containerd.cri.v1.images
+else
+  cri_version=2 cri_plugin=io.containerd.grpc.v1.cri
+fi
+put_file {REGISTRY_DROPIN} 0644 < <(printf 'version = %s\\n\\n[plugins."%s".registry]\\nconfig_path = "%s"\\n' "$cri_version" "$cri_plugin" {q(CERTS_DIR)})
+"""
+
+
+_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "wait", "kubelet_health")
+
+
+def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
+    """Install, configure and start k0s on one node (idempotent; restarts only on change).
+    Joining nodes read the token the first controller minted from ``$K0S_TOKEN``."""
+    validate(node)
+    arts = _artifacts(node, artifacts)
+    svc = service(node)
+    body = svc.shell() + _ready_functions(node) + "require_root\n"
+    body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
+    body += f"require_arch {UNAME_ARCH[node.arch]}\n"
+    body += f"install_copy {q(arts.binary.dest)} {BIN} 0755 {arts.binary.sha256}\n"
+    for a, dest in arts.bundles:
+        body += f"install_copy {q(a.dest)} {q(dest)} 0644 {a.sha256}\n"
+    for path, (content, mode) in config_files(node).items():
+        body += heredoc_file(path, content, mode)
+    if has_worker(node) and node.registry_mirrors:
+        body += _containerd_dropin_lines()
+    elif has_worker(node):
+        body += f"drop_file {REGISTRY_DROPIN}\n"
+    if not node.first_server:
+        body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
+    body += _service_lines(node) + _wait_ready(node, ready_timeout_s)
+    role = "controller" if is_controller(node) else "worker"
+    return Script(f"Install or update k0s ({role}) on {node.host} of site {node.site}; idempotent.",
+                  node.host, lib=_INSTALL_LIB).render(body)
+
+
+def render_join_token(node: NodeSpec) -> str | None:
+    """Run on the first controller: prints a join token for ``node`` (and nothing else) on
+    stdout. None for the first controller, which joins nothing."""
+    validate(node)
+    if node.first_server:
+        return None
+    role = "controller" if is_controller(node) else "worker"
+    acc = access()
+    body = acc.prelude() + acc.wait_api(300) + f"""mint() {{ {q(BIN)} token create --data-dir={DEFAULT_DATA_DIR} --role={role} --expiry={JOIN_TOKEN_EXPIRY}; }}
+for _ in $(seq 1 30); do
+  if token="$(mint 2>/dev/null)" && [[ -n "$token" ]]; then
+    log "minted a {role} join token"
+    printf '%s\\n' "$token"
+    exit 0
+  fi
+  sleep 2
+done
+die "k0s token create --role={role} keeps failing on $HOST (fix: check the controller with 'k0s status')"
+"""
+    return Script(f"Mint a k0s {role} join token for {node.host} on the first controller; stdout carries only the token.",
+                  None, lib=("wait",)).render(body)
+
+
+def render_upgrade_binary(node: NodeSpec, artifact: Artifact, *, ready_timeout_s: int = 300) -> str:
+    """Replace the k0s binary (verified first), restart the service if it changed, wait ready."""
+    validate(node)
+    svc = service(node)
+    body = (svc.shell() + _ready_functions(node) + "require_root\n" + verify_lines([artifact])
+            + f"require_arch {UNAME_ARCH[node.arch]}\n"
+            + f"install_copy {q(artifact.dest)} {BIN} 0755 {artifact.sha256}\n" + "svc_apply\n"
+            + _wait_ready(node, ready_timeout_s))
+    return Script(f"Upgrade the k0s binary on {node.host} of site {node.site}.", node.host, lib=_INSTALL_LIB).render(body)
+
+
+def upgrade_steps(node: NodeSpec, artifacts: Sequence[Artifact], *, drain_timeout_s: int = 300,
+                  ready_timeout_s: int = 300) -> UpgradeSteps:
+    return UpgradeSteps(
+        drain=render_drain(node.host, timeout_s=drain_timeout_s),
+        upgrade=render_upgrade_binary(node, pick_artifact(artifacts, node.arch, NAME), ready_timeout_s=ready_timeout_s),
+        uncordon=render_node_ready(node, timeout_s=ready_timeout_s),
+    )
+
+
+def render_drain(node_name: str, *, timeout_s: int = 300) -> str:
+    return kube_script(f"Cordon and drain k0s node {node_name} (runs on a controller).", access(),
+                       drain_body(access(), node_name, timeout_s))
+
+
+def render_uncordon(node_name: str) -> str:
+    return kube_script(f"Uncordon k0s node {node_name} (runs on a controller).", access(), uncordon_body(access(), node_name))
+
+
+def render_node_ready(node: NodeSpec, *, timeout_s: int = 300) -> str:
+    return kube_script(f"Wait until k0s node {node.host} is Ready; uncordon it after an upgrade drain (runs on a controller).",
+                       access(), node_ready_body(access(), node.host, timeout_s, has_node=has_worker(node)))
+
+
+def render_remove_node(node_name: str, *, timeout_s: int = 300) -> str:
+    return kube_script(f"Drain and delete k0s node {node_name} (runs on a controller).", access(),
+                       remove_node_body(access(), node_name, timeout_s))
+
+
+def render_uninstall(node: NodeSpec) -> str:
+    """Leave etcd (HA controllers), stop k0s, ``k0s reset``, then remove what remains:
+    leftover processes of this host, mounts, service, configuration, data and binary."""
+    svc = service(node)
+    dd = data_dir(node)
+    leave = ""
+    if is_controller(node) and node.ha:
+        leave = f"""if [[ -x {q(BIN)} ]] && svc_running; then
+  timeout 120 {q(BIN)} etcd leave --data-dir={q(dd)} >&2 || log "could not leave etcd (the node is removed from the member list when the cluster notices)"
+fi
+"""
+    processes = rf"^({ere_literal(BIN)}|k0s) (controller|worker)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
+    paths = [CONFIG_DIR, dd, "/run/k0s", BIN, svc.log_file, svc.unit_path()]
+    body = svc.shell() + "require_root\n" + leave + f"""svc_stop
+if [[ -x {q(BIN)} ]]; then
+  timeout 300 {q(BIN)} reset --data-dir={q(dd)} >&2 || log "k0s reset reported errors; removing the rest"
+fi
+kill_matching {q(processes)}
+unmount_under /run/k0s
+unmount_under {q(dd)}
+unmount_under /run/netns/cni-
+svc_remove
+for path in {" ".join(q(p) for p in paths)}; do
+  if [[ -e "$path" || -L "$path" ]]; then
+    rm -rf -- "$path"
+    log "removed $path"
+  fi
+done
+log "k0s is removed from $HOST"
+"""
+    return Script(f"Uninstall k0s from {node.host} of site {node.site}; idempotent.", node.host,
+                  lib=("root", "procs")).render(body)
+
+
+def kubeconfig_path(node: NodeSpec) -> str:
+    return f"{data_dir(node)}/pki/admin.conf"
+
+
+def render_fetch_kubeconfig(node: NodeSpec) -> str:
+    return render_cat(kubeconfig_path(node), "admin kubeconfig", node.host)
+
+
+def ready_check(node: NodeSpec) -> str:
+    svc = service(node)
+    return Script(f"Is k0s ready on {node.host}? Exit status 0 when it is.", node.host,
+                  lib=("kubelet_health",)).render(svc.shell() + _ready_functions(node) + "local_ready >/dev/null 2>&1\n")
+
+
+DRIVER = ModuleDriver(NAME, TOKEN_ENV, VERSION_PATTERNS[NAME], __name__)

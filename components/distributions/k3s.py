@@ -1,0 +1,429 @@
+"""K3s: configuration and lifecycle scripts, after k3s-ansible and the K3s CIS hardening guide.
+
+A node is configured entirely through files: ``/etc/rancher/k3s/config.yaml`` (flags as
+keys), the audit policy and the admission configuration (Pod Security ``restricted`` by
+default, EventRateLimit) under the data directory, ``registries.yaml`` for mirrors, and the
+kernel parameters ``protect-kernel-defaults`` requires. The join token comes from
+``$K3S_TOKEN`` into a 0600 token file the configuration points at.
+
+Artifacts: ``k3s`` (the release binary for the node's architecture) and, for air-gapped
+nodes, any number of ``k3s-airgap-images*`` image archives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components.distributions.common import (
+    GATEWAY_EVICTION_HARD,
+    GATEWAY_KUBE_RESERVED,
+    GATEWAY_SYSTEM_RESERVED,
+    UNAME_ARCH,
+    Artifact,
+    DistributionError,
+    KubeAccess,
+    ModuleDriver,
+    NodeSpec,
+    Script,
+    Service,
+    UpgradeSteps,
+    archive_suffix,
+    check_mirrors,
+    check_node,
+    drain_body,
+    ere_literal,
+    for_arch,
+    heredoc_file,
+    kube_script,
+    node_ready_body,
+    pick_artifact,
+    q,
+    ready_function,
+    remove_node_body,
+    render_cat,
+    uncordon_body,
+    verify_lines,
+    wait_ready_lines,
+    yaml_text,
+)
+from components.distributions.common import rewrite_kubeconfig  # noqa: F401  (part of this module's API)
+from components.inventory import VERSION_PATTERNS
+
+NAME = "k3s"
+TOKEN_ENV = "K3S_TOKEN"
+BIN = "/usr/local/bin/k3s"
+CONFIG_DIR = "/etc/rancher/k3s"
+CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
+TOKEN_FILE = f"{CONFIG_DIR}/token"
+REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
+KUBECONFIG = f"{CONFIG_DIR}/k3s.yaml"
+DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
+SYSCTL_FILE = "/etc/sysctl.d/90-kubelet.conf"
+IMAGES_PREFIX = "k3s-airgap-images"
+
+# What the kubelet checks under protect-kernel-defaults (CIS hardening guide, host level).
+KERNEL_PARAMS = {
+    "vm.panic_on_oom": "0",
+    "vm.overcommit_memory": "1",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
+CIS_TLS_CIPHERS = ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,"
+                   "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,"
+                   "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305")
+GATEWAY_DISABLE = ["traefik", "servicelb", "metrics-server", "local-storage"]
+# The K3s binary is multicall: run under the name kubectl it is kubectl. `exec -a` works for
+# the release binary and for a build of cmd/server alike (the latter has no `k3s kubectl`).
+KUBECTL_FN = ('# shellcheck disable=SC2329 # called through KUBECTL / local_ready\n'
+              f'k3s_kubectl() {{ (exec -a kubectl {BIN} "$@"); }}\n')
+ACCESS = KubeAccess(("k3s_kubectl", f"--kubeconfig={KUBECONFIG}"), BIN, define=KUBECTL_FN)
+
+
+def data_dir(node: NodeSpec) -> str:
+    return node.data_dir or DEFAULT_DATA_DIR
+
+
+def _server_path(node: NodeSpec, name: str) -> str:
+    return f"{data_dir(node)}/server/{name}"
+
+
+def has_kubelet(node: NodeSpec) -> bool:
+    return not (node.role == "server" and node.disable_agent)
+
+
+def validate(node: NodeSpec) -> None:
+    """Refuse node specs K3s cannot run, naming the field and the fix."""
+    check_node(node, "K3s")
+
+
+def _kubelet_args(node: NodeSpec) -> list[str]:
+    args = ["streaming-connection-idle-timeout=5m", "make-iptables-util-chains=true", f"tls-cipher-suites={CIS_TLS_CIPHERS}"]
+    if node.profile == "gateway":
+        def joined(d: dict[str, str], sep: str) -> str:
+            return ",".join(f"{k}{sep}{v}" for k, v in d.items())
+        args += [f"system-reserved={joined(GATEWAY_SYSTEM_RESERVED, '=')}",
+                 f"kube-reserved={joined(GATEWAY_KUBE_RESERVED, '=')}",
+                 f"eviction-hard={joined(GATEWAY_EVICTION_HARD, '<')}"]
+    return args
+
+
+def render_config(node: NodeSpec) -> str:
+    """``/etc/rancher/k3s/config.yaml`` for this node (flag names as keys)."""
+    validate(node)
+    cfg: dict[str, object] = {"token-file": TOKEN_FILE}
+    if node.server_url:
+        cfg["server"] = node.server_url
+    cfg["data-dir"] = data_dir(node)
+    if node.role == "server":
+        if node.first_server and node.ha:
+            cfg["cluster-init"] = True
+        cfg["tls-san"] = list(node.tls_sans)
+        cfg["cluster-cidr"] = node.cluster_cidr
+        cfg["service-cidr"] = node.service_cidr
+        cfg["secrets-encryption"] = True
+        cfg["write-kubeconfig-mode"] = "0600"
+        cfg["kube-apiserver-arg"] = [
+            "enable-admission-plugins=NodeRestriction,EventRateLimit",
+            f"admission-control-config-file={_server_path(node, 'psa.yaml')}",
+            f"audit-policy-file={_server_path(node, 'audit.yaml')}",
+            f"audit-log-path={_server_path(node, 'logs/audit.log')}",
+            "audit-log-maxage=30",
+            "audit-log-maxbackup=10",
+            "audit-log-maxsize=100",
+            "anonymous-auth=false",
+            "service-account-extend-token-expiration=false",
+        ]
+        cfg["kube-controller-manager-arg"] = ["terminated-pod-gc-threshold=100"]
+        if node.profile == "gateway":
+            cfg["disable"] = list(GATEWAY_DISABLE)
+            cfg["bind-address"] = node.address
+            cfg["advertise-address"] = node.address
+        if node.disable_agent:
+            # A control plane without kubelet runs no pod network of its own.
+            cfg["disable-agent"] = True
+            cfg["flannel-backend"] = "none"
+            cfg["disable-network-policy"] = True
+    cfg["node-name"] = node.host
+    cfg["node-ip"] = node.address
+    if has_kubelet(node):
+        if node.labels:
+            cfg["node-label"] = [f"{k}={v}" for k, v in sorted(node.labels.items())]
+        if node.taints:
+            cfg["node-taint"] = list(node.taints)
+        cfg["protect-kernel-defaults"] = True
+        cfg["kubelet-arg"] = _kubelet_args(node)
+    return yaml_text(cfg)
+
+
+def render_audit_policy() -> str:
+    """API audit policy: metadata for every request (never bodies, so no secret values),
+    without the health probes' noise."""
+    return yaml_text({
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+            {"level": "None", "users": ["system:kube-proxy"], "verbs": ["watch"]},
+            {"level": "Metadata"},
+        ],
+    })
+
+
+def render_psa_config() -> str:
+    """Admission configuration: Pod Security ``restricted`` enforced by default (kube-system
+    exempt, it runs the privileged system components) and EventRateLimit."""
+    return yaml_text({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AdmissionConfiguration",
+        "plugins": [
+            {"name": "PodSecurity", "configuration": {
+                "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                "kind": "PodSecurityConfiguration",
+                "defaults": {"enforce": "restricted", "enforce-version": "latest", "audit": "restricted",
+                             "audit-version": "latest", "warn": "restricted", "warn-version": "latest"},
+                "exemptions": {"usernames": [], "runtimeClasses": [], "namespaces": ["kube-system"]},
+            }},
+            {"name": "EventRateLimit", "configuration": {
+                "apiVersion": "eventratelimit.admission.k8s.io/v1alpha1",
+                "kind": "Configuration",
+                "limits": [{"type": "Server", "qps": 5000, "burst": 20000}],
+            }},
+        ],
+    })
+
+
+def render_registries(node: NodeSpec) -> str:
+    """``registries.yaml``: the site's mirrors for each registry."""
+    check_mirrors(node.registry_mirrors)
+    return yaml_text({"mirrors": {reg: {"endpoint": list(eps)} for reg, eps in sorted(node.registry_mirrors.items())}})
+
+
+def render_sysctl() -> str:
+    return "# Kernel parameters the kubelet requires with protect-kernel-defaults (CIS).\n" + "".join(
+        f"{k}={v}\n" for k, v in KERNEL_PARAMS.items())
+
+
+def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
+    """Every configuration file of the node: path -> (content, mode)."""
+    files = {CONFIG_FILE: (render_config(node), 0o600)}
+    if node.role == "server":
+        files[_server_path(node, "audit.yaml")] = (render_audit_policy(), 0o600)
+        files[_server_path(node, "psa.yaml")] = (render_psa_config(), 0o600)
+    if node.registry_mirrors:
+        files[REGISTRIES_FILE] = (render_registries(node), 0o600)
+    if has_kubelet(node):
+        files[SYSCTL_FILE] = (render_sysctl(), 0o644)
+    return files
+
+
+def service(node: NodeSpec) -> Service:
+    """``k3s`` for servers, ``k3s-agent`` for agents, as the upstream installer names them."""
+    sub = "server" if node.role == "server" else "agent"
+    return Service(name="k3s" if sub == "server" else "k3s-agent", manager=node.service_manager,
+                   argv=(BIN, sub, *node.extra_args), description="Lightweight Kubernetes", notify=sub == "server")
+
+
+@dataclass(frozen=True)
+class _Artifacts:
+    binary: Artifact
+    images: tuple[tuple[Artifact, str], ...]  # artifact -> destination
+
+
+def _artifacts(node: NodeSpec, artifacts: Sequence[Artifact]) -> _Artifacts:
+    for a in artifacts:
+        if a.name != NAME and not a.name.startswith(IMAGES_PREFIX):
+            raise DistributionError(f"artifacts[{a.name}]", "not a K3s artifact",
+                                    f"name the binary {NAME!r} and image archives {IMAGES_PREFIX!r}*")
+    binary = pick_artifact(artifacts, node.arch, NAME)
+    images: list[tuple[Artifact, str]] = []
+    if has_kubelet(node):
+        for a in for_arch(artifacts, node.arch):
+            if a.name.startswith(IMAGES_PREFIX):
+                images.append((a, f"{data_dir(node)}/agent/images/{a.name}{archive_suffix(a)}"))
+    dests = [d for _, d in images]
+    if len(set(dests)) != len(dests):
+        raise DistributionError("artifacts", f"several image archives for {node.arch} share a name",
+                                "give every image archive of one architecture its own name")
+    return _Artifacts(binary, tuple(images))
+
+
+def _ready_functions(node: NodeSpec) -> str:
+    if node.role == "server":
+        return KUBECTL_FN + ready_function(f"k3s_kubectl --kubeconfig={q(KUBECONFIG)} get --raw /readyz")
+    return ready_function("svc_running && kubelet_healthy")
+
+
+def _wait_ready(node: NodeSpec, timeout_s: int) -> str:
+    return wait_ready_lines("the K3s API" if node.role == "server" else "the K3s agent (kubelet)", timeout_s)
+
+
+_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait", "kubelet_health")
+
+
+def _binary_lines(node: NodeSpec, arts: _Artifacts) -> str:
+    lines = f"require_arch {UNAME_ARCH[node.arch]}\n"
+    lines += f"install_copy {q(arts.binary.dest)} {BIN} 0755 {arts.binary.sha256}\n"
+    for a, dest in arts.images:
+        lines += f"install_copy {q(a.dest)} {q(dest)} 0644 {a.sha256}\n"
+    return lines
+
+
+def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
+    """Install, configure and start K3s on one node; re-running with the same inputs changes
+    nothing and restarts nothing, a changed binary or configuration restarts the service.
+    Joining nodes use the same script (their configuration carries ``server:``)."""
+    validate(node)
+    arts = _artifacts(node, artifacts)
+    svc = service(node)
+    body = svc.shell() + _ready_functions(node) + "require_root\n"
+    body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
+    body += _binary_lines(node, arts)
+    if has_kubelet(node):
+        body += "".join(f"ensure_sysctl {k} {v}\n" for k, v in KERNEL_PARAMS.items())
+    if node.role == "server":
+        body += f"install -d -m 0700 -- {q(_server_path(node, 'logs'))}\n"
+    for path, (content, mode) in {**config_files(node), **svc.files()}.items():
+        body += heredoc_file(path, content, mode)
+    if not node.registry_mirrors:
+        body += f"drop_file {REGISTRIES_FILE}\n"
+    body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
+    body += "svc_apply\n" + _wait_ready(node, ready_timeout_s)
+    role = "server" if node.role == "server" else "agent"
+    return Script(f"Install or update K3s ({role}) on {node.host} of site {node.site}.\n"
+                  f"Reads the join token from ${TOKEN_ENV}; idempotent.", node.host, lib=_INSTALL_LIB).render(body)
+
+
+def _upgrade_body(node: NodeSpec, artifact: Artifact, ready_timeout_s: int) -> str:
+    arts = _Artifacts(artifact, ())
+    svc = service(node)
+    return (svc.shell() + _ready_functions(node) + "require_root\n" + verify_lines([artifact])
+            + _binary_lines(node, arts) + "svc_apply\n" + _wait_ready(node, ready_timeout_s))
+
+
+def render_upgrade_binary(node: NodeSpec, artifact: Artifact, *, ready_timeout_s: int = 300) -> str:
+    """Replace the binary (verified first) and restart the service only if it changed; wait
+    until the node is ready again. Run on the node between drain and uncordon."""
+    validate(node)
+    return Script(f"Upgrade the K3s binary on {node.host} of site {node.site}.", node.host,
+                  lib=_INSTALL_LIB).render(_upgrade_body(node, artifact, ready_timeout_s))
+
+
+def render_upgrade(node: NodeSpec, artifacts: Sequence[Artifact], drain_timeout_s: int = 300, *,
+                   ready_timeout_s: int = 300) -> str:
+    """The whole upgrade of one server, run on that server: drain it, replace the binary,
+    restart, wait until Ready, uncordon. Agents are drained through a server: use
+    :func:`upgrade_steps`."""
+    validate(node)
+    if node.role != "server":
+        raise DistributionError(f"{node.site}/{node.host}.role", "an agent cannot drain itself",
+                                "run upgrade_steps(): drain and uncordon on a server, the upgrade on the agent")
+    binary = pick_artifact(artifacts, node.arch, NAME)
+    body = ACCESS.prelude()
+    if has_kubelet(node):
+        body += drain_body(ACCESS, node.host, drain_timeout_s)
+    body += _upgrade_body(node, binary, ready_timeout_s)
+    body += node_ready_body(ACCESS, node.host, ready_timeout_s, has_node=has_kubelet(node))
+    return Script(f"Upgrade K3s on server {node.host} of site {node.site}: drain, replace, restart, uncordon.",
+                  node.host, lib=_INSTALL_LIB).render(body)
+
+
+def render_join_token(node: NodeSpec) -> str | None:
+    """None: every K3s node reads the site's shared token from ``$K3S_TOKEN``."""
+    validate(node)
+    return None
+
+
+def upgrade_steps(node: NodeSpec, artifacts: Sequence[Artifact], *, drain_timeout_s: int = 300,
+                  ready_timeout_s: int = 300) -> UpgradeSteps:
+    validate(node)
+    return UpgradeSteps(
+        drain=render_drain(node.host, timeout_s=drain_timeout_s),
+        upgrade=render_upgrade_binary(node, pick_artifact(artifacts, node.arch, NAME), ready_timeout_s=ready_timeout_s),
+        uncordon=render_node_ready(node, timeout_s=ready_timeout_s),
+    )
+
+
+def render_drain(node_name: str, *, timeout_s: int = 300) -> str:
+    return kube_script(f"Cordon and drain K3s node {node_name} (runs on a server).", ACCESS, drain_body(ACCESS, node_name, timeout_s))
+
+
+def render_uncordon(node_name: str) -> str:
+    return kube_script(f"Uncordon K3s node {node_name} (runs on a server).", ACCESS, uncordon_body(ACCESS, node_name))
+
+
+def render_node_ready(node: NodeSpec, *, timeout_s: int = 300) -> str:
+    return kube_script(f"Wait until K3s node {node.host} is Ready; uncordon it after an upgrade drain (runs on a server).",
+                       ACCESS, node_ready_body(ACCESS, node.host, timeout_s, has_node=has_kubelet(node)))
+
+
+def render_remove_node(node_name: str, *, timeout_s: int = 300) -> str:
+    """Drain and delete a node (on K3s, deleting a server's node also removes its etcd member)."""
+    return kube_script(f"Drain and delete K3s node {node_name} (runs on a server).",
+                       ACCESS, remove_node_body(ACCESS, node_name, timeout_s))
+
+
+def render_uninstall(node: NodeSpec) -> str:
+    """Stop K3s, kill what it left running on this host (only this host's processes), undo
+    its mounts, interfaces and iptables chains, remove service, configuration, data, token
+    and binary. Idempotent: running it on a clean host changes nothing."""
+    svc = service(node)
+    dd = data_dir(node)
+    processes = rf"^({ere_literal(BIN)}|k3s) (server|agent)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
+    paths = [CONFIG_DIR, "/etc/rancher/node", dd, "/var/lib/kubelet", "/var/lib/cni", "/run/k3s", "/run/flannel",
+             BIN, SYSCTL_FILE, svc.log_file]
+    body = svc.shell() + f"""require_root
+svc_stop
+kill_matching {q(processes)}
+unmount_under /run/k3s
+unmount_under /var/lib/kubelet/pods
+unmount_under /var/lib/kubelet/plugins
+unmount_under {q(dd)}
+unmount_under /run/netns/cni-
+if command -v ip >/dev/null 2>&1; then
+  ip netns show 2>/dev/null | awk '/^cni-/ {{ print $1 }}' | while read -r ns; do ip netns delete "$ns" || true; done
+  for link in cni0 flannel.1 flannel-v6.1 kube-ipvs0 flannel-wg flannel-wg-v6; do
+    if ip link show "$link" >/dev/null 2>&1; then ip link delete "$link" || true; fi
+  done
+fi
+for tables in iptables ip6tables; do
+  if command -v "$tables-save" >/dev/null 2>&1 && command -v "$tables-restore" >/dev/null 2>&1; then
+    if "$tables-save" 2>/dev/null | grep -qE 'KUBE-|CNI-|flannel'; then
+      "$tables-save" | grep -v KUBE- | grep -v CNI- | grep -iv flannel | "$tables-restore" || log "could not clean $tables rules"
+    fi
+  fi
+done
+svc_remove
+for path in {" ".join(q(p) for p in paths)}; do
+  if [[ -e "$path" || -L "$path" ]]; then
+    rm -rf -- "$path"
+    log "removed $path"
+  fi
+done
+rmdir /etc/rancher {"/var/lib/rancher " if dd == DEFAULT_DATA_DIR else ""}2>/dev/null || true
+log "K3s is removed from $HOST"
+"""
+    return Script(f"Uninstall K3s from {node.host} of site {node.site}; idempotent.", node.host,
+                  lib=("root", "procs")).render(body)
+
+
+def kubeconfig_path(node: NodeSpec) -> str:
+    return KUBECONFIG
+
+
+def render_fetch_kubeconfig(node: NodeSpec) -> str:
+    return render_cat(KUBECONFIG, "admin kubeconfig", node.host)
+
+
+def ready_check(node: NodeSpec) -> str:
+    """Exits 0 when the node's K3s is ready right now (server: API /readyz; agent: service
+    running and kubelet healthy); no waiting."""
+    svc = service(node)
+    return Script(f"Is K3s ready on {node.host}? Exit status 0 when it is.", node.host,
+                  lib=("kubelet_health",)).render(svc.shell() + _ready_functions(node) + "local_ready >/dev/null 2>&1\n")
+
+
+DRIVER = ModuleDriver(NAME, TOKEN_ENV, VERSION_PATTERNS[NAME], __name__)

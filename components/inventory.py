@@ -1,0 +1,476 @@
+"""Fleet inventory: the schema of ``sites/*.yaml`` and its loader.
+
+An inventory is data only. :func:`load_inventory` validates one file completely and raises
+:class:`InventoryError` listing *every* problem as ``file: field: message (fix: ...)``, so
+``pulumi preview`` can refuse an invalid inventory before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+Topology = Literal["single-node", "ha", "gateway"]
+Distribution = Literal["k3s", "k0s", "microshift"]
+Arch = Literal["amd64", "arm64"]
+
+# Exact versions only: a channel name or "latest" is not a version. K3s: a release
+# (v1.33.4+k3s1) or a build of one exact commit (v1.35.1+k3s-e69d1861).
+VERSION_PATTERNS: dict[str, re.Pattern[str]] = {
+    "k3s": re.compile(r"^v1\.\d+\.\d+\+k3s(\d+|-[0-9a-f]{8,40})$"),
+    "k0s": re.compile(r"^v1\.\d+\.\d+\+k0s\.\d+$"),
+    "microshift": re.compile(r"^4\.\d+\.\d+$"),
+}
+VERSION_EXAMPLES = {"k3s": "v1.33.4+k3s1", "k0s": "v1.33.4+k0s.0", "microshift": "4.19.0"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+TAINT = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$")
+HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$")
+
+# Latency budgets per class (ms), from the use cases the fleet serves: closed-loop industrial
+# control ~10 ms at the edge, video analytics 30-50 ms, batch scoring is not interactive.
+LATENCY_BUDGET_MS = {"control": 10.0, "video": 50.0, "batch": 1000.0}
+
+
+class InventoryError(Exception):
+    """An inventory that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _custom(kind: str, message: str, fix: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, "{message} (fix: {fix})", {"message": message, "fix": fix})
+
+
+def _env(name: str) -> str:
+    if name == "EDGEFLEET_CACHE":
+        return os.environ.get(name) or str(Path.home() / ".cache/edgefleet")
+    return os.environ.get(name, "${" + name + "}")
+
+
+def expand_path(value: str, base: Path) -> Path:
+    """``~`` and ``${VAR}`` expanded (``EDGEFLEET_CACHE`` defaults to ~/.cache/edgefleet);
+    relative paths are relative to the inventory file."""
+    expanded = Path(re.sub(r"\$\{(\w+)\}", lambda m: _env(m.group(1)), os.path.expanduser(value)))
+    return expanded if expanded.is_absolute() else (base / expanded)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: a file on the machine running Pulumi, or a Pulumi config
+    secret (``pulumi config set --secret KEY``). Either way it becomes a Pulumi secret."""
+
+    file: str | None = None
+    config: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.file is None) == (self.config is None):
+            raise _custom("secret_ref", "exactly one of 'file' or 'config' must be set",
+                          "write `private_key: {file: ~/.ssh/id_ed25519}` or `private_key: {config: sshKey}`")
+        return self
+
+
+class Ssh(_Model):
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    private_key: SecretRef | None = None
+    host_key: str | None = None
+    host_key_file: str | None = None
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        if v is not None and not HOST_KEY.match(v.strip()):
+            raise _custom("host_key", f"{v[:40]!r} is not an OpenSSH public host key",
+                          "paste the host's key as `ssh-ed25519 AAAA...` (ssh-keyscan -t ed25519 HOST)")
+        return v.strip() if v else v
+
+
+class Gpu(_Model):
+    vendor: Literal["nvidia", "amd", "intel"]
+    count: int = Field(ge=1, le=16)
+
+
+class Host(_Model):
+    name: str
+    address: str
+    role: Literal["server", "agent"] = "server"
+    arch: Arch | None = None  # detected over SSH when not declared
+    ssh: Ssh = Ssh()
+    labels: dict[str, str] = {}
+    taints: list[str] = []
+    gpu: Gpu | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise _custom("name", f"{v!r} is not a valid host name",
+                          "use lowercase letters, digits and '-', at most 63 characters")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise _custom("address", f"{v!r} is not an IP address", "write the host's management IP, e.g. 10.0.0.11") from None
+        return v
+
+    @field_validator("taints")
+    @classmethod
+    def _taints(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not TAINT.match(t):
+                raise _custom("taint", f"{t!r} is not a taint", "write key=value:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute")
+        return v
+
+
+class Artifact(_Model):
+    """An air-gap artifact: fetched from ``source`` (a local path or an https URL) and
+    verified against ``sha256`` on the host before anything uses it."""
+
+    name: str
+    arch: Arch = "amd64"
+    source: str
+    sha256: str | None = None
+    sha256_from: str | None = None  # a `sha256sum` checksums file that lists the artifact
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256.match(v):
+            raise _custom("sha256", f"{v!r} is not a sha256 hex digest", "write the 64 lowercase hex characters printed by `sha256sum FILE`")
+        return v
+
+    @model_validator(mode="after")
+    def _has_sum(self) -> Artifact:
+        if (self.sha256 is None) == (self.sha256_from is None):
+            raise _custom("artifact_sum", "exactly one of 'sha256' or 'sha256_from' must be set",
+                          "every artifact is verified before use: give its sha256 or a checksums file")
+        return self
+
+
+class DistributionSpec(_Model):
+    name: Distribution = "k3s"
+    version: str
+    service_manager: Literal["systemd", "openrc", "supervised"] = "systemd"
+    disable_agent: bool = False  # servers without kubelet (dedicated control plane)
+    extra_args: list[str] = []
+
+    @field_validator("version")
+    @classmethod
+    def _exact_version(cls, v: str, info: ValidationInfo) -> str:
+        name = info.data.get("name", "k3s")
+        if not VERSION_PATTERNS[name].match(v):
+            raise _custom("version", f"{v!r} is not an exact {name} version",
+                          f"pin a release such as {VERSION_EXAMPLES[name]!r}; channels and 'latest' are not allowed")
+        return v
+
+
+class Network(_Model):
+    cluster_cidr: str = "10.42.0.0/16"
+    service_cidr: str = "10.43.0.0/16"
+
+    @field_validator("cluster_cidr", "service_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise _custom("cidr", f"{v!r} is not a valid CIDR ({exc})", "write a network address with its prefix, e.g. 10.42.0.0/16") from None
+        return v
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _no_overlap(cls, v: str, info: ValidationInfo) -> str:
+        if "cluster_cidr" in info.data:
+            a, b = ipaddress.ip_network(info.data["cluster_cidr"]), ipaddress.ip_network(v)
+            if a.version == b.version and a.overlaps(b):
+                raise _custom("cidr_overlap", f"{v!r} overlaps cluster_cidr {a}", "choose two disjoint ranges, e.g. 10.42.0.0/16 and 10.43.0.0/16")
+        return v
+
+
+class Workload(_Model):
+    """A model served on the site (see models/catalog.yaml)."""
+
+    model: str
+    version: str
+    replicas: int = Field(1, ge=1, le=50)
+    max_replicas: int | None = Field(None, ge=1, le=100)
+    gpu: bool = False
+    clients: list[str] = []  # namespaces allowed to call the model server
+
+
+class SimulatedNodes(_Model):
+    """Lab only: kwok registers ``count`` fake worker nodes next to the first server, for
+    hosts without a container runtime (see components/simulated.py). Refused in prod."""
+
+    count: int = Field(2, ge=1, le=20)
+    kwok: Artifact
+    stages: str  # kwok Stage resources (node and pod lifecycle)
+
+
+class Site(_Model):
+    name: str
+    topology: Topology
+    distribution: DistributionSpec
+    hardware_class: Literal["x86-server", "x86-edge", "arm64-edge", "gateway"] = "x86-edge"
+    latency_class: Literal["control", "video", "batch"] = "control"
+    wave: int = Field(1, ge=0, le=100)
+    network: Network = Network()
+    registration_address: str | None = None
+    tls_sans: list[str] = []
+    artifacts: list[Artifact] = []
+    registry_mirrors: dict[str, list[str]] = {}
+    monitoring_namespace: str | None = None
+    vpa: bool = False
+    workloads: list[Workload] = []
+    simulated_nodes: SimulatedNodes | None = None
+    hosts: Annotated[list[Host], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise _custom("name", f"{v!r} is not a valid site name", "use lowercase letters, digits and '-', at most 63 characters")
+        return v
+
+    @field_validator("registration_address")
+    @classmethod
+    def _reg(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", v):
+                    raise _custom("address", f"{v!r} is neither an IP address nor a DNS name", "write the load balancer or VIP address the servers register through") from None
+        return v
+
+    @property
+    def servers(self) -> list[Host]:
+        return [h for h in self.hosts if h.role == "server"]
+
+    @property
+    def agents(self) -> list[Host]:
+        return [h for h in self.hosts if h.role == "agent"]
+
+    @property
+    def latency_budget_ms(self) -> float:
+        return LATENCY_BUDGET_MS[self.latency_class]
+
+
+class Inventory(_Model):
+    fleet: str
+    environment: Literal["dev", "prod"]
+    sites: Annotated[list[Site], Field(min_length=1)]
+
+
+@dataclass(frozen=True)
+class LoadedInventory:
+    """A validated inventory and where it came from (paths resolve relative to it)."""
+
+    path: Path
+    inventory: Inventory
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        return expand_path(value, self.base)
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    """pydantic's location tuple as ``sites[0].hosts[2].address`` (names, not indices, for
+    dict keys)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    """One pydantic error as ``<value>: <what is wrong> (fix: <what to do>)``."""
+    kind, msg = err["type"], err["msg"]
+    if kind == "missing":
+        return "is required (fix: add this field)"
+    if kind == "extra_forbidden":
+        return "is not a known field (fix: check the spelling against the inventory format in README.md)"
+    if kind == "literal_error":
+        return f"{err['input']!r} is not allowed (fix: use one of {err['ctx']['expected']})"
+    if "(fix:" in msg:  # our own validators already name value and fix
+        return msg
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f"{value!r}: "
+    return f"{shown}{msg} (fix: correct the value; see the inventory format in README.md)"
+
+
+def _cross_checks(inv: Inventory) -> list[tuple[str, str]]:
+    """Rules that span fields: topology shape, uniqueness, version format, key files."""
+    problems: list[tuple[str, str]] = []
+    seen_sites: dict[str, int] = {}
+    seen_hosts: dict[str, str] = {}
+    seen_addrs: dict[str, str] = {}
+    for i, site in enumerate(inv.sites):
+        at = f"sites[{i}]"
+        if site.name in seen_sites:
+            problems.append((f"{at}.name", f"site name {site.name!r} is already used by sites[{seen_sites[site.name]}] (fix: give every site a unique name)"))
+        seen_sites.setdefault(site.name, i)
+        n_servers, n_agents = len(site.servers), len(site.agents)
+        if site.topology == "ha" and n_servers != 3:
+            problems.append((f"{at}.hosts", f"topology 'ha' needs exactly 3 servers, found {n_servers} (fix: mark 3 hosts `role: server` (embedded etcd); extra hosts are agents)"))
+        if site.topology == "single-node" and n_servers != 1:
+            problems.append((f"{at}.hosts", f"topology 'single-node' needs exactly 1 server, found {n_servers} (fix: mark one host `role: server`; others join as agents)"))
+        if site.topology == "gateway" and (len(site.hosts) != 1 or n_servers != 1):
+            problems.append((f"{at}.hosts", f"topology 'gateway' is one constrained host, found {len(site.hosts)} host(s) (fix: keep a single host with `role: server`)"))
+        if site.distribution.name == "microshift" and site.topology == "ha":
+            problems.append((f"{at}.distribution.name", "MicroShift runs single-node only (fix: use k3s or k0s for an 'ha' site)"))
+        for j, host in enumerate(site.hosts):
+            hat = f"{at}.hosts[{j}]"
+            if host.name in seen_hosts:
+                problems.append((f"{hat}.name", f"host name {host.name!r} is already used in {seen_hosts[host.name]} (fix: host names are unique across the fleet)"))
+            seen_hosts.setdefault(host.name, f"site {site.name!r}")
+            if host.address in seen_addrs:
+                problems.append((f"{hat}.address", f"address {host.address} is already used by host {seen_addrs[host.address]!r} (fix: every host needs its own address)"))
+            seen_addrs.setdefault(host.address, host.name)
+            if host.ssh.host_key is None and host.ssh.host_key_file is None:
+                problems.append((f"{hat}.ssh.host_key", "no SSH host key is pinned (fix: set `host_key: ssh-ed25519 AAAA...` or `host_key_file:` so the connection cannot be intercepted)"))
+            if host.ssh.private_key is None:
+                problems.append((f"{hat}.ssh.private_key", "no SSH private key reference (fix: set `private_key: {file: PATH}` or `{config: KEY}` here or in `defaults.ssh`)"))
+        if site.distribution.disable_agent and not site.agents and site.simulated_nodes is None:
+            problems.append((f"{at}.distribution.disable_agent", f"site {site.name!r} would have no node to run workloads: its servers run without the agent and it has no agents (fix: drop disable_agent, or add agents)"))
+        if site.simulated_nodes is not None and inv.environment == "prod":
+            problems.append((f"{at}.simulated_nodes", "simulated (kwok) nodes are for the lab only (fix: remove `simulated_nodes` from prod sites)"))
+        for j, wl in enumerate(site.workloads):
+            if wl.gpu and not any(h.gpu for h in site.hosts):
+                problems.append((f"{at}.workloads[{j}].gpu", f"model {wl.model!r} asks for a GPU but no host of site {site.name!r} declares one (fix: add `gpu: {{vendor: nvidia, count: 1}}` to a host or set `gpu: false`)"))
+            if wl.max_replicas is not None and wl.max_replicas < wl.replicas:
+                problems.append((f"{at}.workloads[{j}].max_replicas", f"max_replicas {wl.max_replicas} is below replicas {wl.replicas} (fix: set max_replicas >= replicas)"))
+    return problems
+
+
+def _file_checks(inv: Inventory, base: Path) -> list[tuple[str, str]]:
+    """Key and checksum files named by the inventory must exist; keys must be private."""
+    problems: list[tuple[str, str]] = []
+    for i, site in enumerate(inv.sites):
+        for j, host in enumerate(site.hosts):
+            at = f"sites[{i}].hosts[{j}].ssh"
+            ref = host.ssh.private_key
+            if ref is not None and ref.file is not None:
+                p = expand_path(ref.file, base)
+                if not p.is_file() or not os.access(p, os.R_OK):
+                    problems.append((f"{at}.private_key.file", f"{str(p)!r} is not a readable file (fix: create the key or point to it; for the lab run `lab/lab keys`)"))
+                elif p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    problems.append((f"{at}.private_key.file", f"{str(p)!r} is readable by group or others (fix: chmod 600 {p})"))
+            if host.ssh.host_key_file is not None:
+                p = expand_path(host.ssh.host_key_file, base)
+                if not p.is_file():
+                    problems.append((f"{at}.host_key_file", f"{str(p)!r} does not exist (fix: write the host's public key there; for the lab run `lab/lab keys`)"))
+                elif not HOST_KEY.match(p.read_text().strip()):
+                    problems.append((f"{at}.host_key_file", f"{str(p)!r} does not hold an OpenSSH public host key (fix: write the output of `ssh-keyscan -t ed25519 HOST` without the host name)"))
+        sim = [(f"sites[{i}].simulated_nodes.kwok", site.simulated_nodes.kwok)] if site.simulated_nodes else []
+        if site.simulated_nodes and not expand_path(site.simulated_nodes.stages, base).is_file():
+            problems.append((f"sites[{i}].simulated_nodes.stages", f"{site.simulated_nodes.stages!r} does not exist (fix: run scripts/bootstrap kwok)"))
+        for at, art in [(f"sites[{i}].artifacts[{j}]", a) for j, a in enumerate(site.artifacts)] + sim:
+            if art.sha256_from is not None:
+                p = expand_path(art.sha256_from, base)
+                if not p.is_file():
+                    problems.append((f"{at}.sha256_from", f"{str(p)!r} does not exist (fix: point to the release's checksums file, or run scripts/bootstrap for the lab build)"))
+                elif artifact_sha256(art, base) is None:
+                    problems.append((f"{at}.sha256_from", f"{str(p)!r} lists no checksum for {Path(art.source).name!r} (fix: use the checksums file of this release)"))
+            if not art.source.startswith("https://"):
+                p = expand_path(art.source, base)
+                if not p.is_file():
+                    problems.append((f"{at}.source", f"{str(p)!r} does not exist (fix: download the release artifact to this path or use an https:// URL)"))
+    return problems
+
+
+def artifact_sha256(art: Artifact, base: Path) -> str | None:
+    """The expected digest of an artifact, read from its checksums file when needed."""
+    if art.sha256 is not None:
+        return art.sha256
+    assert art.sha256_from is not None
+    wanted = Path(art.source).name
+    for line in expand_path(art.sha256_from, base).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*./") == wanted and SHA256.match(parts[0]):
+            return parts[0]
+    return None
+
+
+def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """``defaults.ssh`` fills each host's ssh block (host values win)."""
+    defaults = raw.pop("defaults", None) or {}
+    ssh_defaults = defaults.get("ssh", {}) if isinstance(defaults, dict) else {}
+    for site in raw.get("sites") or []:
+        if not isinstance(site, dict):
+            continue
+        for host in site.get("hosts") or []:
+            if isinstance(host, dict) and isinstance(ssh_defaults, dict):
+                host["ssh"] = {**ssh_defaults, **(host.get("ssh") or {})}
+    return raw
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_inventory(path: str | Path, *, check_files: bool = True) -> LoadedInventory:
+    """Load and validate an inventory file; raise :class:`InventoryError` with every problem."""
+    path = Path(path)
+    shown = _display(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InventoryError([f"{shown}: cannot read the inventory: {exc.strerror} (fix: check the `edgefleet:inventory` config value)"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise InventoryError([f"{shown}: {where}invalid YAML: {getattr(exc, 'problem', exc)} (fix: correct the YAML syntax)"]) from None
+    if not isinstance(raw, dict):
+        raise InventoryError([f"{shown}: (top level): expected a mapping with `fleet`, `environment` and `sites` (fix: see the inventory format in README.md)"])
+    raw = _apply_defaults(raw)
+    try:
+        inv = Inventory.model_validate(raw)
+    except ValidationError as exc:
+        raise InventoryError([f"{shown}: {_loc(e['loc'], raw)}: {_message(e)}" for e in exc.errors()]) from None
+    problems = _cross_checks(inv)
+    if check_files:
+        problems += _file_checks(inv, path.parent)
+    if problems:
+        raise InventoryError([f"{shown}: {field}: {msg}" for field, msg in problems])
+    return LoadedInventory(path=path.resolve(), inventory=inv)

@@ -1,0 +1,234 @@
+"""EdgeSite: one edge site; its topology decides the shape.
+
+- ``single-node``: one server (optionally agents).
+- ``ha``: three servers with embedded etcd. The first initialises the cluster; the second
+  and third join it through the registration address (or the first server), one after the
+  other; agents join after all servers.
+- ``gateway``: one constrained, egress-only host with the reduced component set (no
+  ingress controller, service load balancer, metrics server or local storage), memory
+  reservations for small devices, and the API bound to the management address only.
+
+Hosts are chained in that order, so a version change upgrades one node at a time, servers
+before agents, and stops at the first failure with the rest of the cluster still serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.distributions import driver_for
+from components.distributions.common import DistributionError, NodeSpec
+from components import remote, simulated
+from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget
+from components.inventory import Host, Site, artifact_sha256, expand_path
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    environment: str
+    inventory_dir: Path
+    fleet_secret: pulumi.Output[str]
+    private_keys: dict[str, pulumi.Output[str]]  # host name -> key (secret)
+    dial_timeout_s: int = 60
+    ready_timeout_s: int = 300
+
+
+def join_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str]:
+    """Per-site join token derived from the stack's fleet secret (HMAC-SHA256): stable
+    across runs, different for every site, never stored in plain text."""
+    return pulumi.Output.secret(
+        fleet_secret.apply(lambda s: hmac.new(s.encode(), f"edgefleet/join/{site}".encode(), hashlib.sha256).hexdigest())
+    )
+
+
+def ordered_hosts(site: Site) -> list[Host]:
+    """Servers first (inventory order), then agents: the order of install and upgrade."""
+    return site.servers + site.agents
+
+
+def node_spec(site: Site, host: Host, first: Host) -> NodeSpec:
+    is_first = host.name == first.name
+    registration = site.registration_address or first.address
+    dist = site.distribution
+    return NodeSpec(
+        site=site.name,
+        host=host.name,
+        address=host.address,
+        role=host.role,
+        first_server=is_first,
+        server_url=None if is_first else f"https://{registration}:6443",
+        arch=host.arch or "amd64",
+        labels={"edgefleet.io/site": site.name, **host.labels},
+        taints=list(host.taints),
+        tls_sans=sorted({*site.tls_sans, host.address, *([site.registration_address] if site.registration_address else [])}),
+        cluster_cidr=site.network.cluster_cidr,
+        service_cidr=site.network.service_cidr,
+        profile="gateway" if site.topology == "gateway" else "standard",
+        disable_agent=dist.disable_agent and host.role == "server",
+        service_manager=dist.service_manager,
+        registry_mirrors=dict(site.registry_mirrors),
+        ha=site.topology == "ha",
+        extra_args=tuple(dist.extra_args),
+    )
+
+
+def check_site(site: Site, base: Path) -> list[str]:
+    """Every problem the distribution driver finds in this site's rendered nodes, found
+    before any resource is registered (so an update never starts half-way)."""
+    driver = driver_for(site.distribution.name)
+    hosts = ordered_hosts(site)
+    problems = []
+    for host in hosts:
+        node = node_spec(site, host, hosts[0])
+        arts = [a.for_driver() for a in local_artifacts(site, host, base)]
+        try:
+            driver.render_install(node, arts)
+            driver.render_uninstall(node)
+        except DistributionError as exc:
+            problems.append(f"site {site.name!r} host {host.name!r}: {exc}")
+    return problems
+
+
+def site_props(site: Site, environment: str, base: Path) -> dict:
+    """The site as the policy pack sees it (contract: policies/rules/edge.py)."""
+    return {
+        "site": site.name,
+        "topology": site.topology,
+        "environment": environment,
+        "distribution": site.distribution.name,
+        "version": site.distribution.version,
+        "channel": None,
+        "install": {
+            "secretsEncryption": True,
+            "auditLog": True,
+            "anonymousAuth": False,
+            "protectKernelDefaults": True,
+            "kubeconfigMode": "0600",
+        },
+        "artifacts": [
+            {"name": a.name, "source": a.source, "sha256": artifact_sha256(a, base)} for a in site.artifacts
+        ],
+        "hosts": [
+            {"name": h.name, "address": h.address, "hostKey": host_key(h, base)} for h in site.hosts
+        ],
+        "annotations": {},
+    }
+
+
+def host_key(host: Host, base: Path) -> str:
+    if host.ssh.host_key is not None:
+        return host.ssh.host_key
+    assert host.ssh.host_key_file is not None
+    return expand_path(host.ssh.host_key_file, base).read_text().strip()
+
+
+def local_artifacts(site: Site, host: Host, base: Path) -> tuple[LocalArtifact, ...]:
+    arch = host.arch or "amd64"
+    chosen = [a for a in site.artifacts if a.arch == arch]
+    return tuple(
+        LocalArtifact(
+            name=a.name,
+            path=a.source if a.source.startswith("https://") else str(expand_path(a.source, base)),
+            sha256=artifact_sha256(a, base) or "",
+        )
+        for a in chosen
+    )
+
+
+class EdgeSite(pulumi.ComponentResource):
+    """A whole edge site: hosts installed in topology order, the admin kubeconfig (secret)
+    and a Kubernetes provider for the site's workloads."""
+
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+
+    def __init__(self, name: str, site: Site, settings: SiteSettings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("edge:site:EdgeSite", name, site_props(site, settings.environment, settings.inventory_dir), opts)
+        driver = driver_for(site.distribution.name)
+        token = join_token(settings.fleet_secret, site.name)
+        hosts = ordered_hosts(site)
+        first = hosts[0]
+        self.hosts: dict[str, EdgeHost] = {}
+        previous: EdgeHost | None = None
+        for host in hosts:
+            node = node_spec(site, host, first)
+            target = SshTarget(
+                address=host.address,
+                port=host.ssh.port,
+                user=host.ssh.user,
+                private_key=settings.private_keys[host.name],
+                host_key=host_key(host, settings.inventory_dir),
+                dial_timeout_s=settings.dial_timeout_s,
+            )
+            edge_host = EdgeHost(
+                f"{name}-{host.name}",
+                EdgeHostArgs(
+                    node=node,
+                    driver=driver,
+                    target=target,
+                    artifacts=local_artifacts(site, host, settings.inventory_dir),
+                    token=token,
+                    version=site.distribution.version,
+                    first_server=self.hosts.get(first.name),
+                    ready_timeout_s=settings.ready_timeout_s,
+                ),
+                pulumi.ResourceOptions(parent=self, depends_on=[previous.node_ready] if previous else None),
+            )
+            self.hosts[host.name] = edge_host
+            previous = edge_host
+
+        first_host = self.hosts[first.name]
+        ready: list[pulumi.Resource] = [previous.node_ready] if previous else []
+        if site.simulated_nodes is not None:
+            ready.append(self._simulated_nodes(name, site, first_host, settings, ready))
+
+        api = site.registration_address or first.address
+        assert first_host.kubeconfig is not None
+        self.kubeconfig = pulumi.Output.secret(
+            first_host.kubeconfig.apply(lambda text: driver.rewrite_kubeconfig(text, f"https://{api}:6443"))
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=ready or None),
+        )
+        self.register_outputs({"kubeconfig": self.kubeconfig})
+
+    def _simulated_nodes(self, name: str, site: Site, first: EdgeHost, settings: SiteSettings,
+                         after: list[pulumi.Resource]) -> pulumi.Resource:
+        """kwok on the first server, registering the site's simulated worker nodes."""
+        from components.distributions.k3s import KUBECONFIG, KUBECTL_FN
+
+        sim = site.simulated_nodes
+        assert sim is not None
+        base = settings.inventory_dir
+        art = LocalArtifact(name="kwok", path=str(expand_path(sim.kwok.source, base)),
+                            sha256=artifact_sha256(sim.kwok, base) or "")
+        conn = first.target.connection()
+        upload = remote.CopyToRemote(
+            f"{name}-kwok-upload", connection=conn, source=art.path, remote_path=art.remote_path(),
+            label=first.label, triggers=[art.sha256], opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
+        host = first.target.address
+        stages = expand_path(sim.stages, base).read_text()
+        start = simulated.render_start(site.name, host, sim.count, art.remote_path(), art.sha256, stages,
+                                       KUBECTL_FN, KUBECONFIG)
+        return remote.Command(
+            f"{name}-kwok",
+            connection=conn,
+            label=first.label,
+            create=start,
+            update=start,
+            delete=simulated.render_stop(site.name, host, sim.count, KUBECTL_FN, KUBECONFIG),
+            # Re-run (idempotent start) whenever the first server's install re-runs: after a
+            # restart of the host, kwok comes back with K3s.
+            triggers=[art.sha256, sim.count, *first.install_trigger],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[upload, *after]),
+        )
