@@ -1,0 +1,192 @@
+"""Routing and handlers of the v2 REST API, independent of the HTTP transport.
+
+:meth:`App.handle` maps ``(method, path, body)`` to a :class:`Response`; the transport
+(:mod:`inference.http`) only parses HTTP and writes bytes. Every error is a JSON
+``{"error": "..."}`` with the status documented in ``inference/openapi.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from inference import SERVER_NAME, __version__
+from inference.codec import decode_infer_request, dumps, encode_infer_response, error_body
+from inference.errors import InferenceError
+from inference.logs import MAX_PATH_CHARS, RequestLog, event
+from inference.metrics import Metrics
+from inference.repository import READY, ModelVersion, Repository
+from inference.runtime import INPUT_ERRORS
+
+JSON = b"application/json"
+GET = ("GET",)
+POST = ("POST",)
+PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    allow: str = ""  # the Allow header of a 405
+    error: str = ""  # the message of an error response, for the log
+
+
+class App:
+    """The API over a :class:`Repository`, counting into ``metrics`` and logging via ``log``."""
+
+    def __init__(self, repository: Repository, metrics: Metrics, log: RequestLog) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.log = log
+        self.server_metadata = dumps({"name": SERVER_NAME, "version": __version__, "extensions": []})
+
+    def handle(self, method: str, path: str, body: bytes) -> Response:
+        """Serve one request; never raises."""
+        start = time.perf_counter()
+        route = model = version = ""
+        try:
+            route, model_name, version_name = _route(path)
+            allowed = POST if route == "infer" else GET
+            if method not in allowed:
+                raise _MethodNotAllowed(", ".join(allowed))
+            if route == "infer":
+                mv = self._model(model_name, version_name)
+                model, version = mv.model, mv.version
+                response = self._infer(mv, body)
+                self.metrics.observe(model, version, 200, time.perf_counter() - start)
+            else:
+                response = self._get(route, model_name, version_name)
+        except _MethodNotAllowed as exc:
+            message = f"method {method} not allowed on {path[:MAX_PATH_CHARS]}; allowed: {exc.allow}"
+            response = Response(405, error_body(message), allow=exc.allow, error=message)
+        except InferenceError as exc:
+            response = Response(exc.status, error_body(exc.message), error=exc.message)
+            if route == "infer":
+                self.metrics.observe(model, version, exc.status, None)
+        except Exception as exc:  # a bug, not the client's fault: say so without details
+            event(logging.ERROR, "unhandled error", path=path[:MAX_PATH_CHARS], method=method,
+                  error=f"{type(exc).__name__}: {exc}")
+            response = Response(500, error_body("internal server error"), error="internal server error")
+            if route == "infer":
+                self.metrics.observe(model, version, 500, None)
+        if response.status >= 400:
+            self.metrics.error(response.status)
+        self.log(method, path, response.status, time.perf_counter() - start, model, version, response.error)
+        return response
+
+    def reject(self, status: int, message: str, method: str = "", path: str = "") -> Response:
+        """An error found by the transport (bad HTTP, body or headers too large), counted and logged."""
+        self.metrics.error(status)
+        self.log(method, path, status, 0.0, error=message)
+        return Response(status, error_body(message), error=message)
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def _get(self, route: str, model: str, version: str | None) -> Response:
+        if route == "live":
+            return Response(200, b'{"live":true}')
+        if route == "ready":
+            return self._server_ready()
+        if route == "server":
+            return Response(200, self.server_metadata)
+        if route == "metrics":
+            body, content_type = self.metrics.render()
+            return Response(200, body, content_type.encode())
+        mv = self._model(model, version)
+        if route == "model_ready":
+            if mv.state != READY:
+                raise _not_ready(mv)
+            return Response(200, dumps({"name": mv.model, "version": mv.version, "ready": True}))
+        return Response(200, dumps(self._metadata(mv)))
+
+    def _infer(self, mv: ModelVersion, body: bytes) -> Response:
+        if mv.state != READY:
+            raise _not_ready(mv)
+        signature = mv.signature
+        request = decode_infer_request(body, signature)
+        try:
+            arrays = mv.session.run(request.outputs, request.inputs)
+        except INPUT_ERRORS as exc:
+            raise InferenceError(400, f"the model rejected the input: {exc}") from None
+        specs = [signature.output_map[name] for name in request.outputs]
+        return Response(200, encode_infer_response(mv.model, mv.version, request.id, specs, arrays))
+
+    def _server_ready(self) -> Response:
+        repo = self.repository
+        if repo.ready:
+            return Response(200, b'{"ready":true}')
+        versions = repo.all_versions()
+        if not repo.loaded:
+            done = sum(mv.state != "LOADING" for mv in versions)
+            raise InferenceError(503, f"loading models: {done} of {len(versions)} version(s) done"
+                                 + ("" if repo.discovered else ", repository still being read"))
+        if not versions:
+            raise InferenceError(503, "the model repository holds no model version")
+        raise InferenceError(503, "no model version is ready: " +
+                             "; ".join(f"{mv.model}/{mv.version}: {mv.reason}" for mv in versions))
+
+    def _model(self, model: str, version: str | None) -> ModelVersion:
+        mv = self.repository.get(model, version)
+        if mv is not None:
+            return mv
+        if not self.repository.discovered:
+            raise InferenceError(503, "the model repository is still being read; retry shortly")
+        if model not in self.repository.models:
+            raise InferenceError(404, f"unknown model {model!r}")
+        raise InferenceError(404, f"model {model!r} has no version {version!r} "
+                             f"(versions: {', '.join(self.repository.versions(model))})")
+
+    def _metadata(self, mv: ModelVersion) -> dict:
+        meta = {
+            "name": mv.model,
+            "versions": self.repository.versions(mv.model),
+            "platform": PLATFORM,
+            "inputs": [t.as_json() for t in mv.signature.inputs] if mv.signature else [],
+            "outputs": [t.as_json() for t in mv.signature.outputs] if mv.signature else [],
+            "version": mv.version,
+            "state": mv.state,
+        }
+        if mv.sha256:
+            meta["sha256"] = mv.sha256
+        if mv.reason:
+            meta["reason"] = mv.reason
+        return meta
+
+
+class _MethodNotAllowed(Exception):
+    def __init__(self, allow: str):
+        self.allow = allow
+
+
+def _not_ready(mv: ModelVersion) -> InferenceError:
+    detail = f": {mv.reason}" if mv.reason else ""
+    return InferenceError(503, f"model {mv.model!r} version {mv.version!r} is {mv.state}{detail}")
+
+
+# Path -> (route, model, version). Routes: live, ready, server, metrics, model_metadata,
+# model_ready, infer; anything else raises a 404.
+def _route(path: str) -> tuple[str, str, str | None]:
+    if path == "/metrics":
+        return "metrics", "", None
+    parts = path.split("/")
+    if len(parts) < 2 or parts[0] != "" or parts[1] != "v2":
+        raise InferenceError(404, f"no route {path[:MAX_PATH_CHARS]}")
+    rest = parts[2:]
+    n = len(rest)
+    if n == 0:
+        return "server", "", None
+    if rest[0] == "health" and n == 2 and rest[1] in ("live", "ready"):
+        return rest[1], "", None
+    if rest[0] == "models" and n >= 2 and rest[1]:
+        model, rest = rest[1], rest[2:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            version, rest = rest[1], rest[2:]
+        if not rest:
+            return "model_metadata", model, version
+        if len(rest) == 1 and rest[0] in ("ready", "infer"):
+            return ("model_ready" if rest[0] == "ready" else "infer"), model, version
+    raise InferenceError(404, f"no route {path[:MAX_PATH_CHARS]}")
