@@ -1,0 +1,23 @@
+"""Entry point of the CrossGuard policy pack (``pulumi preview --policy-pack policies``).
+
+Only builds the pack from the rule registry; the rules live in ``policies/rules/``.
+"""
+
+import sys
+from pathlib import Path
+
+# The analyzer runs this file by path with the pack directory on sys.path; the rules import
+# ``policies`` and ``components`` from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+
+from policies.pack import PACK_NAME, build_policies, keep_secrets_visible  # noqa: E402
+
+keep_secrets_visible()
+PolicyPack(
+    name=PACK_NAME,
+    policies=build_policies(),
+    enforcement_level=EnforcementLevel.ADVISORY,
+    description="Edge fleet security baseline: Pod Security Standards, workload hygiene, network isolation, edge install baseline, secret outputs.",
+)
