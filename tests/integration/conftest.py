@@ -1,0 +1,139 @@
+"""Real-engine fixtures: the Pulumi CLI and plugins that scripts/bootstrap built, each test
+with its own file backend in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for line in (REPO / "scripts/versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+VERSIONS = _versions()
+CACHE = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache/edgefleet"))
+TOOLCHAIN = CACHE / "toolchain"
+CLI_DIR = TOOLCHAIN / f"pulumi-{VERSIONS['PULUMI_VERSION']}"
+
+
+@dataclass
+class Pulumi:
+    """Runs the real CLI in one working directory against one private backend."""
+
+    cwd: Path
+    backend: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.run(["pulumi", *args], cwd=self.cwd, env=env, text=True, capture_output=True,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pulumi {' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+        return proc
+
+    def json(self, *args: str, **kw) -> object:
+        return json.loads(self.run(*args, **kw).stdout)
+
+
+def pulumi_env(backend: Path, passphrase: str = "integration-test-passphrase") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    env.update({
+        "PATH": f"{CLI_DIR}:{REPO / '.venv/bin'}:{env.get('PATH', '')}",
+        "PULUMI_HOME": str(CACHE / "pulumi-home"),
+        "PULUMI_BACKEND_URL": f"file://{backend}",
+        "PULUMI_CONFIG_PASSPHRASE": passphrase,
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
+        "PULUMI_PYTHON_CMD": str(REPO / ".venv/bin/python"),
+        "NO_COLOR": "1",
+    })
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _toolchain() -> None:
+    if not (CLI_DIR / "pulumi").exists():
+        pytest.fail(f"the Pulumi toolchain is missing at {CLI_DIR} (run scripts/bootstrap)")
+
+
+@pytest.fixture
+def make_pulumi(tmp_path: Path):
+    """Factory: a Pulumi runner for a project directory (copied into tmp when asked)."""
+
+    def _make(project: Path, *, copy: bool = False, backend: Path | None = None, **envkw) -> Pulumi:
+        cwd = project
+        if copy:
+            cwd = tmp_path / project.name
+            shutil.copytree(project, cwd, ignore=shutil.ignore_patterns(".venv", ".pulumi", "__pycache__", ".git", ".pytest_cache"))
+        b = backend or (tmp_path / "state")
+        b.mkdir(parents=True, exist_ok=True)
+        return Pulumi(cwd=cwd, backend=b, env=pulumi_env(b, **envkw))
+
+    return _make
+
+
+@pytest.fixture
+def moto_s3():
+    """moto's S3 server on a free loopback port; yields (endpoint_url, boto3 client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=endpoint, **creds)
+    try:
+        yield endpoint, client
+    finally:
+        server.stop()
+
+
+@dataclass
+class Lab:
+    """The lab hosts (lab/lab up): addresses from lab/hosts.txt, keys from the cache."""
+
+    dir: Path
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "ssh/id_ed25519"
+
+    def address(self, host: str) -> str:
+        for line in (REPO / "lab/hosts.txt").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == host:
+                return parts[1]
+        raise KeyError(host)
+
+    def host_key(self, host: str) -> str:
+        return (self.dir / "hostkeys" / f"{host}.pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Lab:
+    """Brings the lab up for a test module (idempotent: hosts already up stay as they are);
+    `lab/lab down` removes it."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    proc = subprocess.run([str(REPO / "lab/lab"), "up"], text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return Lab(dir=CACHE / "lab")

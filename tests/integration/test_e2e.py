@@ -1,0 +1,294 @@
+"""End to end on the lab: `pulumi up` of the dev stack (policy pack attached) installs real K3s
+on the lab hosts over SSH, deploys the workloads, and keeps the fleet converged through drift,
+server loss, a rolling restart, interrupted updates, a tampered artifact and destroy.
+
+The tests run in order on one stack (module-scoped); figures go to bench/results/e2e.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import CACHE, REPO, Pulumi, pulumi_env
+from .test_remote import in_host
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+K3S = next((CACHE / "toolchain").glob("k3s-*/k3s"), None)
+FIGURES: dict[str, float] = {}
+LAB_HOSTS = ["single-1", "ha-1", "ha-2", "ha-3", "gw-1"]
+
+
+def kubectl(kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The K3s build's kubectl (the multicall binary run under the name kubectl)."""
+    cmd = ["bash", "-c", f'exec -a kubectl {K3S} --kubeconfig="$0" "$@"', str(kubeconfig), *args]
+    proc = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+class Fleet:
+    def __init__(self, root: Path, backend: Path, tmp: Path):
+        self.root, self.tmp = root, tmp
+        self.p = Pulumi(cwd=root, backend=backend, env=pulumi_env(backend, passphrase="edgefleet-dev-lab-only"))
+
+    def stack(self, *args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.root / "scripts/stack"), "dev", *args], cwd=self.root, env=self.p.env,
+                              text=True, capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"scripts/stack dev {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def kubeconfig(self, site: str) -> Path:
+        path = self.tmp / f"kubeconfig-{site}"
+        path.write_text(self.p.run("stack", "output", f"kubeconfig-{site}", "--show-secrets").stdout)
+        path.chmod(0o600)
+        return path
+
+    def inventory(self) -> dict:
+        return yaml.safe_load((self.root / "sites/dev.yaml").read_text())
+
+    def write_inventory(self, data: dict) -> None:
+        (self.root / "sites/dev.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def ready(address: str, kubeconfig: Path) -> bool:
+    proc = kubectl(kubeconfig, f"--server=https://{address}:6443", "get", "--raw", "/readyz", check=False, timeout=5)
+    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+def k3s_procs(host: str) -> list[str]:
+    """Names of K3s and kwok processes running in one lab host's network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", f"ef-{host}"], text=True, capture_output=True).stdout.split()
+    names = []
+    for pid in pids:
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return [n for n in names if n.startswith(("k3s", "kwok"))]
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, tmp_path_factory) -> Fleet:
+    # Fresh hosts: whatever an earlier run left behind is gone.
+    for action in ("down", "up"):
+        subprocess.run([str(REPO / "lab/lab"), action], check=True, capture_output=True, timeout=180)
+    tmp = tmp_path_factory.mktemp("e2e")
+    root = tmp / "edgefleet"
+    shutil.copytree(REPO, root, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".pulumi", ".git", "__pycache__", ".pytest_cache", ".hypothesis", "bench"))
+    (root / ".venv").symlink_to(REPO / ".venv")
+    (root / "bench/results").mkdir(parents=True)
+    f = Fleet(root, tmp / "state", tmp)
+    (tmp / "state").mkdir()
+    yield f
+    (REPO / "bench/results").mkdir(parents=True, exist_ok=True)
+    (REPO / "bench/results/e2e.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+
+
+def test_first_up_converges_and_each_kubeconfig_reaches_its_api(fleet: Fleet):
+    t0 = time.monotonic()
+    out = fleet.stack("up", "--yes")
+    FIGURES["first_up_s"] = round(time.monotonic() - t0, 1)
+    assert "edgefleet-security" in out.stdout
+    outputs = fleet.p.json("stack", "output", "--json")
+    for site in ("lab-single", "lab-ha", "lab-gw"):
+        assert outputs[f"kubeconfig-{site}"] == "[secret]"
+        kc = fleet.kubeconfig(site)
+        assert kubectl(kc, "get", "--raw", "/readyz").stdout.strip() == "ok"
+    assert "BEGIN" not in fleet.p.run("stack", "export").stdout, "no key material in plain text in the state"
+
+
+def test_workloads_available_with_network_policies(fleet: Fleet):
+    for site, models in (("lab-single", ["predictive-maintenance", "quality-control"]),
+                         ("lab-ha", ["predictive-maintenance"]), ("lab-gw", ["predictive-maintenance"])):
+        kc = fleet.kubeconfig(site)
+        for model in models:
+            dep = json.loads(kubectl(kc, "-n", model, "get", "deployment", model, "-o", "json").stdout)
+            available = {c["type"]: c["status"] for c in dep["status"].get("conditions", [])}
+            assert available.get("Available") == "True", (site, model, dep["status"])
+            policies = {p["metadata"]["name"] for p in json.loads(kubectl(kc, "-n", model, "get", "networkpolicy", "-o", "json").stdout)["items"]}
+            assert {"default-deny", "allow-dns"} <= policies, (site, policies)
+
+
+def test_ha_site_has_three_etcd_members(fleet: Fleet):
+    # K3s's supervisor endpoint lists the embedded etcd members (what joining servers read).
+    out = in_host(None, "ha-1", "bash", "-c",
+                  'curl -sk -u "server:$(cat /etc/rancher/k3s/token)" https://127.0.0.1:6443/db/info').stdout
+    members = json.loads(out)["members"]
+    assert len(members) == 3, members
+    assert {m["name"].rsplit("-", 1)[0] for m in members} == {"ha-1", "ha-2", "ha-3"}
+
+
+def test_second_up_changes_nothing(fleet: Fleet):
+    t0 = time.monotonic()
+    fleet.stack("up", "--yes", "--expect-no-changes")
+    FIGURES["idempotent_up_s"] = round(time.monotonic() - t0, 1)
+    FIGURES["idempotent_ratio"] = round(FIGURES["idempotent_up_s"] / FIGURES["first_up_s"], 3)
+
+
+def test_refresh_shows_drift_and_up_restores_it(fleet: Fleet):
+    kc = fleet.kubeconfig("lab-single")
+    kubectl(kc, "-n", "quality-control", "delete", "networkpolicy", "default-deny")
+    refresh = fleet.p.run("refresh", "--yes", "--non-interactive", "--stack", "dev")
+    assert re.search(r"default-deny.*deleted", refresh.stdout), refresh.stdout[-3000:]
+    fleet.stack("up", "--yes")
+    kubectl(kc, "-n", "quality-control", "get", "networkpolicy", "default-deny")
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+
+def _server_pids(host: str) -> list[int]:
+    """k3s and its supervisor in one lab host (all hosts share the PID namespace)."""
+    pids = subprocess.run(["ip", "netns", "pids", f"ef-{host}"], text=True, capture_output=True).stdout.split()
+    out = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cmd.startswith("/usr/local/bin/k3s") or "k3s-supervise" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def test_ha_keeps_serving_when_a_server_dies_and_up_names_it(fleet: Fleet, lab):
+    kc = fleet.kubeconfig("lab-ha")
+    for pid in _server_pids("ha-3"):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(3)
+    assert not ready(lab.address("ha-3"), kc)
+    assert ready(lab.address("ha-1"), kc) and ready(lab.address("ha-2"), kc)
+    kubectl(kc, "-n", "predictive-maintenance", "get", "deployment", "predictive-maintenance")
+    t0 = time.monotonic()
+    out = fleet.stack("up", "--yes", "--expect-no-changes")
+    assert time.monotonic() - t0 < 120
+    assert "site 'lab-ha' host 'ha-3'" in out.stdout and "not answering" in out.stdout, out.stdout[-3000:]
+    # The operator restarts it; etcd catches up.
+    in_host(None, "ha-3", "/usr/local/lib/edgefleet/k3s-supervise", "start")
+    deadline = time.monotonic() + 120
+    while not ready(lab.address("ha-3"), kc) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert ready(lab.address("ha-3"), kc)
+
+
+def test_rolling_restart_goes_one_server_at_a_time(fleet: Fleet, lab):
+    kc = fleet.kubeconfig("lab-ha")
+    inv = fleet.inventory()
+    next(s for s in inv["sites"] if s["name"] == "lab-ha")["distribution"]["extra_args"].append("--kube-apiserver-arg=event-ttl=2h")
+    fleet.write_inventory(inv)
+    addresses = [lab.address(h) for h in ("ha-1", "ha-2", "ha-3")]
+    before = {h: set(_server_pids(h)) for h in ("ha-1", "ha-2", "ha-3")}
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            samples.append(sum(ready(a, kc) for a in addresses))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
+    fleet.stack("up", "--yes")
+    FIGURES["ha_rolling_restart_s"] = round(time.monotonic() - t0, 1)
+    stop.set()
+    watcher.join()
+    assert samples and min(samples) >= 2, f"never more than one server down at a time: {samples}"
+    assert all(ready(a, kc) for a in addresses)
+    for h in ("ha-1", "ha-2", "ha-3"):
+        # K3s hides its own command line; the service definition carries the flag, and the
+        # server process is a new one.
+        unit = in_host(None, h, "cat", "/usr/local/lib/edgefleet/k3s-supervise").stdout
+        assert "--kube-apiserver-arg=event-ttl=2h" in unit, h
+        assert not set(_server_pids(h)) & before[h], f"{h} was restarted"
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+
+def test_unreachable_host_fails_the_update_naming_it(fleet: Fleet, lab):
+    subprocess.run([str(REPO / "lab/lab"), "stop", "gw-1"], check=True, capture_output=True, timeout=60)
+    inv = fleet.inventory()
+    next(s for s in inv["sites"] if s["name"] == "lab-gw")["distribution"]["extra_args"].append("--kube-apiserver-arg=event-ttl=3h")
+    fleet.write_inventory(inv)
+    t0 = time.monotonic()
+    failed = fleet.stack("up", "--yes", check=False)
+    FIGURES["unreachable_host_failure_s"] = round(time.monotonic() - t0, 1)
+    assert failed.returncode != 0
+    assert "site 'lab-gw' host 'gw-1'" in failed.stdout and "cannot reach 10.213.7.31:22" in failed.stdout, failed.stdout[-3000:]
+    subprocess.run([str(REPO / "lab/lab"), "up"], check=True, capture_output=True, timeout=120)
+    fleet.stack("up", "--yes")
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+
+@pytest.mark.parametrize("kill_after_s", [8, 20, 40])
+def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, kill_after_s: int):
+    inv = fleet.inventory()
+    single = next(s for s in inv["sites"] if s["name"] == "lab-single")
+    single["distribution"]["extra_args"] = single["distribution"]["extra_args"][:1] + [f"--kube-apiserver-arg=event-ttl={kill_after_s}m"]
+    fleet.write_inventory(inv)
+    proc = subprocess.Popen([str(fleet.root / "scripts/stack"), "dev", "up", "--yes"], cwd=fleet.root, env=fleet.p.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(kill_after_s)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    rec = subprocess.run([str(fleet.root / "scripts/recover"), "dev"], cwd=fleet.root, env=fleet.p.env,
+                         text=True, capture_output=True, timeout=1200)
+    assert rec.returncode == 0, rec.stdout[-4000:] + rec.stderr[-2000:]
+    fleet.stack("up", "--yes", "--expect-no-changes")
+    assert ready("10.213.7.11", fleet.kubeconfig("lab-single"))
+
+
+def test_tampered_artifact_is_refused_before_install(fleet: Fleet, lab, tmp_path: Path):
+    tampered = tmp_path / "k3s"
+    shutil.copyfile(K3S, tampered)
+    with tampered.open("ab") as f:
+        f.write(b"\0")
+    inv = fleet.inventory()
+    site = json.loads(json.dumps(next(s for s in inv["sites"] if s["name"] == "lab-single")))
+    site.update(name="lab-tamper", workloads=[], simulated_nodes=None)
+    site["artifacts"][0]["source"] = str(tampered)
+    site["hosts"] = [{"name": "agent-1", "address": lab.address("agent-1"),
+                      "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"}}]
+    site["distribution"]["disable_agent"] = False
+    inv["sites"].append(site)
+    fleet.write_inventory(inv)
+    out = fleet.stack("up", "--yes", check=False)
+    assert out.returncode != 0
+    got = hashlib.sha256(tampered.read_bytes()).hexdigest()
+    assert "refusing artifact k3s" in out.stdout and f"has sha256 {got}, expected" in out.stdout, out.stdout[-3000:]
+    assert "[agent-1]" in out.stdout, out.stdout[-3000:]
+    assert in_host(None, "agent-1", "test", "-e", "/usr/local/bin/k3s").returncode == 1, "nothing was installed"
+    assert in_host(None, "agent-1", "test", "-e", "/etc/rancher/k3s/config.yaml").returncode == 1
+    inv["sites"].pop()
+    fleet.write_inventory(inv)
+    fleet.stack("up", "--yes")
+
+
+def test_destroy_leaves_the_hosts_clean(fleet: Fleet):
+    fleet.stack("destroy", "--yes")
+    for host in LAB_HOSTS:
+        assert k3s_procs(host) == [], host
+        for path in ("/usr/local/bin/k3s", "/etc/rancher/k3s", "/var/lib/rancher/k3s", "/usr/local/bin/kwok"):
+            assert in_host(None, host, "test", "-e", path).returncode == 1, (host, path)
+
+
+def test_lab_down_leaves_nothing():
+    subprocess.run([str(REPO / "lab/lab"), "down"], check=True, capture_output=True, timeout=180)
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], text=True, capture_output=True).stdout.split() if n.startswith("ef-")]
+    assert "efbr0" not in subprocess.run(["ip", "link"], text=True, capture_output=True).stdout
+    mounts = Path("/proc/mounts").read_text()
+    assert str(CACHE / "lab/hosts") not in mounts
+    procs = subprocess.run(["pgrep", "-f", str(CACHE / "lab/hosts")], text=True, capture_output=True).stdout
+    assert procs.strip() == ""

@@ -1,0 +1,169 @@
+"""k0s renderer: ClusterConfig checked against the documented fields, install flags per
+role, join tokens minted on the first controller, containerd mirror configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import pytest
+import yaml
+
+from components.distributions import k0s
+from components.distributions.common import Artifact, DistributionError, NodeSpec
+
+# ClusterConfig fields (docs/configuration.md of k0sproject/k0s); None = free-form below.
+SCHEMA: dict = {
+    "apiVersion": None, "kind": None, "metadata": {"name": None},
+    "spec": {
+        "api": {"externalAddress": None, "address": None, "sans": None, "extraArgs": None, "port": None, "k0sApiPort": None},
+        "storage": {"type": None, "etcd": {"peerAddress": None, "extraArgs": None, "externalCluster": None},
+                    "kine": {"dataSource": None}},
+        "network": {"provider": None, "podCIDR": None, "serviceCIDR": None, "clusterDomain": None, "calico": None,
+                    "kuberouter": None, "kubeProxy": None, "nodeLocalLoadBalancing": None,
+                    "controlPlaneLoadBalancing": None, "dualStack": None},
+        "controllerManager": None, "scheduler": None, "workerProfiles": None, "featureGates": None,
+        "images": {"konnectivity": None, "metricsserver": None, "kubeproxy": None, "coredns": None, "pause": None,
+                   "calico": None, "kuberouter": None, "repository": None, "default_pull_policy": None},
+        "extensions": None, "konnectivity": {"agentPort": None, "adminPort": None},
+        "telemetry": {"enabled": None},
+        "installConfig": {"users": {"etcdUser": None, "kineUser": None, "konnectivityUser": None,
+                                    "kubeAPIserverUser": None, "kubeSchedulerUser": None}},
+    },
+}
+# Kubelet configuration fields a worker profile may set (KubeletConfiguration v1beta1).
+KUBELET_FIELDS = {"systemReserved", "kubeReserved", "evictionHard", "evictionSoft", "maxPods"}
+
+BASE = NodeSpec(
+    site="plant-b", host="ctl-1", address="10.0.1.11", role="server", first_server=True, server_url=None,
+    arch="amd64", labels={"edgefleet.io/site": "plant-b"}, taints=[], tls_sans=["10.0.1.10"],
+    cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16", profile="standard", disable_agent=False,
+    service_manager="systemd", registry_mirrors={},
+)
+JOIN = "https://10.0.1.11:6443"
+SINGLE = BASE
+HA_FIRST = dataclasses.replace(BASE, ha=True)
+HA_JOIN = dataclasses.replace(BASE, host="ctl-2", address="10.0.1.12", first_server=False, server_url=JOIN, ha=True)
+WORKER = dataclasses.replace(BASE, host="wrk-1", address="10.0.1.21", role="agent", first_server=False, server_url=JOIN,
+                             taints=["dedicated=inference:NoSchedule"])
+GATEWAY = dataclasses.replace(BASE, host="gw-2", profile="gateway", service_manager="supervised")
+ARTS = [Artifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/a/k0s"),
+        Artifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64, "/a/bundle"),
+        Artifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-arm64.tar", "3" * 64, "/a/bundle-arm")]
+
+
+def assert_schema(data: object, schema: object, path: str = "") -> None:
+    if schema is None:
+        return
+    assert isinstance(data, dict), path
+    unknown = set(data) - set(schema)  # type: ignore[arg-type]
+    assert not unknown, f"{path or 'ClusterConfig'}: undocumented fields {unknown}"
+    for key, value in data.items():
+        assert_schema(value, schema[key], f"{path}.{key}")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("node", [SINGLE, HA_FIRST, HA_JOIN, GATEWAY], ids=["single", "ha-first", "ha-join", "gateway"])
+def test_cluster_config_uses_only_documented_fields(node: NodeSpec) -> None:
+    cfg = yaml.safe_load(k0s.render_config(node))
+    assert cfg["apiVersion"] == "k0s.k0sproject.io/v1beta1" and cfg["kind"] == "ClusterConfig"
+    assert_schema(cfg, SCHEMA)
+    spec = cfg["spec"]
+    assert spec["api"]["address"] == node.address and set(node.tls_sans) <= set(spec["api"]["sans"])
+    wanted = {"provider": "kuberouter", "podCIDR": node.cluster_cidr, "serviceCIDR": node.service_cidr}
+    assert {k: spec["network"][k] for k in wanted} == wanted
+    assert spec["telemetry"] == {"enabled": False}
+    for profile in spec.get("workerProfiles", []):
+        assert set(profile["values"]) <= KUBELET_FIELDS
+
+
+def test_ha_controllers_run_etcd_and_a_single_controller_kine() -> None:
+    for node in (HA_FIRST, HA_JOIN):
+        storage = yaml.safe_load(k0s.render_config(node))["spec"]["storage"]
+        assert storage == {"type": "etcd", "etcd": {"peerAddress": node.address}}
+    assert yaml.safe_load(k0s.render_config(SINGLE))["spec"]["storage"] == {"type": "kine"}
+
+
+def test_gateway_controller_reserves_memory_and_drops_metrics_server() -> None:
+    spec = yaml.safe_load(k0s.render_config(GATEWAY))["spec"]
+    (profile,) = spec["workerProfiles"]
+    assert profile["name"] == k0s.GATEWAY_PROFILE
+    assert profile["values"]["evictionHard"]["memory.available"] == "100Mi"
+    flags = k0s.install_flags(GATEWAY)
+    assert f"--profile={k0s.GATEWAY_PROFILE}" in flags and "--disable-components=metrics-server" in flags
+
+
+def test_install_flags_follow_the_role() -> None:
+    first = k0s.install_flags(HA_FIRST)
+    assert "--enable-worker" in first and "--no-taints" in first and f"--config={k0s.CONFIG_FILE}" in first
+    assert not any(f.startswith("--token-file") for f in first)
+    assert f"--token-file={k0s.TOKEN_FILE}" in k0s.install_flags(HA_JOIN)
+    worker = k0s.install_flags(WORKER)
+    assert f"--token-file={k0s.TOKEN_FILE}" in worker and not any(f.startswith("--config") for f in worker)
+    assert "--taints=dedicated=inference:NoSchedule" in worker
+    assert "--kubelet-extra-args=--node-ip=10.0.1.21 --hostname-override=wrk-1" in worker
+    agentless = k0s.install_flags(dataclasses.replace(HA_FIRST, disable_agent=True))
+    assert "--enable-worker" not in agentless and not any(f.startswith("--labels") for f in agentless)
+
+
+def test_workers_take_no_cluster_config() -> None:
+    with pytest.raises(DistributionError, match="workers take no ClusterConfig"):
+        k0s.render_config(WORKER)
+    assert k0s.CONFIG_FILE not in k0s.config_files(WORKER)
+
+
+def test_join_tokens_are_minted_on_the_first_controller_per_role() -> None:
+    assert k0s.render_join_token(HA_FIRST) is None
+    controller = k0s.render_join_token(HA_JOIN)
+    worker = k0s.render_join_token(WORKER)
+    assert controller and "token create --data-dir=/var/lib/k0s --role=controller --expiry=1h" in controller
+    assert worker and "--role=worker" in worker
+    # stdout carries the token and nothing else: every other message goes to stderr.
+    stdout_writes = [ln for ln in worker.splitlines() if ln.strip().startswith(("printf", "echo")) and ">&2" not in ln]
+    assert [ln.strip() for ln in stdout_writes] == ["printf '%s\\n' \"$token\""]
+
+
+def test_install_under_systemd_uses_k0s_install_and_reinstalls_only_when_flags_change() -> None:
+    script = k0s.render_install(HA_JOIN, ARTS)
+    assert "/usr/local/bin/k0s install controller --force --data-dir=/var/lib/k0s" in script
+    assert "if ((args_changed)) || [[ ! -e /etc/systemd/system/k0scontroller.service ]]" in script
+    assert "write_secret K0S_TOKEN /etc/k0s/k0stoken" in script
+    assert "install_copy /a/bundle /var/lib/k0s/images/k0s-airgap-bundle.tar 0644" in script
+    assert "/a/bundle-arm" not in script.split("# Every artifact is verified")[1].split("require_arch")[1]
+    first = k0s.render_install(HA_FIRST, ARTS)
+    assert "write_secret" not in first.split("require_root\n", 1)[1], "the first controller joins nothing"
+
+
+def test_supervised_install_runs_the_same_command_under_the_supervisor() -> None:
+    script = k0s.render_install(GATEWAY, ARTS)
+    assert "k0s install" not in script
+    assert "CMD=(/usr/local/bin/k0s controller --data-dir=/var/lib/k0s" in script
+
+
+def test_registry_mirrors_become_containerd_hosts_files() -> None:
+    node = dataclasses.replace(WORKER, registry_mirrors={"docker.io": ["https://mirror.plant-b:5000"], "quay.io": ["http://10.0.1.5:5000"]})
+    files = k0s.config_files(node)
+    docker = tomllib.loads(files["/etc/k0s/containerd.d/certs.d/docker.io/hosts.toml"][0])
+    assert docker == {"server": "https://registry-1.docker.io",
+                      "host": {"https://mirror.plant-b:5000": {"capabilities": ["pull", "resolve"]}}}
+    quay = tomllib.loads(files["/etc/k0s/containerd.d/certs.d/quay.io/hosts.toml"][0])
+    assert quay["server"] == "https://quay.io" and "http://10.0.1.5:5000" in quay["host"]
+    script = k0s.render_install(node, ARTS)
+    assert "io.containerd.cri.v1.images" in script and "io.containerd.grpc.v1.cri" in script
+
+
+def test_uninstall_leaves_etcd_before_resetting() -> None:
+    script = k0s.render_uninstall(HA_JOIN)
+    assert script.index("etcd leave") < script.index("svc_stop\n") < script.index("reset --data-dir=/var/lib/k0s")
+    assert "etcd leave" not in k0s.render_uninstall(WORKER)
+
+
+def test_kubeconfig_and_readiness_use_the_admin_config() -> None:
+    assert k0s.kubeconfig_path(HA_FIRST) == "/var/lib/k0s/pki/admin.conf"
+    assert "cat -- /var/lib/k0s/pki/admin.conf" in k0s.render_fetch_kubeconfig(HA_FIRST)
+    assert "KUBECONFIG=/var/lib/k0s/pki/admin.conf /usr/local/bin/k0s kubectl get --raw /readyz" in k0s.ready_check(HA_FIRST)
+    assert "kubelet_healthy" in k0s.ready_check(WORKER)
+
+
+def test_second_controller_without_ha_is_refused() -> None:
+    with pytest.raises(DistributionError, match="embedded etcd"):
+        k0s.install_flags(dataclasses.replace(HA_JOIN, ha=False))

@@ -1,0 +1,380 @@
+"""K3s renderer: configuration per topology and profile checked against the documented flag
+names, hardening files, and the install/uninstall scripts executed for real in a throwaway
+mount/network/pid namespace with a stand-in binary (idempotency, restarts, secrets, refusal
+of a tampered artifact, clean removal)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.distributions import k3s
+from components.distributions.common import ARTIFACT_VERIFY_EXIT, Artifact, DistributionError, NodeSpec
+
+# Flag names of `k3s server` and `k3s agent` (docs/cli/server.md and agent.md of k3s-io/docs):
+# a configuration key is a flag name without the dashes.
+AGENT_FLAGS = {
+    "config", "debug", "v", "vmodule", "log", "alsologtostderr", "token", "token-file", "server", "data-dir",
+    "node-name", "with-node-id", "node-label", "node-taint", "image-credential-provider-bin-dir",
+    "image-credential-provider-config", "selinux", "lb-server-port", "protect-kernel-defaults",
+    "container-runtime-endpoint", "default-runtime", "image-service-endpoint", "pause-image", "snapshotter",
+    "private-registry", "disable-default-registry-endpoint", "nonroot-devices", "node-ip", "bind-address",
+    "node-external-ip", "node-internal-dns", "node-external-dns", "resolv-conf", "flannel-iface", "flannel-conf",
+    "flannel-cni-conf", "kubelet-arg", "kube-proxy-arg", "enable-pprof", "rootless", "prefer-bundled-bin", "docker",
+    "vpn-auth", "vpn-auth-file", "disable-apiserver-lb",
+}
+SERVER_FLAGS = AGENT_FLAGS | {
+    "https-listen-port", "advertise-address", "advertise-port", "tls-san", "tls-san-security", "cluster-cidr",
+    "service-cidr", "service-node-port-range", "cluster-dns", "cluster-domain", "flannel-backend", "flannel-ipv6-masq",
+    "flannel-external-ip", "egress-selector-mode", "servicelb-namespace", "write-kubeconfig", "write-kubeconfig-mode",
+    "write-kubeconfig-group", "helm-job-image", "agent-token", "agent-token-file", "cluster-init", "cluster-reset",
+    "cluster-reset-restore-path", "kube-apiserver-arg", "etcd-arg", "kube-controller-manager-arg",
+    "kube-scheduler-arg", "kube-cloud-controller-manager-arg", "datastore-endpoint", "datastore-cafile",
+    "datastore-certfile", "datastore-keyfile", "etcd-expose-metrics", "etcd-disable-snapshots", "etcd-snapshot-name",
+    "etcd-snapshot-schedule-cron", "etcd-snapshot-retention", "etcd-snapshot-dir", "etcd-snapshot-compress",
+    "default-local-storage-path", "disable", "disable-scheduler", "disable-cloud-controller", "disable-kube-proxy",
+    "disable-network-policy", "disable-helm-controller", "embedded-registry", "supervisor-metrics",
+    "system-default-registry", "secrets-encryption", "secrets-encryption-provider", "disable-agent",
+}
+# Must be identical on every server of a cluster (docs/cli/server.md, critical configuration values).
+CRITICAL = {"cluster-cidr", "service-cidr", "secrets-encryption", "disable"}
+
+BASE = NodeSpec(
+    site="plant-a", host="ha-1", address="10.213.7.21", role="server", first_server=True, server_url=None,
+    arch="amd64", labels={"edgefleet.io/site": "plant-a"}, taints=[], tls_sans=["10.213.7.21", "10.213.7.20"],
+    cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16", profile="standard", disable_agent=False,
+    service_manager="systemd", registry_mirrors={},
+)
+JOIN = "https://10.213.7.20:6443"
+SINGLE = dataclasses.replace(BASE, host="single-1", address="10.213.7.11", tls_sans=["10.213.7.11"])
+HA_FIRST = dataclasses.replace(BASE, ha=True)
+HA_JOIN = dataclasses.replace(BASE, host="ha-2", address="10.213.7.22", first_server=False, server_url=JOIN, ha=True)
+AGENT = dataclasses.replace(BASE, host="agent-1", address="10.213.7.41", role="agent", first_server=False,
+                            server_url=JOIN, taints=["dedicated=inference:NoSchedule"], labels={"gpu": "none"})
+GATEWAY = dataclasses.replace(BASE, host="gw-1", address="10.213.7.31", tls_sans=["10.213.7.31"], profile="gateway",
+                              service_manager="supervised")
+AGENTLESS = dataclasses.replace(HA_FIRST, disable_agent=True)
+
+
+def config(node: NodeSpec) -> dict:
+    return yaml.safe_load(k3s.render_config(node))
+
+
+@pytest.mark.parametrize("node", [SINGLE, HA_FIRST, HA_JOIN, AGENT, GATEWAY, AGENTLESS],
+                         ids=["single", "ha-first", "ha-join", "agent", "gateway", "agentless"])
+def test_config_uses_only_documented_flag_names(node: NodeSpec) -> None:
+    keys = set(config(node))
+    allowed = SERVER_FLAGS if node.role == "server" else AGENT_FLAGS
+    assert keys <= allowed, f"undocumented keys: {keys - allowed}"
+    cfg = config(node)
+    assert cfg["token-file"] == k3s.TOKEN_FILE and "token" not in cfg
+    assert cfg["node-name"] == node.host and cfg["node-ip"] == node.address
+
+
+def test_single_node_server_runs_sqlite_and_is_hardened() -> None:
+    cfg = config(SINGLE)
+    assert "cluster-init" not in cfg and "server" not in cfg
+    assert cfg["secrets-encryption"] is True and cfg["protect-kernel-defaults"] is True
+    assert cfg["write-kubeconfig-mode"] == "0600"
+    api = dict(a.split("=", 1) for a in cfg["kube-apiserver-arg"])
+    assert api["anonymous-auth"] == "false"
+    assert api["audit-log-path"] == "/var/lib/rancher/k3s/server/logs/audit.log"
+    assert api["audit-policy-file"] == "/var/lib/rancher/k3s/server/audit.yaml"
+    assert api["admission-control-config-file"] == "/var/lib/rancher/k3s/server/psa.yaml"
+    assert {api["audit-log-maxage"], api["audit-log-maxbackup"], api["audit-log-maxsize"]} == {"30", "10", "100"}
+    kubelet = dict(a.split("=", 1) for a in cfg["kubelet-arg"])
+    assert kubelet["streaming-connection-idle-timeout"] == "5m" and kubelet["make-iptables-util-chains"] == "true"
+    assert "disable" not in cfg and "bind-address" not in cfg
+
+
+def test_ha_first_server_initialises_etcd_and_joiners_point_at_it() -> None:
+    first, join = config(HA_FIRST), config(HA_JOIN)
+    assert first["cluster-init"] is True and "server" not in first
+    assert join["server"] == JOIN and "cluster-init" not in join
+    assert {k: first.get(k) for k in CRITICAL} == {k: join.get(k) for k in CRITICAL}
+    assert k3s.render_psa_config() and k3s.config_files(HA_JOIN)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0] == \
+        k3s.config_files(HA_FIRST)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0]
+
+
+def test_agent_carries_only_node_settings() -> None:
+    cfg = config(AGENT)
+    assert cfg["server"] == JOIN
+    assert cfg["node-taint"] == ["dedicated=inference:NoSchedule"] and cfg["node-label"] == ["gpu=none"]
+    assert not {"tls-san", "secrets-encryption", "cluster-init", "kube-apiserver-arg", "cluster-cidr"} & set(cfg)
+    files = k3s.config_files(AGENT)
+    assert not any(p.endswith(("psa.yaml", "audit.yaml")) for p in files)
+
+
+def test_gateway_profile_disables_addons_reserves_memory_and_binds_the_management_address() -> None:
+    cfg = config(GATEWAY)
+    assert set(cfg["disable"]) == {"traefik", "servicelb", "metrics-server", "local-storage"}
+    assert cfg["bind-address"] == cfg["advertise-address"] == GATEWAY.address
+    kubelet = dict(a.split("=", 1) for a in cfg["kubelet-arg"])
+    for reservation in ("system-reserved", "kube-reserved"):
+        parts = dict(p.split("=") for p in kubelet[reservation].split(","))
+        assert parts["memory"].endswith("Mi") and int(parts["memory"][:-2]) <= 256
+    eviction = dict(p.split("<") for p in kubelet["eviction-hard"].split(","))
+    assert eviction["memory.available"] == "100Mi"
+    reserved = sum(int(dict(p.split("=") for p in kubelet[r].split(","))["memory"][:-2]) for r in ("system-reserved", "kube-reserved"))
+    assert reserved + 100 < 1024 / 2, "a 1 GiB gateway keeps at least half its memory for workloads"
+
+
+def test_agentless_server_has_no_kubelet_settings() -> None:
+    cfg = config(AGENTLESS)
+    assert cfg["disable-agent"] is True
+    assert not {"kubelet-arg", "protect-kernel-defaults", "node-label"} & set(cfg)
+    assert k3s.SYSCTL_FILE not in k3s.config_files(AGENTLESS)
+
+
+def test_psa_enforces_restricted_and_exempts_only_kube_system() -> None:
+    adm = yaml.safe_load(k3s.render_psa_config())
+    assert adm["kind"] == "AdmissionConfiguration" and adm["apiVersion"] == "apiserver.config.k8s.io/v1"
+    plugins = {p["name"]: p["configuration"] for p in adm["plugins"]}
+    pod = plugins["PodSecurity"]
+    assert pod["kind"] == "PodSecurityConfiguration"
+    assert {pod["defaults"][m] for m in ("enforce", "audit", "warn")} == {"restricted"}
+    assert pod["exemptions"]["namespaces"] == ["kube-system"]
+    # EventRateLimit is enabled in kube-apiserver-arg, so it must have its configuration here.
+    assert plugins["EventRateLimit"]["limits"][0]["type"] == "Server"
+
+
+def test_audit_policy_records_metadata_never_bodies() -> None:
+    policy = yaml.safe_load(k3s.render_audit_policy())
+    assert policy["apiVersion"] == "audit.k8s.io/v1" and policy["kind"] == "Policy"
+    levels = {r["level"] for r in policy["rules"]}
+    assert levels <= {"None", "Metadata"}
+    assert policy["rules"][-1] == {"level": "Metadata"}
+
+
+def test_registries_lists_the_site_mirrors() -> None:
+    node = dataclasses.replace(SINGLE, registry_mirrors={"docker.io": ["https://mirror.plant-a:5000"],
+                                                         "ghcr.io": ["https://mirror.plant-a:5001"]})
+    assert yaml.safe_load(k3s.render_registries(node)) == {"mirrors": {
+        "docker.io": {"endpoint": ["https://mirror.plant-a:5000"]}, "ghcr.io": {"endpoint": ["https://mirror.plant-a:5001"]}}}
+    assert k3s.config_files(node)[k3s.REGISTRIES_FILE][1] == 0o600
+    with pytest.raises(DistributionError, match="not a registry endpoint"):
+        k3s.render_registries(dataclasses.replace(SINGLE, registry_mirrors={"docker.io": ["mirror:5000"]}))
+
+
+def test_file_modes_keep_configuration_private() -> None:
+    files = k3s.config_files(HA_FIRST)
+    assert {files[p][1] for p in (k3s.CONFIG_FILE, f"{k3s.DEFAULT_DATA_DIR}/server/audit.yaml",
+                                  f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml")} == {0o600}
+
+
+@pytest.mark.parametrize("node,field,needle", [
+    (dataclasses.replace(AGENT, server_url=None), "server_url", "needs the URL of a server"),
+    (dataclasses.replace(HA_JOIN, ha=False), "role", "embedded etcd"),
+    (dataclasses.replace(HA_FIRST, server_url=JOIN), "server_url", "joins nothing"),
+    (dataclasses.replace(AGENT, disable_agent=True), "disable_agent", "only servers"),
+    (dataclasses.replace(SINGLE, extra_args=("debug",)), "extra_args", "not a K3s flag"),
+])
+def test_impossible_nodes_are_refused_naming_field_and_fix(node: NodeSpec, field: str, needle: str) -> None:
+    with pytest.raises(DistributionError, match=needle) as err:
+        k3s.render_config(node)
+    assert err.value.field.endswith(field) and err.value.fix
+
+
+def test_artifacts_are_named_and_image_archives_keep_their_suffix() -> None:
+    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s"),
+            Artifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, "/a/images")]
+    script = k3s.render_install(SINGLE, arts)
+    assert "install_copy /a/images /var/lib/rancher/k3s/agent/images/k3s-airgap-images.tar.zst 0644" in script
+    with pytest.raises(DistributionError, match="not a K3s artifact"):
+        k3s.render_install(SINGLE, [*arts, Artifact("kwok", "dist/kwok", "3" * 64, "/a/kwok")])
+
+
+def test_upgrade_of_a_server_drains_before_replacing_and_uncordons_after() -> None:
+    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s")]
+    script = k3s.render_upgrade(HA_JOIN, arts, drain_timeout_s=120)
+    order = [script.index(s) for s in ('drain "$NODE"', "install_copy /a/k3s", "svc_apply\n", 'uncordon "$NODE"')]
+    assert order == sorted(order)
+    assert "--ignore-daemonsets --delete-emptydir-data --timeout=120s" in script
+    with pytest.raises(DistributionError, match="cannot drain itself"):
+        k3s.render_upgrade(AGENT, arts)
+    steps = k3s.upgrade_steps(AGENT, arts, drain_timeout_s=90)
+    assert "drain \"$NODE\"" in steps.drain and "NODE=agent-1" in steps.drain
+    assert "install_copy /a/k3s /usr/local/bin/k3s" in steps.upgrade and "drain" not in steps.upgrade
+    assert "uncordon" in steps.uncordon
+
+
+# --- executed in a sandbox ------------------------------------------------------------------------------
+
+FAKE_K3S = """#!/usr/bin/env bash
+# Stand-in for the k3s binary: server/agent record a start, leave a container shim behind in
+# its own session (as containerd does) and stay up; run as kubectl (the real binary sees
+# argv[0]; a script's argv[0] is lost to the kernel, so the kubectl arguments tell) it
+# answers /readyz.
+if [[ "${1:-}" == --kubeconfig* ]]; then [[ -s /etc/rancher/k3s/k3s.yaml ]] && echo ok; exit; fi
+case "${1:-}" in
+  server|agent)
+    printf '%s\\n' "$*" >>/var/log/fake-k3s-starts
+    mkdir -p /etc/rancher/k3s
+    printf 'apiVersion: v1\\nclusters:\\n- cluster:\\n    server: https://127.0.0.1:6443\\n  name: default\\n' >/etc/rancher/k3s/k3s.yaml
+    chmod 600 /etc/rancher/k3s/k3s.yaml
+    setsid bash -c 'exec -a /var/lib/rancher/k3s/data/fake/bin/containerd-shim-runc-v2 sleep 600' </dev/null >/dev/null 2>&1 &
+    exec sleep 600 ;;
+  *) exit 2 ;;
+esac
+"""
+# Kernel parameters go to files: the sandbox shares the real kernel.
+FAKE_SYSCTL = """#!/usr/bin/env bash
+dir=/var/lib/fake-sysctl; mkdir -p "$dir"; write=""
+while [[ "${1:-}" == -* ]]; do [[ "$1" == -w ]] && write=1; shift; done
+if [[ -n "$write" ]]; then printf '%s\\n' "${1#*=}" >"$dir/${1%%=*}"; else cat "$dir/$1" 2>/dev/null || echo 0; fi
+"""
+SENTINEL = "sentinel-join-token-7f3a9c"
+STEPS = ["verify_fails", "install", "install_again", "install_changed", "upgrade_binary", "uninstall", "uninstall_again"]
+
+
+def _sandbox_cmd() -> list[str] | None:
+    """unshare with private mount, network and pid namespaces (user namespace when not root)."""
+    if not shutil.which("unshare") or not Path("/proc/self/ns/mnt").exists():
+        return None
+    base = ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+    cmd = base if os.geteuid() == 0 else [base[0], "--map-root-user", *base[1:]]
+    probe = subprocess.run([*cmd, "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True, timeout=20)
+    return cmd if probe.returncode == 0 else None
+
+
+SANDBOX = _sandbox_cmd()
+
+
+@pytest.fixture(scope="module")
+def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Runs the supervised K3s lifecycle once in a sandbox whose /etc, /usr/local, /var/lib
+    and /var/log are overlays and /run a fresh tmpfs; returns what each step did."""
+    if SANDBOX is None:
+        pytest.skip("needs unshare with mount/net/pid namespaces (root or user namespaces)")
+    work = tmp_path_factory.mktemp("k3s-sandbox")
+    (work / "bin").mkdir()
+    fake = work / "fake-k3s"
+    fake.write_text(FAKE_K3S)
+    (work / "bin/sysctl").write_text(FAKE_SYSCTL)
+    for f in (fake, work / "bin/sysctl"):
+        f.chmod(0o755)
+    sha = hashlib.sha256(fake.read_bytes()).hexdigest()
+    newer = work / "fake-k3s-newer"
+    newer.write_text(FAKE_K3S + "# next release\n")
+    newer.chmod(0o755)
+    arch = "arm64" if platform.machine() == "aarch64" else "amd64"
+    node = dataclasses.replace(GATEWAY, arch=arch, tls_sans=[GATEWAY.address])
+    artifact = [Artifact("k3s", str(fake), sha, str(fake))]
+    scripts = {
+        "verify_fails": k3s.render_install(node, [Artifact("k3s", str(fake), "e" * 64, str(fake))], ready_timeout_s=20),
+        "install": k3s.render_install(node, artifact, ready_timeout_s=20),
+        "install_again": k3s.render_install(node, artifact, ready_timeout_s=20),
+        "install_changed": k3s.render_install(dataclasses.replace(node, labels={**node.labels, "zone": "b"}), artifact,
+                                              ready_timeout_s=20),
+        "upgrade_binary": k3s.render_upgrade_binary(
+            dataclasses.replace(node, labels={**node.labels, "zone": "b"}),
+            Artifact("k3s", str(newer), hashlib.sha256(newer.read_bytes()).hexdigest(), str(newer)), ready_timeout_s=20),
+        "uninstall": k3s.render_uninstall(node),
+        "uninstall_again": k3s.render_uninstall(node),
+    }
+    for name, text in scripts.items():
+        (work / f"{name}.sh").write_text(text)
+    state = work / "state"
+    driver = textwrap.dedent(f"""\
+        set -u
+        W={work}
+        for d in etc usrlocal varlib varlog; do mkdir -p "$W/upper/$d" "$W/work/$d"; done
+        mount -t overlay overlay -o lowerdir=/etc,upperdir=$W/upper/etc,workdir=$W/work/etc /etc
+        mount -t overlay overlay -o lowerdir=/usr/local,upperdir=$W/upper/usrlocal,workdir=$W/work/usrlocal /usr/local
+        mount -t overlay overlay -o lowerdir=/var/lib,upperdir=$W/upper/varlib,workdir=$W/work/varlib /var/lib
+        mount -t overlay overlay -o lowerdir=/var/log,upperdir=$W/upper/varlog,workdir=$W/work/varlog /var/log
+        mount -t tmpfs tmpfs /run
+        export PATH="$W/bin:$PATH" K3S_TOKEN={SENTINEL}
+        mkdir -p {state}
+        # Another host on the same kernel: same paths, its own mount namespace and session.
+        setsid unshare --mount --propagation private \\
+          bash -c 'exec -a /var/lib/rancher/k3s/data/other/bin/containerd-shim-runc-v2 sleep 600' </dev/null >/dev/null 2>&1 &
+        for step in {" ".join(STEPS)}; do
+          bash "$W/$step.sh" >"{state}/$step.out" 2>"{state}/$step.err"
+          echo $? >"{state}/$step.rc"
+          cat /run/edgefleet/k3s.pid >"{state}/$step.pid" 2>/dev/null || true
+          wc -l </var/log/fake-k3s-starts >"{state}/$step.starts" 2>/dev/null || echo 0 >"{state}/$step.starts"
+          stat -c %a /etc/rancher/k3s/token >"{state}/$step.tokenmode" 2>/dev/null || true
+          cat /etc/rancher/k3s/token >"{state}/$step.token" 2>/dev/null || true
+          ls /usr/local/bin/k3s /etc/rancher /var/lib/rancher /usr/local/lib/edgefleet/k3s-supervise /var/log/k3s.log \\
+            >"{state}/$step.left" 2>/dev/null || true
+          ps -eo args= | grep -E '^(/usr/local/bin/k3s |sleep 600|bash /usr/local/lib/edgefleet/|/var/lib/rancher/k3s/data/fake/)' \\
+            >"{state}/$step.procs" || true
+          ps -eo args= | grep -E '^/var/lib/rancher/k3s/data/other/' >"{state}/$step.foreign" || true
+        done
+        """)
+    subprocess.run([*SANDBOX, "bash", "-c", driver], check=True, timeout=120)
+    out = {}
+    for step in STEPS:
+        read = lambda ext: (state / f"{step}.{ext}").read_text() if (state / f"{step}.{ext}").exists() else ""  # noqa: E731
+        out[step] = {k: read(k) for k in ("out", "err", "rc", "pid", "starts", "tokenmode", "token", "left", "procs",
+                                          "foreign")}
+        out[step]["rc"] = int(out[step]["rc"])
+        out[step]["starts"] = int(out[step]["starts"].strip() or 0)
+    return out
+
+
+def test_a_tampered_artifact_stops_the_install_before_anything_changes(sandbox_run: dict) -> None:
+    step = sandbox_run["verify_fails"]
+    assert step["rc"] == ARTIFACT_VERIFY_EXIT
+    assert "refusing artifact k3s" in step["err"] and "expected " + "e" * 64 in step["err"]
+    assert step["left"] == "" and step["starts"] == 0, "nothing may be installed after a failed verification"
+
+
+def test_install_starts_k3s_and_writes_the_token_privately(sandbox_run: dict) -> None:
+    step = sandbox_run["install"]
+    assert step["rc"] == 0, step["err"]
+    assert step["starts"] == 1 and step["pid"].strip()
+    assert "the K3s API is ready" in step["err"]
+    assert step["token"] == SENTINEL and step["tokenmode"].strip() == "600"
+    assert "sleep 600" in step["procs"] and "containerd-shim-runc-v2" in step["procs"]
+
+
+def test_reinstall_with_the_same_inputs_changes_nothing_and_restarts_nothing(sandbox_run: dict) -> None:
+    first, again = sandbox_run["install"], sandbox_run["install_again"]
+    assert again["rc"] == 0, again["err"]
+    assert again["starts"] == 1 and again["pid"] == first["pid"]
+    assert "wrote" not in again["err"] and "installed" not in again["err"]
+    assert "running and unchanged; not restarted" in again["err"]
+
+
+def test_a_changed_configuration_restarts_the_service(sandbox_run: dict) -> None:
+    step = sandbox_run["install_changed"]
+    assert step["rc"] == 0, step["err"]
+    assert "wrote /etc/rancher/k3s/config.yaml" in step["err"] and "restarted k3s" in step["err"]
+    assert step["starts"] == 2 and step["pid"] != sandbox_run["install"]["pid"]
+
+
+def test_a_new_binary_is_swapped_in_and_restarts_the_service(sandbox_run: dict) -> None:
+    step = sandbox_run["upgrade_binary"]
+    assert step["rc"] == 0, step["err"]
+    assert "installed /usr/local/bin/k3s" in step["err"] and "restarted k3s" in step["err"]
+    assert step["starts"] == 3 and step["pid"] != sandbox_run["install_changed"]["pid"]
+
+
+def test_uninstall_leaves_the_host_clean_and_is_idempotent(sandbox_run: dict) -> None:
+    for name in ("uninstall", "uninstall_again"):
+        step = sandbox_run[name]
+        assert step["rc"] == 0, step["err"]
+        assert step["left"] == "" and step["procs"] == "" and step["pid"] == ""
+    assert "removed /etc/rancher/k3s" in sandbox_run["uninstall"]["err"]
+    assert "killing leftover process" in sandbox_run["uninstall"]["err"], "the container shims outlive the service"
+
+
+def test_uninstall_spares_processes_of_other_hosts_on_the_same_kernel(sandbox_run: dict) -> None:
+    assert all("data/other/bin/containerd-shim" in step["foreign"] for step in sandbox_run.values())
+    assert "removed /" not in sandbox_run["uninstall_again"]["err"], "a second uninstall finds nothing to remove"
+
+
+def test_the_join_token_never_reaches_the_output(sandbox_run: dict) -> None:
+    for step in sandbox_run.values():
+        assert SENTINEL not in step["out"] + step["err"]
