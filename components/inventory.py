@@ -180,7 +180,9 @@ class DistributionSpec(_Model):
     version: str
     service_manager: Literal["systemd", "openrc", "supervised"] = "systemd"
     disable_agent: bool = False  # servers without kubelet (dedicated control plane)
-    extra_args: list[str] = []
+    extra_args: list[str] = []  # extra flags for servers (controllers)
+    agent_args: list[str] = []  # extra flags for agents (workers), e.g. an external CRI endpoint
+    protect_kernel_defaults: bool = True  # kubelet refuses kernel settings other than its own (CIS)
 
     @field_validator("version")
     @classmethod

@@ -74,7 +74,8 @@ def node_spec(site: Site, host: Host, first: Host) -> NodeSpec:
         service_manager=dist.service_manager,
         registry_mirrors=dict(site.registry_mirrors),
         ha=site.topology == "ha",
-        extra_args=tuple(dist.extra_args),
+        extra_args=tuple(dist.extra_args if host.role == "server" else dist.agent_args),
+        protect_kernel_defaults=dist.protect_kernel_defaults,
     )
 
 
@@ -108,7 +109,7 @@ def site_props(site: Site, environment: str, base: Path) -> dict:
             "secretsEncryption": True,
             "auditLog": True,
             "anonymousAuth": False,
-            "protectKernelDefaults": True,
+            "protectKernelDefaults": site.distribution.protect_kernel_defaults,
             "kubeconfigMode": "0600",
         },
         "artifacts": [

@@ -66,7 +66,31 @@ class NodeSpec:
     registry_mirrors: dict[str, list[str]]  # registry -> endpoints
     ha: bool = False  # the site runs several servers on embedded etcd
     data_dir: str | None = None  # None: the distribution's default
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()  # flags for this node's role
+    protect_kernel_defaults: bool = True  # kubelet --protect-kernel-defaults and the sysctls it needs
+
+
+# What the kubelet checks under protect-kernel-defaults (CIS hardening guide, host level).
+KERNEL_PARAMS = {
+    "vm.panic_on_oom": "0",
+    "vm.overcommit_memory": "1",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
+SYSCTL_FILE = "/etc/sysctl.d/90-kubelet.conf"
+
+
+def render_sysctl() -> str:
+    """The sysctl drop-in that keeps KERNEL_PARAMS across reboots."""
+    return "# Kernel parameters the kubelet requires with protect-kernel-defaults (CIS).\n" + "".join(
+        f"{k}={v}\n" for k, v in KERNEL_PARAMS.items())
+
+
+def sysctl_lines() -> str:
+    """Install-script lines setting KERNEL_PARAMS now (needs the ``sysctl`` library)."""
+    return "".join(f"ensure_sysctl {k} {v}\n" for k, v in KERNEL_PARAMS.items())
 
 
 @dataclass(frozen=True)

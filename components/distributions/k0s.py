@@ -18,6 +18,7 @@ from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
+    SYSCTL_FILE,
     UNAME_ARCH,
     Artifact,
     DistributionError,
@@ -41,6 +42,8 @@ from components.distributions.common import (
     ready_function,
     remove_node_body,
     render_cat,
+    render_sysctl,
+    sysctl_lines,
     uncordon_body,
     verify_lines,
     wait_ready_lines,
@@ -136,6 +139,8 @@ def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
     if has_worker(node):
         for registry, endpoints in sorted(node.registry_mirrors.items()):
             files[f"{CERTS_DIR}/{registry}/hosts.toml"] = (render_registry_hosts(registry, endpoints), 0o644)
+        if node.protect_kernel_defaults:
+            files[SYSCTL_FILE] = (render_sysctl(), 0o644)
     return files
 
 
@@ -156,7 +161,8 @@ def install_flags(node: NodeSpec) -> tuple[str, ...]:
             flags.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())))
         if node.taints:
             flags.append("--taints=" + ",".join(node.taints))
-        flags.append(f"--kubelet-extra-args=--node-ip={node.address} --hostname-override={node.host}")
+        protect = " --protect-kernel-defaults=true" if node.protect_kernel_defaults else ""
+        flags.append(f"--kubelet-extra-args=--node-ip={node.address} --hostname-override={node.host}{protect}")
         if node.profile == "gateway":
             flags.append(f"--profile={GATEWAY_PROFILE}")
     return (*flags, *node.extra_args)
@@ -231,7 +237,7 @@ put_file {REGISTRY_DROPIN} 0644 < <(printf 'version = %s\\n\\n[plugins."%s".regi
 """
 
 
-_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "wait", "kubelet_health")
+_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait", "kubelet_health")
 
 
 def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
@@ -246,6 +252,8 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
     body += f"install_copy {q(arts.binary.dest)} {BIN} 0755 {arts.binary.sha256}\n"
     for a, dest in arts.bundles:
         body += f"install_copy {q(a.dest)} {q(dest)} 0644 {a.sha256}\n"
+    if has_worker(node) and node.protect_kernel_defaults:
+        body += sysctl_lines()
     for path, (content, mode) in config_files(node).items():
         body += heredoc_file(path, content, mode)
     if has_worker(node) and node.registry_mirrors:
@@ -334,7 +342,7 @@ def render_uninstall(node: NodeSpec) -> str:
 fi
 """
     processes = rf"^({ere_literal(BIN)}|k0s) (controller|worker)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
-    paths = [CONFIG_DIR, dd, "/run/k0s", BIN, svc.log_file, svc.unit_path()]
+    paths = [CONFIG_DIR, dd, "/run/k0s", BIN, SYSCTL_FILE, svc.log_file, svc.unit_path()]
     body = svc.shell() + "require_root\n" + leave + f"""svc_stop
 if [[ -x {q(BIN)} ]]; then
   timeout 300 {q(BIN)} reset --data-dir={q(dd)} >&2 || log "k0s reset reported errors; removing the rest"

@@ -19,6 +19,7 @@ from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
+    SYSCTL_FILE,
     UNAME_ARCH,
     Artifact,
     DistributionError,
@@ -42,6 +43,8 @@ from components.distributions.common import (
     ready_function,
     remove_node_body,
     render_cat,
+    render_sysctl,
+    sysctl_lines,
     uncordon_body,
     verify_lines,
     wait_ready_lines,
@@ -59,18 +62,8 @@ TOKEN_FILE = f"{CONFIG_DIR}/token"
 REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
 KUBECONFIG = f"{CONFIG_DIR}/k3s.yaml"
 DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
-SYSCTL_FILE = "/etc/sysctl.d/90-kubelet.conf"
 IMAGES_PREFIX = "k3s-airgap-images"
 
-# What the kubelet checks under protect-kernel-defaults (CIS hardening guide, host level).
-KERNEL_PARAMS = {
-    "vm.panic_on_oom": "0",
-    "vm.overcommit_memory": "1",
-    "kernel.panic": "10",
-    "kernel.panic_on_oops": "1",
-    "kernel.keys.root_maxkeys": "1000000",
-    "kernel.keys.root_maxbytes": "25000000",
-}
 CIS_TLS_CIPHERS = ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,"
                    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,"
                    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305")
@@ -153,7 +146,8 @@ def render_config(node: NodeSpec) -> str:
             cfg["node-label"] = [f"{k}={v}" for k, v in sorted(node.labels.items())]
         if node.taints:
             cfg["node-taint"] = list(node.taints)
-        cfg["protect-kernel-defaults"] = True
+        if node.protect_kernel_defaults:
+            cfg["protect-kernel-defaults"] = True
         cfg["kubelet-arg"] = _kubelet_args(node)
     return yaml_text(cfg)
 
@@ -202,11 +196,6 @@ def render_registries(node: NodeSpec) -> str:
     return yaml_text({"mirrors": {reg: {"endpoint": list(eps)} for reg, eps in sorted(node.registry_mirrors.items())}})
 
 
-def render_sysctl() -> str:
-    return "# Kernel parameters the kubelet requires with protect-kernel-defaults (CIS).\n" + "".join(
-        f"{k}={v}\n" for k, v in KERNEL_PARAMS.items())
-
-
 def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
     """Every configuration file of the node: path -> (content, mode)."""
     files = {CONFIG_FILE: (render_config(node), 0o600)}
@@ -215,7 +204,7 @@ def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
         files[_server_path(node, "psa.yaml")] = (render_psa_config(), 0o600)
     if node.registry_mirrors:
         files[REGISTRIES_FILE] = (render_registries(node), 0o600)
-    if has_kubelet(node):
+    if has_kubelet(node) and node.protect_kernel_defaults:
         files[SYSCTL_FILE] = (render_sysctl(), 0o644)
     return files
 
@@ -282,8 +271,8 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
     body = svc.shell() + _ready_functions(node) + "require_root\n"
     body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
     body += _binary_lines(node, arts)
-    if has_kubelet(node):
-        body += "".join(f"ensure_sysctl {k} {v}\n" for k, v in KERNEL_PARAMS.items())
+    if has_kubelet(node) and node.protect_kernel_defaults:
+        body += sysctl_lines()
     if node.role == "server":
         body += f"install -d -m 0700 -- {q(_server_path(node, 'logs'))}\n"
     for path, (content, mode) in {**config_files(node), **svc.files()}.items():

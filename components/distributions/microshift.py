@@ -17,6 +17,7 @@ from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
+    SYSCTL_FILE,
     UNAME_ARCH,
     Artifact,
     DistributionError,
@@ -36,6 +37,8 @@ from components.distributions.common import (
     q,
     remove_node_body,
     render_cat,
+    render_sysctl,
+    sysctl_lines,
     uncordon_body,
     verify_lines,
     wait_ready_lines,
@@ -110,11 +113,14 @@ def render_config(node: NodeSpec) -> str:
         "debugging": {"logLevel": "Normal"},
         "ingress": {"status": "Managed" if ingress_enabled(node) else "Removed"},
     }
+    kubelet: dict[str, object] = {"protectKernelDefaults": True} if node.protect_kernel_defaults else {}
     if node.profile == "gateway":
         cfg["etcd"] = {"memoryLimitMB": 128}
         cfg["storage"] = {"driver": "none"}
-        cfg["kubelet"] = {"systemReserved": dict(GATEWAY_SYSTEM_RESERVED), "kubeReserved": dict(GATEWAY_KUBE_RESERVED),
-                          "evictionHard": dict(GATEWAY_EVICTION_HARD)}
+        kubelet.update(systemReserved=dict(GATEWAY_SYSTEM_RESERVED), kubeReserved=dict(GATEWAY_KUBE_RESERVED),
+                       evictionHard=dict(GATEWAY_EVICTION_HARD))
+    if kubelet:
+        cfg["kubelet"] = kubelet
     return yaml_text(cfg)
 
 
@@ -177,6 +183,8 @@ def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
     files = {CONFIG_FILE: (render_config(node), 0o600), GREENBOOT_CHECK: (render_greenboot_check(node), 0o755)}
     if node.registry_mirrors:
         files[MIRRORS_FILE] = (render_mirrors(node), 0o644)
+    if node.protect_kernel_defaults:
+        files[SYSCTL_FILE] = (render_sysctl(), 0o644)
     return files
 
 
@@ -243,7 +251,7 @@ local_ready() {{
 """
 
 
-_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "wait")
+_INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait")
 
 
 def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
@@ -257,6 +265,8 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
     body = svc.shell() + _ready_functions() + "require_root\n"
     body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
     body += f"require_arch {UNAME_ARCH[node.arch]}\n"
+    if node.protect_kernel_defaults:
+        body += sysctl_lines()
     body += f"""[[ -d /run/systemd/system ]] || die "MicroShift needs systemd (fix: use a systemd host, or k3s with service_manager: supervised)"
 RPMS=({rpm_list})
 missing=()
@@ -334,7 +344,7 @@ def render_uninstall(node: NodeSpec) -> str:
     rules and the files this fleet wrote. Idempotent."""
     validate(node)
     svc = service(node)
-    files = [CONFIG_FILE, PULL_SECRET_FILE, MIRRORS_FILE, GREENBOOT_CHECK]
+    files = [CONFIG_FILE, PULL_SECRET_FILE, MIRRORS_FILE, GREENBOOT_CHECK, SYSCTL_FILE]
     body = svc.shell() + f"""require_root
 if command -v microshift-cleanup-data >/dev/null 2>&1; then
   echo 1 | microshift-cleanup-data --all --keep-images >&2 || log "microshift-cleanup-data reported errors"

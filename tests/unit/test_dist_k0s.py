@@ -100,7 +100,7 @@ def test_install_flags_follow_the_role() -> None:
     worker = k0s.install_flags(WORKER)
     assert f"--token-file={k0s.TOKEN_FILE}" in worker and not any(f.startswith("--config") for f in worker)
     assert "--taints=dedicated=inference:NoSchedule" in worker
-    assert "--kubelet-extra-args=--node-ip=10.0.1.21 --hostname-override=wrk-1" in worker
+    assert "--kubelet-extra-args=--node-ip=10.0.1.21 --hostname-override=wrk-1 --protect-kernel-defaults=true" in worker
     agentless = k0s.install_flags(dataclasses.replace(HA_FIRST, disable_agent=True))
     assert "--enable-worker" not in agentless and not any(f.startswith("--labels") for f in agentless)
 
@@ -167,3 +167,15 @@ def test_kubeconfig_and_readiness_use_the_admin_config() -> None:
 def test_second_controller_without_ha_is_refused() -> None:
     with pytest.raises(DistributionError, match="embedded etcd"):
         k0s.install_flags(dataclasses.replace(HA_JOIN, ha=False))
+
+
+def test_worker_kernel_protection_follows_the_node() -> None:
+    assert k0s.SYSCTL_FILE in k0s.config_files(WORKER)
+    assert "ensure_sysctl kernel.panic 10\n" in k0s.render_install(WORKER, ARTS)
+    lax = dataclasses.replace(WORKER, protect_kernel_defaults=False)
+    assert not any("protect-kernel-defaults" in f for f in k0s.install_flags(lax))
+    assert k0s.SYSCTL_FILE not in k0s.config_files(lax)
+    assert "ensure_sysctl kernel." not in k0s.render_install(lax, ARTS)
+    # A controller without a worker runs no kubelet: nothing to protect.
+    controller = dataclasses.replace(HA_FIRST, disable_agent=True)
+    assert k0s.SYSCTL_FILE not in k0s.config_files(controller)

@@ -378,3 +378,14 @@ def test_uninstall_spares_processes_of_other_hosts_on_the_same_kernel(sandbox_ru
 def test_the_join_token_never_reaches_the_output(sandbox_run: dict) -> None:
     for step in sandbox_run.values():
         assert SENTINEL not in step["out"] + step["err"]
+
+
+def test_kernel_protection_is_on_by_default_and_can_be_left_to_the_host() -> None:
+    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s")]
+    assert config(AGENT)["protect-kernel-defaults"] is True
+    assert k3s.SYSCTL_FILE in k3s.config_files(AGENT)
+    assert "ensure_sysctl vm.overcommit_memory 1\n" in k3s.render_install(AGENT, arts)
+    lax = dataclasses.replace(AGENT, protect_kernel_defaults=False)
+    assert "protect-kernel-defaults" not in config(lax)
+    assert k3s.SYSCTL_FILE not in k3s.config_files(lax)
+    assert "ensure_sysctl vm." not in k3s.render_install(lax, arts), "the host's kernel settings are left alone"

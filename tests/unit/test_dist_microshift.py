@@ -140,3 +140,14 @@ def test_uninstall_cleans_data_keeps_images_and_removes_packages() -> None:
     assert "echo 1 | microshift-cleanup-data --all --keep-images" in script
     assert 'dnf remove -y "${packages[@]}"' in script and 'rpm-ostree uninstall "${packages[@]}"' in script
     assert "fw_remove source trusted 10.42.0.0/16" in script
+
+
+def test_kubelet_protects_kernel_defaults_unless_left_to_the_host() -> None:
+    assert yaml.safe_load(microshift.render_config(NODE))["kubelet"] == {"protectKernelDefaults": True}
+    assert yaml.safe_load(microshift.render_config(GATEWAY))["kubelet"]["protectKernelDefaults"] is True
+    assert microshift.SYSCTL_FILE in microshift.config_files(NODE)
+    assert "ensure_sysctl kernel.panic_on_oops 1\n" in microshift.render_install(NODE, RPMS)
+    lax = dataclasses.replace(NODE, protect_kernel_defaults=False)
+    assert "kubelet" not in yaml.safe_load(microshift.render_config(lax))
+    assert microshift.SYSCTL_FILE not in microshift.config_files(lax)
+    assert "ensure_sysctl kernel." not in microshift.render_install(lax, RPMS)

@@ -21,7 +21,7 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 from components.fleet import EdgeFleet, FleetArgs, read_secret
 from components.inventory import LoadedInventory, Site, load_inventory
 from components.program import DEV_PASSPHRASE, build_fleet
-from components.site import EdgeSite, SiteSettings, check_site, join_token, ordered_hosts
+from components.site import EdgeSite, SiteSettings, check_site, join_token, node_spec, ordered_hosts
 from policies.engine import evaluate
 from policies.model import Resource
 from tests.unit.test_inventory import ARTIFACTS, HOST_KEY, INVENTORIES, PRIVATE_KEY, REPO, lab_files
@@ -507,3 +507,23 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     assert {name: out["secret"] for name, out in r.value.items()} == {s.name: True for s in sites}
     assert yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"] == "https://10.20.0.10:6443"
     assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s]
+
+
+def test_servers_and_agents_take_their_own_flags_and_kernel_protection_is_reported(lab: LoadedInventory) -> None:
+    site = lab_site(lab, "lab-ha")
+    dist = site.distribution.model_copy(update={
+        "extra_args": ["--kube-apiserver-arg=event-ttl=2h"],
+        "agent_args": ["--container-runtime-endpoint=unix:///run/cri.sock"],
+        "protect_kernel_defaults": False})
+    site = site.model_copy(update={"distribution": dist})
+    hosts = ordered_hosts(site)
+    flags = {h.name: node_spec(site, h, hosts[0]).extra_args for h in hosts}
+    assert flags == {"ha-1": ("--kube-apiserver-arg=event-ttl=2h",), "ha-2": ("--kube-apiserver-arg=event-ttl=2h",),
+                     "ha-3": ("--kube-apiserver-arg=event-ttl=2h",),
+                     "ha-agent": ("--container-runtime-endpoint=unix:///run/cri.sock",)}
+    r = build_sites(lab, site)
+    assert "protect-kernel-defaults" not in k3s_config(r, "lab-ha", "ha-agent")
+    props = r.get("lab-ha").inputs
+    assert props["install"]["protectKernelDefaults"] is False
+    names = [f.rule.name for f in evaluate([Resource("edge:site:EdgeSite", "lab-ha", props)]).findings]
+    assert names == ["edge-protect-kernel-defaults"]
