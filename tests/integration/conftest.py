@@ -120,7 +120,7 @@ class Lab:
     def address(self, host: str) -> str:
         for line in (REPO / "lab/hosts.txt").read_text().splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[0] == host:
+            if len(parts) >= 2 and parts[0] == host:
                 return parts[1]
         raise KeyError(host)
 
