@@ -496,9 +496,13 @@ def heredoc_file(path: str, content: str, mode: int) -> str:
     return f"put_file {q(path)} {mode:04o} <<'{delim}'\n{content}{delim}\n"
 
 
+# libyaml's emitter (the pure-Python one is the slowest step of a large preview).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def yaml_text(data: object) -> str:
     """YAML in document order (the order rendered files are read in)."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=False)
 
 
 # --- services ------------------------------------------------------------------------------------

@@ -276,6 +276,78 @@ def test_tampered_artifact_is_refused_before_install(fleet: Fleet, lab, tmp_path
     fleet.stack("up", "--yes")
 
 
+def _node(kc: Path, name: str) -> dict | None:
+    proc = kubectl(kc, "get", "node", name, "-o", "json", check=False)
+    if proc.returncode != 0:
+        assert "NotFound" in proc.stderr, proc.stderr
+        return None
+    return json.loads(proc.stdout)
+
+
+def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, lab):
+    """Onboarding: a host added to a site's inventory joins as an agent (a real K3s agent and
+    kubelet; the lab host's container runtime is the CRI stand-in); removed, it is drained,
+    its node deleted and K3s uninstalled."""
+    inv = fleet.inventory()
+    site = next(s for s in inv["sites"] if s["name"] == "lab-single")
+    assert site["distribution"]["agent_args"], "sites/dev.yaml gives lab agents their runtime endpoint"
+    # Lab hosts share this machine's kernel: the agent must not change its global settings.
+    site["distribution"]["protect_kernel_defaults"] = False
+    site["hosts"].append({"name": "agent-1", "address": lab.address("agent-1"), "role": "agent",
+                          "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"}})
+    fleet.write_inventory(inv)
+    t0 = time.monotonic()
+    out = fleet.stack("up", "--yes")
+    FIGURES["agent_join_s"] = round(time.monotonic() - t0, 1)
+    assert "edge-protect-kernel-defaults" in out.stdout and "advisory" in out.stdout, out.stdout[-3000:]
+    kc = fleet.kubeconfig("lab-single")
+    node = _node(kc, "agent-1")
+    assert node is not None, "agent-1 registered"
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True", node["status"]["conditions"]
+    assert node["metadata"]["labels"]["edgefleet.io/site"] == "lab-single"
+    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {}), "a real kubelet, not a kwok node"
+    assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.35"), node["status"]["nodeInfo"]
+    assert [p for p in k3s_procs("agent-1") if p.startswith("k3s")], "K3s agent runs on agent-1"
+    # A workload pinned to the agent is started by its kubelet.
+    kubectl(kc, "create", "namespace", "onboarding")
+    manifest = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "pinned", "namespace": "onboarding"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pinned"}}, "template": {
+            "metadata": {"labels": {"app": "pinned"}},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": "agent-1"}, "automountServiceAccountToken": False,
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "app", "image": "registry.edgefleet.local/pause@sha256:" + "0" * 64,
+                                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}},
+    }
+    manifest_file = fleet.tmp / "pinned.json"
+    manifest_file.write_text(json.dumps(manifest))
+    kubectl(kc, "apply", "-f", str(manifest_file))
+    kubectl(kc, "-n", "onboarding", "rollout", "status", "deployment/pinned", "--timeout=120s", timeout=150)
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+    site["hosts"].pop()
+    del site["distribution"]["protect_kernel_defaults"]
+    fleet.write_inventory(inv)
+    t0 = time.monotonic()
+    out = fleet.stack("up", "--yes")
+    FIGURES["agent_removal_s"] = round(time.monotonic() - t0, 1)
+    assert _node(kc, "agent-1") is None, "node deleted"
+    # Drained first: the pinned pod left through the eviction API (the server's audit log).
+    audit = in_host(None, "single-1", "cat", "/var/lib/rancher/k3s/server/logs/audit.log").stdout
+    evictions = [e for e in map(json.loads, audit.splitlines()) if e.get("objectRef", {}).get("subresource") == "eviction"
+                 and e["objectRef"].get("namespace") == "onboarding" and e["verb"] == "create"]
+    assert evictions, "agent-1 was drained before its node was deleted"
+    pods = json.loads(kubectl(kc, "-n", "onboarding", "get", "pods", "-o", "json").stdout)["items"]
+    assert pods and all(p["status"]["phase"] == "Pending" for p in pods), "the pinned pod was evicted and waits"
+    assert k3s_procs("agent-1") == []
+    for path in ("/usr/local/bin/k3s", "/etc/rancher/k3s", "/var/lib/rancher/k3s", "/var/lib/kubelet"):
+        assert in_host(None, "agent-1", "test", "-e", path).returncode == 1, path
+    kubectl(kc, "delete", "namespace", "onboarding", "--wait=false")
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+
 def test_destroy_leaves_the_hosts_clean(fleet: Fleet):
     fleet.stack("destroy", "--yes")
     for host in LAB_HOSTS:
@@ -290,5 +362,6 @@ def test_lab_down_leaves_nothing():
     assert "efbr0" not in subprocess.run(["ip", "link"], text=True, capture_output=True).stdout
     mounts = Path("/proc/mounts").read_text()
     assert str(CACHE / "lab/hosts") not in mounts
-    procs = subprocess.run(["pgrep", "-f", str(CACHE / "lab/hosts")], text=True, capture_output=True).stdout
-    assert procs.strip() == ""
+    for pattern in (str(CACHE / "lab/hosts"), "edgefleet-fakecri"):
+        procs = subprocess.run(["pgrep", "-f", pattern], text=True, capture_output=True).stdout
+        assert procs.strip() == "", pattern
