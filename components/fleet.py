@@ -79,6 +79,8 @@ class EdgeFleet(pulumi.ComponentResource):
                 inventory_dir=base,
                 fleet_secret=args.fleet_secret,
                 private_keys=keys,
+                pull_secret=(read_secret(site.distribution.pull_secret, base, config)
+                             if site.distribution.pull_secret else None),
                 dial_timeout_s=args.dial_timeout_s,
                 ready_timeout_s=args.ready_timeout_s,
             )

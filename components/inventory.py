@@ -183,6 +183,16 @@ class DistributionSpec(_Model):
     extra_args: list[str] = []  # extra flags for servers (controllers)
     agent_args: list[str] = []  # extra flags for agents (workers), e.g. an external CRI endpoint
     protect_kernel_defaults: bool = True  # kubelet refuses kernel settings other than its own (CIS)
+    pull_secret: SecretRef | None = None  # MicroShift: the Red Hat pull secret CRI-O uses
+
+    @field_validator("pull_secret")
+    @classmethod
+    def _pull_secret_for_microshift(cls, v: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        name = info.data.get("name", "k3s")
+        if v is not None and name != "microshift":
+            raise _custom("pull_secret", f"{name} takes no pull secret (only MicroShift does)",
+                          "remove pull_secret, or give registry credentials through registry_mirrors")
+        return v
 
     @field_validator("version")
     @classmethod
@@ -379,19 +389,28 @@ def _cross_checks(inv: Inventory) -> list[tuple[str, str]]:
     return problems
 
 
+def _private_file(ref: SecretRef | None, base: Path, at: str, fix: str) -> list[tuple[str, str]]:
+    """A secret kept in a file must be readable by us and by nobody else."""
+    if ref is None or ref.file is None:
+        return []
+    p = expand_path(ref.file, base)
+    if not p.is_file() or not os.access(p, os.R_OK):
+        return [(at, f"{str(p)!r} is not a readable file (fix: {fix})")]
+    if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [(at, f"{str(p)!r} is readable by group or others (fix: chmod 600 {p})")]
+    return []
+
+
 def _file_checks(inv: Inventory, base: Path) -> list[tuple[str, str]]:
-    """Key and checksum files named by the inventory must exist; keys must be private."""
+    """Secret, key and checksum files named by the inventory must exist; secrets must be private."""
     problems: list[tuple[str, str]] = []
     for i, site in enumerate(inv.sites):
+        problems += _private_file(site.distribution.pull_secret, base, f"sites[{i}].distribution.pull_secret.file",
+                                  "save the pull secret from console.redhat.com there, or use `{config: KEY}`")
         for j, host in enumerate(site.hosts):
             at = f"sites[{i}].hosts[{j}].ssh"
-            ref = host.ssh.private_key
-            if ref is not None and ref.file is not None:
-                p = expand_path(ref.file, base)
-                if not p.is_file() or not os.access(p, os.R_OK):
-                    problems.append((f"{at}.private_key.file", f"{str(p)!r} is not a readable file (fix: create the key or point to it; for the lab run `lab/lab keys`)"))
-                elif p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    problems.append((f"{at}.private_key.file", f"{str(p)!r} is readable by group or others (fix: chmod 600 {p})"))
+            problems += _private_file(host.ssh.private_key, base, f"{at}.private_key.file",
+                                      "create the key or point to it; for the lab run `lab/lab keys`")
             if host.ssh.host_key_file is not None:
                 p = expand_path(host.ssh.host_key_file, base)
                 if not p.is_file():

@@ -23,7 +23,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.distributions import driver_for
-from components.distributions.common import DistributionError, NodeSpec
+from components.distributions.common import DistributionError, Driver, NodeSpec
 from components import remote, simulated
 from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget
 from components.inventory import Host, Site, artifact_sha256, expand_path
@@ -35,6 +35,7 @@ class SiteSettings:
     inventory_dir: Path
     fleet_secret: pulumi.Output[str]
     private_keys: dict[str, pulumi.Output[str]]  # host name -> key (secret)
+    pull_secret: pulumi.Output[str] | None = None  # MicroShift's pull secret (secret), if the site has one
     dial_timeout_s: int = 60
     ready_timeout_s: int = 300
 
@@ -45,6 +46,14 @@ def join_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str
     return pulumi.Output.secret(
         fleet_secret.apply(lambda s: hmac.new(s.encode(), f"edgefleet/join/{site}".encode(), hashlib.sha256).hexdigest())
     )
+
+
+def site_secret(site: Site, settings: SiteSettings) -> pulumi.Output[str]:
+    """What every install reads from the driver's secret variable: the site's join token
+    (K3s, k0s's first controller) or MicroShift's pull secret (empty without one)."""
+    if site.distribution.name == "microshift":
+        return settings.pull_secret if settings.pull_secret is not None else pulumi.Output.secret("")
+    return join_token(settings.fleet_secret, site.name)
 
 
 def ordered_hosts(site: Site) -> list[Host]:
@@ -152,7 +161,7 @@ class EdgeSite(pulumi.ComponentResource):
     def __init__(self, name: str, site: Site, settings: SiteSettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("edge:site:EdgeSite", name, site_props(site, settings.environment, settings.inventory_dir), opts)
         driver = driver_for(site.distribution.name)
-        token = join_token(settings.fleet_secret, site.name)
+        token = site_secret(site, settings)
         hosts = ordered_hosts(site)
         first = hosts[0]
         self.hosts: dict[str, EdgeHost] = {}
@@ -174,7 +183,7 @@ class EdgeSite(pulumi.ComponentResource):
                     driver=driver,
                     target=target,
                     artifacts=local_artifacts(site, host, settings.inventory_dir),
-                    token=token,
+                    token=self._minted_token(name, node, driver, self.hosts.get(first.name)) or token,
                     version=site.distribution.version,
                     first_server=self.hosts.get(first.name),
                     ready_timeout_s=settings.ready_timeout_s,
@@ -201,6 +210,22 @@ class EdgeSite(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=ready or None),
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})
+
+    def _minted_token(self, name: str, node: NodeSpec, driver: Driver, first: EdgeHost | None) -> pulumi.Output[str] | None:
+        """A join token the first server mints for ``node`` (k0s), kept as a secret; None when
+        the distribution joins with the site's shared token."""
+        script = driver.render_join_token(node)
+        if script is None or first is None:
+            return None
+        mint = remote.Command(
+            f"{name}-{node.host}-join-token",
+            connection=first.target.connection(),
+            label=first.label,
+            create=script,
+            secret_stdout=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready]),
+        )
+        return pulumi.Output.secret(mint.stdout.apply(lambda out: (out or "").strip()))
 
     def _simulated_nodes(self, name: str, site: Site, first: EdgeHost, settings: SiteSettings,
                          after: list[pulumi.Resource]) -> pulumi.Resource:

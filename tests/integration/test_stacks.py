@@ -59,6 +59,7 @@ def prod(tmp_path: Path) -> Pulumi:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     p.run("config", "set", "--secret", "sshKeyFleet", "--stack", "prod", input=key.read_text())
+    p.run("config", "set", "--secret", "microshiftPullSecret", "--stack", "prod", input='{"auths": {"quay.io": {"auth": "dGVzdA=="}}}')
     p.run("config", "set", "inferenceImage", "registry.edgefleet.local/edgefleet/inference-server@sha256:" + "3c" * 32, "--stack", "prod")
     return p
 

@@ -175,6 +175,12 @@ BAD = [
         "(top level)", "expected a mapping with `fleet`, `environment` and `sites`"),
     Bad("empty-file", lambda text: "# nothing yet\n",
         "(top level)", "expected a mapping with `fleet`, `environment` and `sites`"),
+    Bad("pull-secret-for-k0s", replace("distribution: {name: k0s, version: v1.33.4+k0s.0}",
+                                       "distribution: {name: k0s, version: v1.33.4+k0s.0, pull_secret: {config: ps}}"),
+        "sites[1].distribution.pull_secret", "k0s takes no pull secret (only MicroShift does)"),
+    Bad("pull-secret-world-readable", replace("distribution: {name: microshift, version: 4.19.0}",
+                                              'distribution: {name: microshift, version: 4.19.0, pull_secret: {file: "${UNIT_DIR}/ssh/id_world_readable"}}'),
+        "sites[2].distribution.pull_secret.file", "/files/ssh/id_world_readable' is readable by group or others (fix: chmod 600 "),
 ]
 
 

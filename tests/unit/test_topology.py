@@ -72,6 +72,8 @@ class Registered:
 def _name(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
+PULL_SECRET = '{"auths": {"quay.io": {"auth": "dW5pdDp0ZXN0"}}}'
+
 
 class Mocks(pulumi.runtime.Mocks):
     """Echo inputs as outputs; kubeconfig fetches print a kubeconfig."""
@@ -493,7 +495,8 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
         fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
-    r = run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",))
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
+            secret_keys=("sshKeyFleet", "microshiftPullSecret"))
     sites = loaded.inventory.sites
     assert sorted(x.name for x in r.registered if x.type == "edge:site:EdgeSite") == sorted(s.name for s in sites)
     assert all(r.get(s.name).parent == "fleet" for s in sites)
@@ -502,11 +505,60 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     envs = {c.name: set(c.plain("environment")) for c in r.commands() if c.name.endswith("-install")}
     assert envs["store-0307-st0307-1-install"] == {"K0S_TOKEN"}
     assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN"}
+    # MicroShift reads the site's pull secret (a config secret), never a join token.
+    tower = r.get("tower-sud-04-ts04-gw-install")
+    assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {"MICROSHIFT_PULL_SECRET": PULL_SECRET}
     # https artifacts are fetched by the host itself: nothing to upload.
     assert not [x for x in r.registered if x.kind == COPY]
     assert {name: out["secret"] for name, out in r.value.items()} == {s.name: True for s in sites}
     assert yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"] == "https://10.20.0.10:6443"
-    assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s]
+    assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or PULL_SECRET in s]
+
+
+K0S_HA = """
+fleet: unit
+environment: prod
+defaults: {ssh: {user: edgeops, private_key: {config: sshKeyFleet}}}
+sites:
+  - name: depot
+    topology: ha
+    distribution: {name: k0s, version: v1.33.4+k0s.0}
+    artifacts:
+      - {name: k0s, arch: amd64, source: https://artifacts.example.internal/k0s, sha256: %(sha)s}
+    hosts:
+      - {name: c1, address: 10.0.3.11, ssh: {host_key: "%(hk)s"}}
+      - {name: c2, address: 10.0.3.12, ssh: {host_key: "%(hk)s"}}
+      - {name: c3, address: 10.0.3.13, ssh: {host_key: "%(hk)s"}}
+      - {name: w1, address: 10.0.3.21, role: agent, ssh: {host_key: "%(hk)s"}}
+"""
+
+
+def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: Path) -> None:
+    path = tmp_path / "k0s.yaml"
+    path.write_text(K0S_HA % {"sha": "5c" * 32, "hk": HOST_KEY})
+    loaded = load_inventory(path)
+
+    def program() -> Any:
+        fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
+        return {name: site_outputs(site) for name, site in fleet.sites.items()}
+
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",))
+    mints = {c.name: c for c in r.commands() if c.name.endswith("-join-token")}
+    assert sorted(mints) == ["depot-c2-join-token", "depot-c3-join-token", "depot-w1-join-token"]
+    for host, role in (("c2", "controller"), ("c3", "controller"), ("w1", "worker")):
+        mint = mints[f"depot-{host}-join-token"]
+        assert mint.plain("connection")["host"] == "10.0.3.11", "minted on the first controller"
+        assert f"--role={role}" in mint.inputs["create"]
+        assert "stdout" in mint.secret_outputs
+        assert mint.depends_on == {"depot-c1-node"}
+        install = r.get(f"depot-{host}-install")
+        assert is_rpc_secret(install.inputs["environment"])
+        # Under mocks a command's stdout echoes nothing: the minted token is what the joiner reads.
+        assert set(install.plain("environment")) == {"K0S_TOKEN"}
+        assert install.plain("environment")["K0S_TOKEN"] != hmac.new(
+            FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()
+    assert r.get("depot-c1-install").plain("environment") == {
+        "K0S_TOKEN": hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()}
 
 
 def test_servers_and_agents_take_their_own_flags_and_kernel_protection_is_reported(lab: LoadedInventory) -> None:
