@@ -7,8 +7,9 @@
 #
 # Safe under `set -euo pipefail`: a function returns non-zero with one clear line on failure.
 
-KUBE_SCORE_VERSION="${KUBE_SCORE_VERSION:-1.20.0}"
-ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.7.12}"
+# Versions: scripts/versions.env (KUBE_SCORE_VERSION, ACTIONLINT_VERSION).
+# shellcheck source=scripts/versions.env
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/versions.env"
 
 _tools_cache() { printf '%s\n' "${EDGEFLEET_CACHE:-$HOME/.cache/edgefleet}/toolchain"; }
 

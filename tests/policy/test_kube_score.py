@@ -22,7 +22,7 @@ ROW = re.compile(r"^\| `([a-z0-9-]+)` \| `([a-z0-9-]+)` \| (same|pack stricter|k
 
 
 def kube_score_binary() -> Path | None:
-    version = re.search(r'KUBE_SCORE_VERSION="\$\{KUBE_SCORE_VERSION:-v?([0-9.]+)\}"', (REPO / "scripts/tools.sh").read_text())
+    version = re.search(r"^KUBE_SCORE_VERSION=v?([0-9.]+)$", (REPO / "scripts/versions.env").read_text(), re.M)
     cache = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache/edgefleet"))
     built = cache / "toolchain" / f"kube-score-{version[1]}" / "kube-score" if version else None
     if built is not None and built.is_file():
@@ -32,9 +32,12 @@ def kube_score_binary() -> Path | None:
 
 
 BINARY = kube_score_binary()
-pytestmark = pytest.mark.skipif(
-    BINARY is None, reason="kube-score is not installed (fix: source scripts/tools.sh && install_kube_score)"
-)
+
+
+@pytest.fixture(autouse=True)
+def _kube_score_installed() -> None:
+    if BINARY is None:
+        pytest.fail("kube-score is not installed (fix: scripts/bootstrap tools)")
 
 
 def mapping() -> list[tuple[str, str, str, str]]:
