@@ -131,5 +131,8 @@ def test_bare_up_on_prod_is_refused_by_the_in_program_guard(prod: Pulumi):
     out = prod.run("up", "--yes", "--non-interactive", "--stack", "prod", check=False)
     assert out.returncode != 0
     assert "image-from-allowed-registry" in out.stdout
+    assert "mandatory in stack prod" in out.stdout and "(fix: " in out.stdout, out.stdout[-3000:]
+    # A refusal is a clear message, not a program crash.
+    assert "Traceback" not in out.stdout + out.stderr and "unhandled exception" not in out.stdout, out.stdout[-3000:]
     exported = prod.json("stack", "export", "--stack", "prod")["deployment"].get("resources") or []
     assert not [r for r in exported if r["type"].startswith("kubernetes:apps")], "no workload was created"
