@@ -882,7 +882,13 @@ if ! node_exists; then
   log "node $NODE is not registered; nothing to remove"
 else
   "${{KUBECTL[@]}}" cordon "$NODE" >/dev/null
-  if ! "${{KUBECTL[@]}}" drain "$NODE" --ignore-daemonsets --delete-emptydir-data --timeout={int(timeout_s)}s >&2; then
+  # A node whose kubelet is gone cannot stop its pods: evict them without waiting.
+  no_wait=()
+  if [[ "$("${{KUBECTL[@]}}" get node "$NODE" -o jsonpath='{{.status.conditions[?(@.type=="Ready")].status}}')" != True ]]; then
+    log "node $NODE is not ready: its pods are evicted without waiting for them to stop"
+    no_wait=(--skip-wait-for-delete-timeout=1)
+  fi
+  if ! "${{KUBECTL[@]}}" drain "$NODE" --ignore-daemonsets --delete-emptydir-data --timeout={int(timeout_s)}s "${{no_wait[@]}}" >&2; then
     die "node $NODE did not drain within {int(timeout_s)}s (fix: check PodDisruptionBudgets on $NODE, then retry)"
   fi
   "${{KUBECTL[@]}}" delete node "$NODE" --ignore-not-found --wait=true --timeout={int(timeout_s)}s >/dev/null

@@ -2,7 +2,11 @@ module edgefleet.local/fakecri
 
 go 1.25.0
 
-require k8s.io/cri-client v0.35.0
+require (
+	google.golang.org/grpc v1.72.2
+	k8s.io/cri-api v0.35.0
+	k8s.io/cri-client v0.35.0
+)
 
 require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect
@@ -14,10 +18,8 @@ require (
 	golang.org/x/sys v0.38.0 // indirect
 	golang.org/x/text v0.31.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20250528174236-200df99c418a // indirect
-	google.golang.org/grpc v1.72.2 // indirect
 	google.golang.org/protobuf v1.36.8 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 	k8s.io/apimachinery v0.35.0 // indirect
-	k8s.io/cri-api v0.35.0 // indirect
 	k8s.io/utils v0.0.0-20251002143259-bc988d571ff4 // indirect
 )

@@ -288,6 +288,7 @@ def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, la
     """Onboarding: a host added to a site's inventory joins as an agent (a real K3s agent and
     kubelet; the lab host's container runtime is the CRI stand-in); removed, it is drained,
     its node deleted and K3s uninstalled."""
+    machine_root = sorted(os.listdir("/"))  # a kubelet on a lab host shares this machine's disk
     inv = fleet.inventory()
     site = next(s for s in inv["sites"] if s["name"] == "lab-single")
     assert site["distribution"]["agent_args"], "sites/dev.yaml gives lab agents their runtime endpoint"
@@ -346,6 +347,7 @@ def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, la
         assert in_host(None, "agent-1", "test", "-e", path).returncode == 1, path
     kubectl(kc, "delete", "namespace", "onboarding", "--wait=false")
     fleet.stack("up", "--yes", "--expect-no-changes")
+    assert sorted(os.listdir("/")) == machine_root, "nothing outside the lab host was touched"
 
 
 def test_destroy_leaves_the_hosts_clean(fleet: Fleet):
