@@ -90,13 +90,45 @@ def make_transform(stack: str, settings: Settings, today: dt.date | None = None)
                                 f"{f.message} (fix: {f.rule.remediation})")
         refused = [f for f in findings if f.level == "mandatory" and not f.exempt]
         if refused:
-            raise PolicyViolationError(stack, refused)
+            error = PolicyViolationError(stack, refused)
+            _REFUSALS.append(error)
+            raise error
         return None
 
     return guard
 
 
+_REFUSALS: list[PolicyViolationError] = []
+
+
+def _report_refusals_plainly() -> None:
+    """Show a refusal as the program's error message, not as a crash.
+
+    Raised in a transform, the refusal reaches the engine through the callback server and
+    comes back as the failed registration's generic exception, which the language host would
+    print with a traceback. The SDK awaits outstanding registrations in
+    ``pulumi.runtime.stack.wait_for_rpcs``; wrapped here, a failure there that follows a
+    refusal is re-raised as the refusal itself, a RunError, which is shown as its message."""
+    import pulumi.runtime.stack as sdk_stack
+
+    original = getattr(sdk_stack, "wait_for_rpcs", None)
+    if original is None or getattr(original, "_edgefleet_guard", False):
+        return
+
+    async def wait_for_rpcs(*args: Any, **kwargs: Any) -> None:
+        try:
+            await original(*args, **kwargs)
+        except Exception:
+            if _REFUSALS:
+                raise _REFUSALS[0] from None
+            raise
+
+    wait_for_rpcs._edgefleet_guard = True  # type: ignore[attr-defined]
+    sdk_stack.wait_for_rpcs = wait_for_rpcs
+
+
 def install_guard(stack: str, config_path: str | Path | None = None) -> None:
     """Check every resource registered from now on against the stack's enforcement file
     (``config_path`` or ``policies/config/<stack>.json``); call it first in the program."""
+    _report_refusals_plainly()
     pulumi.runtime.register_resource_transform(make_transform(stack, stack_settings(stack, config_path)))
