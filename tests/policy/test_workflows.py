@@ -72,7 +72,7 @@ def test_update_runs_the_pack_per_stack_without_overlap():
 
 
 def test_tool_scripts_pass_shellcheck():
-    run = subprocess.run([str(VENV_BIN / "shellcheck"), "scripts/tools.sh"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    run = subprocess.run([str(VENV_BIN / "shellcheck"), "-x", "scripts/tools.sh"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stdout
 
 
