@@ -117,8 +117,15 @@ def test_workloads_available_with_network_policies(fleet: Fleet):
                          ("lab-ha", ["predictive-maintenance"]), ("lab-gw", ["predictive-maintenance"])):
         kc = fleet.kubeconfig(site)
         for model in models:
-            dep = json.loads(kubectl(kc, "-n", model, "get", "deployment", model, "-o", "json").stdout)
-            available = {c["type"]: c["status"] for c in dep["status"].get("conditions", [])}
+            # Under an HPA the Deployment starts at one replica and the HPA raises it to its
+            # minimum within its sync period (15 s): Available once that many are ready.
+            deadline = time.monotonic() + 90
+            while True:
+                dep = json.loads(kubectl(kc, "-n", model, "get", "deployment", model, "-o", "json").stdout)
+                available = {c["type"]: c["status"] for c in dep["status"].get("conditions", [])}
+                if available.get("Available") == "True" or time.monotonic() > deadline:
+                    break
+                time.sleep(3)
             assert available.get("Available") == "True", (site, model, dep["status"])
             policies = {p["metadata"]["name"] for p in json.loads(kubectl(kc, "-n", model, "get", "networkpolicy", "-o", "json").stdout)["items"]}
             assert {"default-deny", "allow-dns"} <= policies, (site, policies)
