@@ -243,7 +243,8 @@ def test_unreachable_host_fails_the_update_naming_it(fleet: Fleet, lab):
 def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, kill_after_s: int):
     inv = fleet.inventory()
     single = next(s for s in inv["sites"] if s["name"] == "lab-single")
-    single["distribution"]["extra_args"] = single["distribution"]["extra_args"][:1] + [f"--kube-apiserver-arg=event-ttl={kill_after_s}m"]
+    single["distribution"]["extra_args"] = [a for a in single["distribution"]["extra_args"] if "event-ttl=" not in a] + [
+        f"--kube-apiserver-arg=event-ttl={kill_after_s}m"]
     fleet.write_inventory(inv)
     proc = subprocess.Popen([str(fleet.root / "scripts/stack"), "dev", "up", "--yes"], cwd=fleet.root, env=fleet.p.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
