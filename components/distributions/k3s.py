@@ -368,8 +368,9 @@ def render_uninstall(node: NodeSpec) -> str:
 svc_stop
 kill_matching {q(processes)}
 unmount_under /run/k3s
-unmount_under /var/lib/kubelet/pods
-unmount_under /var/lib/kubelet/plugins
+# The kubelet's pod and plugin mounts, and /var/lib/kubelet itself when the kubelet made it
+# a (shared) mount point of its own.
+unmount_under /var/lib/kubelet
 unmount_under {q(dd)}
 unmount_under /run/netns/cni-
 if command -v ip >/dev/null 2>&1; then
