@@ -168,6 +168,7 @@ class EdgeSite(pulumi.ComponentResource):
         previous: EdgeHost | None = None
         for host in hosts:
             node = node_spec(site, host, first)
+            first_host = self.hosts.get(first.name)  # None while the first server itself is built
             target = SshTarget(
                 address=host.address,
                 port=host.ssh.port,
@@ -183,9 +184,9 @@ class EdgeSite(pulumi.ComponentResource):
                     driver=driver,
                     target=target,
                     artifacts=local_artifacts(site, host, settings.inventory_dir),
-                    token=self._minted_token(name, node, driver, self.hosts.get(first.name)) or token,
+                    token=self._minted_token(name, node, driver, first_host) or token,
                     version=site.distribution.version,
-                    first_server=self.hosts.get(first.name),
+                    first_server=first_host,
                     ready_timeout_s=settings.ready_timeout_s,
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=[previous.node_ready] if previous else None),
