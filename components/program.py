@@ -19,17 +19,36 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEV_PASSPHRASE = "edgefleet-dev-lab-only"
 
 
-def _check_passphrase(stack: str) -> None:
-    if stack == "prod" and os.environ.get("PULUMI_CONFIG_PASSPHRASE") == DEV_PASSPHRASE:
-        raise pulumi.RunError(
-            "the prod stack must not use the public dev passphrase "
-            "(fix: supply PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE from your secret store)"
-        )
+def _passphrases() -> list[tuple[str, str]]:
+    """The passphrases the CLI may be using, each with where it came from."""
+    found = []
+    if "PULUMI_CONFIG_PASSPHRASE" in os.environ:
+        found.append(("PULUMI_CONFIG_PASSPHRASE", os.environ["PULUMI_CONFIG_PASSPHRASE"]))
+    path = os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if path:
+        try:
+            found.append((f"PULUMI_CONFIG_PASSPHRASE_FILE ({path})", Path(path).read_text()))
+        except OSError:
+            pass  # the CLI itself reports a file it cannot read
+    return found
+
+
+def check_passphrase(stack: str, environment: str) -> None:
+    """Refuse the public dev passphrase for a stack whose inventory is prod (or named prod)."""
+    if environment != "prod" and stack != "prod":
+        return
+    for source, value in _passphrases():
+        if value.strip() == DEV_PASSPHRASE:
+            why = "whose inventory's environment is prod" if environment == "prod" else "the prod stack"
+            raise pulumi.RunError(
+                f"Pulumi.{stack}.yaml: {source}: the public dev passphrase cannot protect the secrets of stack "
+                f"{stack!r} ({why}) (fix: supply the prod passphrase from your secret store through "
+                "PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE)"
+            )
 
 
 def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
     """Everything the stack manages; returns the stack outputs."""
-    _check_passphrase(stack)
     inventory_path = config.get("inventory")
     if not inventory_path:
         raise pulumi.RunError(f"Pulumi.{stack}.yaml: config edgefleet:inventory is not set (fix: pulumi config set inventory sites/<file>.yaml)")
@@ -37,6 +56,7 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
         inventory = load_inventory(PROJECT_DIR / inventory_path)
     except InventoryError as exc:
         raise pulumi.RunError("invalid inventory:\n" + str(exc)) from None
+    check_passphrase(stack, inventory.inventory.environment)
 
     from components.site import check_site
 
@@ -54,7 +74,15 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
     if fleet_secret is None:
         raise pulumi.RunError(
             f"Pulumi.{stack}.yaml: config edgefleet:fleetSecret is not set "
-            '(fix: pulumi config set --secret fleetSecret "$(openssl rand -hex 32)")'
+            '(fix: openssl rand -hex 32 | pulumi config set --secret fleetSecret, which reads the value '
+            "from stdin so that it never appears in the process list)"
+        )
+
+    command_timeout_s = config.get_int("commandTimeoutSeconds") or None
+    if command_timeout_s is not None and command_timeout_s < 60:
+        raise pulumi.RunError(
+            f"Pulumi.{stack}.yaml: config edgefleet:commandTimeoutSeconds: {command_timeout_s} is too short for any "
+            "install step (fix: give at least 60, or unset it to derive each step's deadline from its own timeouts)"
         )
 
     from components.workloads import workload_deployers
@@ -66,6 +94,7 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
             fleet_secret=fleet_secret,
             dial_timeout_s=config.get_int("sshDialTimeoutSeconds") or 60,
             ready_timeout_s=config.get_int("readyTimeoutSeconds") or 300,
+            command_timeout_s=command_timeout_s,
             deployers=workload_deployers(inventory, config, PROJECT_DIR),
             probe_servers=config.get_bool("probeServers") or False,
         ),

@@ -21,8 +21,9 @@ export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=true
 export PULUMI_DIY_BACKEND_NO_LEGACY_WARNING=true
 # Secrets provider: passphrase. The dev stack's passphrase is public by design (lab only);
-# the program refuses to run the prod stack with it. Prod supplies its own passphrase
-# through PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE from a secret store.
+# scripts/stack and the program refuse it for any stack whose inventory is prod, whether it
+# comes from PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE. Prod supplies its
+# own passphrase through either variable from a secret store.
 if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
   export PULUMI_CONFIG_PASSPHRASE="edgefleet-dev-lab-only"
 fi

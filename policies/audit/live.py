@@ -34,6 +34,7 @@ KINDS: tuple[tuple[str, str, str], ...] = (
     ("apps/v1", "StatefulSet", "/apis/apps/v1/statefulsets"),
     ("apps/v1", "DaemonSet", "/apis/apps/v1/daemonsets"),
     ("apps/v1", "ReplicaSet", "/apis/apps/v1/replicasets"),
+    ("v1", "ReplicationController", "/api/v1/replicationcontrollers"),
     ("batch/v1", "Job", "/apis/batch/v1/jobs"),
     ("batch/v1", "CronJob", "/apis/batch/v1/cronjobs"),
     ("networking.k8s.io/v1", "NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"),
@@ -72,6 +73,12 @@ def _named(items: Any, name: str, what: str, path: Path) -> dict[str, Any]:
     raise KubeconfigError(f"{path}: no {what} named {name!r} (fix: check the kubeconfig's contexts)")
 
 
+def _has_credentials(user: dict[str, Any]) -> bool:
+    keys = ("token", "tokenFile", "username", "password", "client-certificate", "client-certificate-data",
+            "client-key", "client-key-data")
+    return any(user.get(k) for k in keys)
+
+
 def load_cluster(path: Path, context: str | None = None) -> Cluster:
     """The API server and credentials of a kubeconfig context (default: current-context)."""
     try:
@@ -104,6 +111,12 @@ def load_cluster(path: Path, context: str | None = None) -> Cluster:
     elif user.get("username"):
         basic = base64.b64encode(f"{user['username']}:{user.get('password', '')}".encode()).decode()
         headers["Authorization"] = f"Basic {basic}"
+    if server.startswith("http://") and _has_credentials(user):
+        # Over plain HTTP a token, password or client key would cross the network readable by
+        # anyone on the path; kubectl proxy or an https server needs no such exposure.
+        raise KubeconfigError(f"{path}: context {name!r} would send the credentials of user {ctx.get('user')!r} "
+                              f"over plain HTTP to {server} (fix: use the cluster's https:// server address, or a "
+                              "credential-free context such as one pointing at `kubectl proxy`)")
     ssl_context = None
     if server.startswith("https://"):
         ca = _data_or_file(cluster, "certificate-authority", base)

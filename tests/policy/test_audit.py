@@ -79,15 +79,18 @@ def test_sarif_report_is_valid_sarif_2_1_0(tmp_path, sarif_schema):
 
 def test_sarif_marks_valid_exemptions_as_suppressions(tmp_path, sarif_schema):
     doc = yaml.safe_load((CORPUS / "bad-privileged.yaml").read_text().split("---")[-1])
-    doc["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-privileged-containers",
-                                      "edgefleet.io/policy-exempt-reason": "device plugin", "edgefleet.io/policy-exempt-until": "2026-12-31"}
+    doc["spec"]["template"]["spec"]["hostNetwork"] = True
+    doc["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-host-namespaces",
+                                      "edgefleet.io/policy-exempt-reason": "device plugin", "edgefleet.io/policy-exempt-until": "2026-08-15"}
     (tmp_path / "exempt.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "audit.sarif"
     assert main([str(tmp_path / "exempt.yaml"), "--format", "sarif", "-o", str(out), "--today", "2026-06-01"]) == 1
     sarif = json.loads(out.read_text())
     jsonschema.validate(sarif, sarif_schema)
+    (result,) = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "no-host-namespaces"]
+    assert result["suppressions"][0]["justification"].endswith("until 2026-08-15: device plugin")
     (result,) = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "no-privileged-containers"]
-    assert result["suppressions"][0]["justification"].endswith("until 2026-12-31: device plugin")
+    assert "suppressions" not in result
 
 
 def test_junit_report(tmp_path):
@@ -194,7 +197,8 @@ def cluster(tmp_path):
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "lab",
         "clusters": [{"name": "lab", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "admin", "user": {"token": "t0ken"}}],
+        # Plain HTTP carries no credentials (tests/policy/test_audit_live.py covers them over HTTPS).
+        "users": [{"name": "admin", "user": {}}],
         "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "admin"}}],
     }))
     yield kubeconfig
@@ -212,7 +216,7 @@ def test_live_cluster(cluster):
     # The controller-owned pod, kube-system and the root CA ConfigMap are not audited twice or at all.
     assert doc["summary"]["resources"] == 3
     assert "note: " in run.stderr and "cannot list PodDisruptionBudget: HTTP 403" in run.stderr
-    assert set(FakeApiServer.seen_auth) == {"Bearer t0ken"}
+    assert set(FakeApiServer.seen_auth) == {""}
 
 
 def test_unreachable_cluster_and_bad_kubeconfig(tmp_path):
@@ -228,3 +232,35 @@ def test_unreachable_cluster_and_bad_kubeconfig(tmp_path):
                                           "users": [{"name": "u", "user": {"exec": {"command": "aws"}}}]}))
     run = audit("--kubeconfig", str(kubeconfig))
     assert run.returncode == 2 and "exec/auth-provider plugin" in run.stderr
+
+
+def test_patches_custom_resources_and_helm_releases_are_audited(tmp_path):
+    """A stack export's patches, Helm releases and custom resources, and YAML custom resources,
+    are judged like the workloads they are (or refused where they cannot be seen into)."""
+    def resource(type_: str, name: str, inputs: dict) -> dict:
+        return {"urn": f"urn:pulumi:prod::edgefleet::{type_}::{name}", "custom": True, "type": type_, "inputs": inputs,
+                "provider": "urn:pulumi:prod::edgefleet::pulumi:providers:kubernetes::plant-1::id"}
+
+    privileged = {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}
+    export = {"version": 3, "deployment": {"resources": [
+        resource("kubernetes:apps/v1:DeploymentPatch", "detector-patch",
+                 {"metadata": {"name": "detector", "namespace": "inference"}, "spec": {"template": {"spec": privileged}}}),
+        resource("kubernetes:core/v1:NamespacePatch", "kube-system-psa",
+                 {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+        resource("kubernetes:helm.sh/v3:Release", "ingress", {"chart": "ingress-nginx", "namespace": "ingress"}),
+        resource("kubernetes:argoproj.io/v1alpha1:Rollout", "detector-rollout",
+                 {"metadata": {"name": "rollout", "namespace": "inference"}, "spec": {"template": {"spec": privileged}}}),
+    ]}}
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    (tmp_path / "rollout.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "yaml-rollout", "namespace": "inference"},
+        "spec": {"template": {"spec": privileged}}}))
+    run = audit(str(tmp_path / "export.json"), str(tmp_path / "rollout.yaml"), "--format", "json")
+    assert run.returncode == 1, run.stderr
+    found = {(f["rule"], f["resource"]) for f in json.loads(run.stdout)["findings"]}
+    assert {("no-privileged-containers", "DeploymentPatch inference/detector"),
+            ("namespace-patch-psa-restricted", "NamespacePatch kube-system"),
+            ("no-opaque-helm-release", "Release ingress"),
+            ("no-privileged-containers", "Rollout inference/rollout"),
+            ("no-privileged-containers", "Rollout inference/yaml-rollout")} <= found
+    assert "no rule checks" not in run.stderr

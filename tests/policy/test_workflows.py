@@ -48,17 +48,20 @@ def load(name: str) -> dict:
 
 
 def test_preview_runs_the_pack_per_stack_and_comments():
+    """Pull requests preview dev and get a comment; prod is previewed from main (the secret
+    boundary itself: tests/unit/test_workflows.py)."""
+    for name, stack in (("preview.yml", "dev"), ("preview-prod.yml", "prod")):
+        doc = load(name)
+        job = doc["jobs"]["preview"]
+        assert job["env"]["STACK"] == stack
+        script = "\n".join(s.get("run", "") for s in job["steps"])
+        assert "scripts/bootstrap" in script
+        assert 'pulumi preview --stack "$STACK"' in script and "--json" in script
+        assert '--policy-pack policies --policy-pack-config "policies/config/$STACK.json"' in script
+        assert "scripts/pr-preview" in script
     doc = load("preview.yml")
-    assert "pull_request" in doc["on"]
-    job = doc["jobs"]["preview"]
-    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
-    assert "matrix.stack" in job["concurrency"]["group"]
-    script = "\n".join(s.get("run", "") for s in job["steps"])
-    assert "scripts/bootstrap" in script
-    assert 'pulumi preview --stack "$STACK"' in script and "--json" in script
-    assert '--policy-pack policies --policy-pack-config "policies/config/$STACK.json"' in script
-    assert "scripts/pr-preview" in script
-    assert any("github-script" in s.get("uses", "") for s in job["steps"])
+    assert "pull_request" in doc["on"] and "pull_request.number" in doc["concurrency"]["group"]
+    assert any("github-script" in s.get("uses", "") for s in doc["jobs"]["comment"]["steps"])
 
 
 def test_update_runs_the_pack_per_stack_without_overlap():
