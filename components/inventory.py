@@ -34,15 +34,68 @@ Arch = Literal["amd64", "arm64"]
 # Exact versions only: a channel name or "latest" is not a version. K3s: a release
 # (v1.33.4+k3s1) or a build of one exact commit (v1.35.1+k3s-e69d1861).
 VERSION_PATTERNS: dict[str, re.Pattern[str]] = {
-    "k3s": re.compile(r"^v1\.\d+\.\d+\+k3s(\d+|-[0-9a-f]{8,40})$"),
-    "k0s": re.compile(r"^v1\.\d+\.\d+\+k0s\.\d+$"),
-    "microshift": re.compile(r"^4\.\d+\.\d+$"),
+    "k3s": re.compile(r"^v1\.\d+\.\d+\+k3s(\d+|-[0-9a-f]{8,40})\Z"),
+    "k0s": re.compile(r"^v1\.\d+\.\d+\+k0s\.\d+\Z"),
+    "microshift": re.compile(r"^4\.\d+\.\d+\Z"),
 }
 VERSION_EXAMPLES = {"k3s": "v1.33.4+k3s1", "k0s": "v1.33.4+k0s.0", "microshift": "4.19.0"}
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-TAINT = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$")
-HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+HOST_KEY = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]{1,4096}"
+                      r"( [\x21-\x7e][\x20-\x7e]{0,199})?")
+SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Every string below reaches a host (a script, a service unit, a configuration file): each
+# field accepts only its own syntax, so nothing a shell, systemd or a config parser would
+# interpret can get through. Patterns are matched with fullmatch.
+DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DNS_NAME = re.compile(rf"{DNS_LABEL}(\.{DNS_LABEL})*")  # and at most 253 characters: is_dns_name()
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(rf"({LABEL_NAME.pattern})?")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
+REGISTRY = re.compile(rf"(?P<host>{DNS_NAME.pattern})(:(?P<port>[0-9]{{1,5}}))?")
+MIRROR_URL = re.compile(rf"(?P<scheme>https?)://(?P<host>{DNS_NAME.pattern}|\[[0-9a-f:]+\])(:(?P<port>[0-9]{{1,5}}))?/?")
+HTTPS_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~+%-]+)*/?")
+# A distribution flag: --name or --name=value, the value without spaces, quotes, `$`, `%`,
+# backslashes or control characters (none of them is needed by a real flag).
+FLAG = re.compile(r"--(?P<name>[a-z0-9][a-z0-9-]{0,63})(=(?P<value>[A-Za-z0-9._:/=,@+-]{0,512}))?")
+PATH_MAX = 4096
+# The one variable an inventory path may name: the project's own cache directory.
+CACHE_VAR = "EDGEFLEET_CACHE"
+
+# Flags the drivers render as the hardening baseline: extra_args/agent_args must not override
+# them (a command-line flag wins over the configuration file). Sub-options of pass-through
+# flags (``--kube-apiserver-arg=anonymous-auth=true``) are listed as ``flag:option``.
+BASELINE_FLAGS: dict[str, dict[str, str]] = {
+    "k3s": {
+        "secrets-encryption": "Secrets encryption at rest", "write-kubeconfig-mode": "the kubeconfig mode 0600",
+        "write-kubeconfig": "the kubeconfig path", "write-kubeconfig-group": "the kubeconfig mode 0600",
+        "protect-kernel-defaults": "kernel protection", "token": "the join token file",
+        "token-file": "the join token file", "agent-token": "the agent token", "agent-token-file": "the agent token",
+        "data-dir": "the data directory", "config": "the configuration file", "server": "the join address",
+        "node-name": "the node name", "node-ip": "the node address", "cluster-init": "the topology",
+        "private-registry": "the registry mirrors file",
+        "kube-apiserver-arg:anonymous-auth": "anonymous-auth=false",
+        "kube-apiserver-arg:audit-policy-file": "the API audit log", "kube-apiserver-arg:audit-log-path": "the API audit log",
+        "kube-apiserver-arg:audit-log-maxage": "the API audit log", "kube-apiserver-arg:audit-log-maxbackup": "the API audit log",
+        "kube-apiserver-arg:audit-log-maxsize": "the API audit log",
+        "kube-apiserver-arg:admission-control-config-file": "Pod Security admission",
+        "kube-apiserver-arg:enable-admission-plugins": "the admission plugins",
+        "kube-apiserver-arg:disable-admission-plugins": "the admission plugins",
+        "kube-apiserver-arg:encryption-provider-config": "Secrets encryption at rest",
+        "kube-apiserver-arg:authorization-mode": "API authorization",
+        "kubelet-arg:anonymous-auth": "the kubelet's anonymous-auth=false",
+        "kubelet-arg:authorization-mode": "kubelet authorization", "kubelet-arg:read-only-port": "the kubelet read-only port",
+        "kubelet-arg:protect-kernel-defaults": "kernel protection",
+    },
+    "k0s": {
+        "data-dir": "the data directory", "config": "the ClusterConfig", "token-file": "the join token file",
+        "kubelet-extra-args": "the kubelet flags (node address, kernel protection)", "labels": "the node labels",
+        "taints": "the node taints", "profile": "the worker profile",
+    },
+}
+
 
 # Latency budgets per class (ms), from the use cases the fleet serves: closed-loop industrial
 # control ~10 ms at the edge, video analytics 30-50 ms, batch scoring is not interactive.
@@ -61,17 +114,96 @@ def _custom(kind: str, message: str, fix: str) -> PydanticCustomError:
     return PydanticCustomError(kind, "{message} (fix: {fix})", {"message": message, "fix": fix})
 
 
-def _env(name: str) -> str:
-    if name == "EDGEFLEET_CACHE":
-        return os.environ.get(name) or str(Path.home() / ".cache/edgefleet")
-    return os.environ.get(name, "${" + name + "}")
+def shown(value: str, limit: int = 60) -> str:
+    """A user's value as an error message shows it: quoted, escaped, and cut short."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def is_dns_name(value: str) -> bool:
+    return len(value) <= 253 and DNS_NAME.fullmatch(value) is not None
+
+
+def is_ip(value: str) -> bool:
+    """An IP address written plainly (an IPv6 scope such as ``%eth0`` is free text: refused)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return "%" not in value
+
+
+def _cache_dir() -> str:
+    return os.environ.get(CACHE_VAR) or str(Path.home() / ".cache/edgefleet")
+
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def path_problem(value: str) -> tuple[str, str] | None:
+    """Why ``value`` cannot be an inventory path (message, fix), or None. Only ``~`` and ``${EDGEFLEET_CACHE}``
+    expand: any other variable could carry a secret of the environment running Pulumi."""
+    if not value or len(value) > PATH_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return (f"{shown(value)} is not a usable path",
+                f"write a path of at most {PATH_MAX} characters without control characters")
+    others = sorted({m.group(1) for m in _VAR.finditer(value)} - {CACHE_VAR})
+    if others or "$" in _VAR.sub("", value):
+        named = ", ".join("${" + v + "}" for v in others) or "'$'"
+        return (f"{shown(value)} names {named}; inventory paths may use only ~ and ${{{CACHE_VAR}}}",
+                f"write the path itself, or put the file under ${{{CACHE_VAR}}}")
+    return None
 
 
 def expand_path(value: str, base: Path) -> Path:
-    """``~`` and ``${VAR}`` expanded (``EDGEFLEET_CACHE`` defaults to ~/.cache/edgefleet);
-    relative paths are relative to the inventory file."""
-    expanded = Path(re.sub(r"\$\{(\w+)\}", lambda m: _env(m.group(1)), os.path.expanduser(value)))
+    """``~`` and ``${EDGEFLEET_CACHE}`` expanded (default ~/.cache/edgefleet); relative paths
+    are relative to the inventory file. Any other variable is refused (see path_problem)."""
+    problem = path_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem[0]} (fix: {problem[1]})")
+    expanded = Path(os.path.expanduser(value).replace("${" + CACHE_VAR + "}", _cache_dir()))
     return expanded if expanded.is_absolute() else (base / expanded)
+
+
+def _check_path(value: str | None) -> str | None:
+    if value is not None and (problem := path_problem(value)) is not None:
+        raise _custom("path", *problem)
+    return value
+
+
+def _paths(*fields: str) -> Any:
+    """A field validator refusing unusable inventory paths (see path_problem)."""
+    return field_validator(*fields)(classmethod(lambda cls, v: _check_path(v)))
+
+
+def bad_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return not (LABEL_NAME.fullmatch(name) and (not prefix or is_dns_name(prefix)))
+
+
+def taint_ok(taint: str) -> bool:
+    head, _, effect = taint.rpartition(":")
+    key, _, value = head.partition("=")
+    return effect in TAINT_EFFECTS and not bad_label_key(key) and LABEL_VALUE.fullmatch(value) is not None
+
+
+def flag_problems(flags: list[str], distribution: str) -> list[tuple[int, str, str]]:
+    """(index, message, fix) for each flag that is malformed or overrides the baseline."""
+    out: list[tuple[int, str, str]] = []
+    baseline = BASELINE_FLAGS.get(distribution, {})
+    for i, flag in enumerate(flags):
+        m = FLAG.fullmatch(flag)
+        if m is None:
+            out.append((i, f"{shown(flag)} is not a {distribution} flag",
+                        "write --name or --name=value; a value uses only letters, digits and . _ : / = , @ + -, "
+                        "at most 512 characters"))
+            continue
+        name, value = m.group("name"), m.group("value") or ""
+        option = value.split("=", 1)[0].lstrip("-")
+        protects = baseline.get(name) or baseline.get(f"{name}:{option}")
+        if protects:
+            what = f"--{name}" + (f"={option}" if f"{name}:{option}" in baseline else "")
+            out.append((i, f"{shown(flag)} overrides {what}, which edgefleet renders for {protects}",
+                        "remove the flag; the hardening baseline is not configurable per site"))
+    return out
 
 
 class _Model(BaseModel):
@@ -84,6 +216,15 @@ class SecretRef(_Model):
 
     file: str | None = None
     config: str | None = None
+
+    _file = _paths("file")
+
+    @field_validator("config")
+    @classmethod
+    def _config_key(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}", v):
+            raise _custom("config", f"{shown(v)} is not a Pulumi config key", "use letters, digits and _ . : -, e.g. sshKey")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -100,11 +241,20 @@ class Ssh(_Model):
     host_key: str | None = None
     host_key_file: str | None = None
 
+    _host_key_file = _paths("host_key_file")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not SSH_USER.fullmatch(v):
+            raise _custom("user", f"{shown(v)} is not a user name", "use lowercase letters, digits, '_' and '-', at most 32 characters")
+        return v
+
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, v: str | None) -> str | None:
-        if v is not None and not HOST_KEY.match(v.strip()):
-            raise _custom("host_key", f"{v[:40]!r} is not an OpenSSH public host key",
+        if v is not None and not HOST_KEY.fullmatch(v.strip()):
+            raise _custom("host_key", f"{shown(v, 40)} is not an OpenSSH public host key",
                           "paste the host's key as `ssh-ed25519 AAAA...` (ssh-keyscan -t ed25519 HOST)")
         return v.strip() if v else v
 
@@ -123,30 +273,44 @@ class Host(_Model):
     labels: dict[str, str] = {}
     taints: list[str] = []
     gpu: Gpu | None = None
+    # Prod: the host's stateful resources are protected; `true` lifts that, so that removing
+    # the host from the inventory in a later change may drain and uninstall it.
+    decommission: bool = False
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise _custom("name", f"{v!r} is not a valid host name",
+        if not NAME.fullmatch(v):
+            raise _custom("name", f"{shown(v)} is not a valid host name",
                           "use lowercase letters, digits and '-', at most 63 characters")
         return v
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            raise _custom("address", f"{v!r} is not an IP address", "write the host's management IP, e.g. 10.0.0.11") from None
+        if not is_ip(v):
+            raise _custom("address", f"{shown(v)} is not an IP address", "write the host's management IP, e.g. 10.0.0.11")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if bad_label_key(key):
+                raise _custom("label", f"{shown(key)} is not a Kubernetes label key",
+                              "write [prefix/]name: a DNS name prefix, a name of at most 63 letters, digits, '-', '_', '.'")
+            if not LABEL_VALUE.fullmatch(value):
+                raise _custom("label", f"label {key}: {shown(value)} is not a Kubernetes label value",
+                              "use at most 63 letters, digits, '-', '_' and '.', starting and ending alphanumeric")
         return v
 
     @field_validator("taints")
     @classmethod
     def _taints(cls, v: list[str]) -> list[str]:
         for t in v:
-            if not TAINT.match(t):
-                raise _custom("taint", f"{t!r} is not a taint", "write key=value:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute")
+            if not taint_ok(t):
+                raise _custom("taint", f"{shown(t)} is not a taint",
+                              "write key=value:Effect (Kubernetes label syntax) with Effect NoSchedule, PreferNoSchedule or NoExecute")
         return v
 
 
@@ -160,11 +324,36 @@ class Artifact(_Model):
     sha256: str | None = None
     sha256_from: str | None = None  # a `sha256sum` checksums file that lists the artifact
 
+    _sha256_from = _paths("sha256_from")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The name becomes part of a path on the host (e.g. the image directory).
+        if not ARTIFACT_NAME.fullmatch(v):
+            raise _custom("artifact_name", f"{shown(v)} is not an artifact name",
+                          "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.startswith("https://"):
+            if not HTTPS_URL.fullmatch(v) or len(v) > 2048:
+                raise _custom("source", f"{shown(v)} is not an https URL of a file",
+                              "write https://HOST[:PORT]/PATH with letters, digits and . _ ~ + % - in the path")
+        else:
+            _check_path(v)
+        if not FILE_NAME.fullmatch(v.rstrip("/").rsplit("/", 1)[-1]):
+            raise _custom("source", f"{shown(v)} does not end in a plain file name",
+                          "name the release file itself (letters, digits, '.', '_', '+', '-')")
+        return v
+
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str | None) -> str | None:
-        if v is not None and not SHA256.match(v):
-            raise _custom("sha256", f"{v!r} is not a sha256 hex digest", "write the 64 lowercase hex characters printed by `sha256sum FILE`")
+        if v is not None and not SHA256.fullmatch(v):
+            raise _custom("sha256", f"{shown(v)} is not a sha256 hex digest", "write the 64 lowercase hex characters printed by `sha256sum FILE`")
         return v
 
     @model_validator(mode="after")
@@ -194,12 +383,22 @@ class DistributionSpec(_Model):
                           "remove pull_secret, or give registry credentials through registry_mirrors")
         return v
 
+    @field_validator("extra_args", "agent_args")
+    @classmethod
+    def _flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        name = info.data.get("name", "k3s")
+        if v and name == "microshift":
+            raise _custom("flags", "MicroShift takes its settings from config.yaml, not flags", f"remove {info.field_name}")
+        for i, message, fix in flag_problems(v, name)[:1]:
+            raise PydanticCustomError("flags", "[{index}] {message} (fix: {fix})", {"index": i, "message": message, "fix": fix})
+        return v
+
     @field_validator("version")
     @classmethod
     def _exact_version(cls, v: str, info: ValidationInfo) -> str:
         name = info.data.get("name", "k3s")
         if not VERSION_PATTERNS[name].match(v):
-            raise _custom("version", f"{v!r} is not an exact {name} version",
+            raise _custom("version", f"{shown(v)} is not an exact {name} version",
                           f"pin a release such as {VERSION_EXAMPLES[name]!r}; channels and 'latest' are not allowed")
         return v
 
@@ -213,8 +412,11 @@ class Network(_Model):
     def _cidr(cls, v: str) -> str:
         try:
             ipaddress.ip_network(v, strict=True)
+            if "%" in v:
+                raise ValueError("a scope is not part of a network")
         except ValueError as exc:
-            raise _custom("cidr", f"{v!r} is not a valid CIDR ({exc})", "write a network address with its prefix, e.g. 10.42.0.0/16") from None
+            raise _custom("cidr", f"{shown(v)} is not a valid CIDR ({shown(str(exc), 80)[1:-1]})",
+                          "write a network address with its prefix, e.g. 10.42.0.0/16") from None
         return v
 
     @field_validator("service_cidr")
@@ -246,6 +448,8 @@ class SimulatedNodes(_Model):
     kwok: Artifact
     stages: str  # kwok Stage resources (node and pod lifecycle)
 
+    _stages = _paths("stages")
+
 
 class Site(_Model):
     name: str
@@ -268,19 +472,42 @@ class Site(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise _custom("name", f"{v!r} is not a valid site name", "use lowercase letters, digits and '-', at most 63 characters")
+        if not NAME.fullmatch(v):
+            raise _custom("name", f"{shown(v)} is not a valid site name", "use lowercase letters, digits and '-', at most 63 characters")
         return v
 
     @field_validator("registration_address")
     @classmethod
     def _reg(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", v):
-                    raise _custom("address", f"{v!r} is neither an IP address nor a DNS name", "write the load balancer or VIP address the servers register through") from None
+        if v is not None and not (is_ip(v) or is_dns_name(v)):
+            raise _custom("address", f"{shown(v)} is neither an IP address nor a DNS name", "write the load balancer or VIP address the servers register through")
+        return v
+
+    @field_validator("tls_sans")
+    @classmethod
+    def _sans(cls, v: list[str]) -> list[str]:
+        for san in v:
+            if not (is_ip(san) or is_dns_name(san)):
+                raise _custom("tls_san", f"{shown(san)} is neither an IP address nor a DNS name",
+                              "list the extra names of the API server certificate, e.g. k8s.site.example or 10.0.0.10")
+        return v
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for registry, endpoints in v.items():
+            m = REGISTRY.fullmatch(registry)
+            if m is None or not is_dns_name(m.group("host")) or not 0 < int(m.group("port") or 443) < 65536:
+                raise _custom("registry", f"{shown(registry)} is not a registry name",
+                              "key each mirror list by the registry's host[:port], e.g. docker.io or registry.local:5000")
+            if not endpoints:
+                raise _custom("registry", f"registry {registry} has no mirror endpoints", "list at least one mirror URL")
+            for e in endpoints:
+                m = MIRROR_URL.fullmatch(e)
+                if m is None or not 0 < int(m.group("port") or 443) < 65536 or (
+                        m.group("host").startswith("[") and not is_ip(m.group("host")[1:-1])):
+                    raise _custom("mirror", f"registry {registry}: {shown(e)} is not a mirror URL",
+                                  "write https://HOST[:PORT] (http:// only for a lab mirror)")
         return v
 
     @property
@@ -300,6 +527,13 @@ class Inventory(_Model):
     fleet: str
     environment: Literal["dev", "prod"]
     sites: Annotated[list[Site], Field(min_length=1)]
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, v: str) -> str:
+        if not NAME.fullmatch(v):
+            raise _custom("name", f"{shown(v)} is not a valid fleet name", "use lowercase letters, digits and '-', at most 63 characters")
+        return v
 
 
 @dataclass(frozen=True)
@@ -336,13 +570,14 @@ def _message(err: dict[str, Any]) -> str:
         return "is required (fix: add this field)"
     if kind == "extra_forbidden":
         return "is not a known field (fix: check the spelling against the inventory format in README.md)"
+    value = err.get("input")
+    text = shown(value) if isinstance(value, str) else repr(value)
     if kind == "literal_error":
-        return f"{err['input']!r} is not allowed (fix: use one of {err['ctx']['expected']})"
+        return f"{text} is not allowed (fix: use one of {err['ctx']['expected']})"
     if "(fix:" in msg:  # our own validators already name value and fix
         return msg
-    value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f"{value!r}: "
-    return f"{shown}{msg} (fix: correct the value; see the inventory format in README.md)"
+    prefix = "" if isinstance(value, (dict, list)) else f"{text}: "
+    return f"{prefix}{msg} (fix: correct the value; see the inventory format in README.md)"
 
 
 def _cross_checks(inv: Inventory) -> list[tuple[str, str]]:
@@ -389,16 +624,28 @@ def _cross_checks(inv: Inventory) -> list[tuple[str, str]]:
     return problems
 
 
+# Messages about files show each path as the inventory writes it, never its expansion.
+
+
 def _private_file(ref: SecretRef | None, base: Path, at: str, fix: str) -> list[tuple[str, str]]:
     """A secret kept in a file must be readable by us and by nobody else."""
     if ref is None or ref.file is None:
         return []
     p = expand_path(ref.file, base)
     if not p.is_file() or not os.access(p, os.R_OK):
-        return [(at, f"{str(p)!r} is not a readable file (fix: {fix})")]
+        return [(at, f"{shown(ref.file, 200)} is not a readable file (fix: {fix})")]
     if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return [(at, f"{str(p)!r} is readable by group or others (fix: chmod 600 {p})")]
+        return [(at, f"{shown(ref.file, 200)} is readable by group or others (fix: chmod 600 {ref.file})")]
     return []
+
+
+def _trusted_file(value: str, base: Path) -> str | None:
+    """Why a file that pins trust (a host key) cannot be trusted, or None: others could
+    rewrite it and so redirect the connection to a host of their choice."""
+    p = expand_path(value, base)
+    if p.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{shown(value, 200)} is writable by group or others (fix: chmod go-w {value})"
+    return None
 
 
 def _file_checks(inv: Inventory, base: Path) -> list[tuple[str, str]]:
@@ -412,25 +659,28 @@ def _file_checks(inv: Inventory, base: Path) -> list[tuple[str, str]]:
             problems += _private_file(host.ssh.private_key, base, f"{at}.private_key.file",
                                       "create the key or point to it; for the lab run `lab/lab keys`")
             if host.ssh.host_key_file is not None:
-                p = expand_path(host.ssh.host_key_file, base)
+                written = host.ssh.host_key_file
+                p = expand_path(written, base)
                 if not p.is_file():
-                    problems.append((f"{at}.host_key_file", f"{str(p)!r} does not exist (fix: write the host's public key there; for the lab run `lab/lab keys`)"))
-                elif not HOST_KEY.match(p.read_text().strip()):
-                    problems.append((f"{at}.host_key_file", f"{str(p)!r} does not hold an OpenSSH public host key (fix: write the output of `ssh-keyscan -t ed25519 HOST` without the host name)"))
+                    problems.append((f"{at}.host_key_file", f"{shown(written, 200)} does not exist (fix: write the host's public key there; for the lab run `lab/lab keys`)"))
+                elif (unsafe := _trusted_file(written, base)) is not None:
+                    problems.append((f"{at}.host_key_file", unsafe))
+                elif not HOST_KEY.fullmatch(p.read_text().strip()):
+                    problems.append((f"{at}.host_key_file", f"{shown(written, 200)} does not hold an OpenSSH public host key (fix: write the output of `ssh-keyscan -t ed25519 HOST` without the host name)"))
         sim = [(f"sites[{i}].simulated_nodes.kwok", site.simulated_nodes.kwok)] if site.simulated_nodes else []
         if site.simulated_nodes and not expand_path(site.simulated_nodes.stages, base).is_file():
-            problems.append((f"sites[{i}].simulated_nodes.stages", f"{site.simulated_nodes.stages!r} does not exist (fix: run scripts/bootstrap kwok)"))
+            problems.append((f"sites[{i}].simulated_nodes.stages", f"{shown(site.simulated_nodes.stages, 200)} does not exist (fix: run scripts/bootstrap kwok)"))
         for at, art in [(f"sites[{i}].artifacts[{j}]", a) for j, a in enumerate(site.artifacts)] + sim:
             if art.sha256_from is not None:
                 p = expand_path(art.sha256_from, base)
                 if not p.is_file():
-                    problems.append((f"{at}.sha256_from", f"{str(p)!r} does not exist (fix: point to the release's checksums file, or run scripts/bootstrap for the lab build)"))
+                    problems.append((f"{at}.sha256_from", f"{shown(art.sha256_from, 200)} does not exist (fix: point to the release's checksums file, or run scripts/bootstrap for the lab build)"))
                 elif artifact_sha256(art, base) is None:
-                    problems.append((f"{at}.sha256_from", f"{str(p)!r} lists no checksum for {Path(art.source).name!r} (fix: use the checksums file of this release)"))
+                    problems.append((f"{at}.sha256_from", f"{shown(art.sha256_from, 200)} lists no checksum for {Path(art.source).name!r} (fix: use the checksums file of this release)"))
             if not art.source.startswith("https://"):
                 p = expand_path(art.source, base)
                 if not p.is_file():
-                    problems.append((f"{at}.source", f"{str(p)!r} does not exist (fix: download the release artifact to this path or use an https:// URL)"))
+                    problems.append((f"{at}.source", f"{shown(art.source, 200)} does not exist (fix: download the release artifact to this path or use an https:// URL)"))
     return problems
 
 
@@ -442,7 +692,7 @@ def artifact_sha256(art: Artifact, base: Path) -> str | None:
     wanted = Path(art.source).name
     for line in expand_path(art.sha256_from, base).read_text().splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("*./") == wanted and SHA256.match(parts[0]):
+        if len(parts) == 2 and parts[1].lstrip("*./") == wanted and SHA256.fullmatch(parts[0]):
             return parts[0]
     return None
 

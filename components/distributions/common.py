@@ -12,12 +12,26 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal, Protocol
 
 import yaml
+
+from components.inventory import (
+    ARTIFACT_NAME,
+    LABEL_VALUE,
+    MIRROR_URL,
+    NAME,
+    REGISTRY,
+    bad_label_key,
+    flag_problems,
+    is_dns_name,
+    is_ip,
+    taint_ok,
+)
 
 Arch = Literal["amd64", "arm64"]
 Role = Literal["server", "agent"]
@@ -133,6 +147,7 @@ class Driver(Protocol):
     def kubeconfig_path(self, node: NodeSpec) -> str: ...
     def ready_check(self, node: NodeSpec) -> str: ...
     def rewrite_kubeconfig(self, text: str, server_url: str) -> str: ...
+    def install_facts(self, node: NodeSpec) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,65 @@ class ModuleDriver:
 
     def rewrite_kubeconfig(self, text: str, server_url: str) -> str:
         return rewrite_kubeconfig(text, server_url)
+
+    def install_facts(self, node: NodeSpec) -> dict[str, object]:
+        return self._op("install_facts")(node)
+
+
+# --- install facts (what the edge-* policy rules check) -----------------------------------------
+#
+# Each driver's install_facts(node) reads them from the node's rendered configuration and
+# command line. A server reports every fact, a node without an API server only
+# protectKernelDefaults; a node without a kubelet does not report that one.
+
+SAFE_FACTS: dict[str, object] = {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
+                                 "kubeconfigMode": "0600", "protectKernelDefaults": True}
+
+
+def combine_facts(per_node: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """The site's facts: a fact holds only if it holds on every node that reports it. A fact
+    no node reports is unsafe, except kernel protection on a site without kubelets; no
+    nodes at all (none could be rendered) means nothing holds."""
+    if not per_node:
+        return {"secretsEncryption": False, "auditLog": False, "anonymousAuth": True, "kubeconfigMode": None,
+                "protectKernelDefaults": False}
+    out: dict[str, object] = {}
+    for fact, safe in SAFE_FACTS.items():
+        values = [facts[fact] for facts in per_node if fact in facts]
+        if fact == "protectKernelDefaults" and not values:
+            out[fact] = True
+        elif fact == "kubeconfigMode":
+            unsafe = sorted({v for v in values if v != safe}, key=str)
+            out[fact] = unsafe[0] if unsafe else (safe if values else None)
+        else:
+            out[fact] = bool(values) and all(v == safe for v in values)
+            if fact == "anonymousAuth":
+                out[fact] = not out[fact]
+    return out
+
+
+def flag_values(argv: Sequence[str], name: str) -> list[str]:
+    """The values of ``--name`` in ``argv`` in order (``--name`` alone counts as "true")."""
+    out = []
+    for arg in argv:
+        if arg == f"--{name}":
+            out.append("true")
+        elif arg.startswith(f"--{name}="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def options(entries: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "--b=2"]`` -> ``{"a": "1", "b": "2"}``; a later entry wins."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        out[key.lstrip("-")] = value
+    return out
+
+
+def is_true(value: object) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1"))
 
 
 def q(value: object) -> str:
@@ -245,16 +319,49 @@ def archive_suffix(artifact: Artifact) -> str:
 
 
 def _check_artifact(artifact: Artifact) -> None:
+    if not ARTIFACT_NAME.fullmatch(artifact.name):
+        raise DistributionError(f"artifacts[{artifact.name!r}]", "not an artifact name",
+                                "use lowercase letters, digits, '.', '_' and '-' (the name becomes part of a path)")
     if not re.fullmatch(r"[0-9a-f]{64}", artifact.sha256):
         raise DistributionError(f"artifacts[{artifact.name}].sha256", f"{artifact.sha256!r} is not a sha256 hex digest",
                                 "give the 64 lowercase hex characters printed by `sha256sum FILE`")
-    if not artifact.dest.startswith("/"):
+    if not re.fullmatch(r"(/[A-Za-z0-9._+-]+)+", artifact.dest) or "/../" in f"{artifact.dest}/":
         raise DistributionError(f"artifacts[{artifact.name}].dest", f"{artifact.dest!r} is not an absolute path",
                                 "give the absolute path of the file on the host")
 
 
+def check_strings(node: NodeSpec) -> None:
+    """Every string of the node that lands on the host has its own syntax; the inventory
+    checks the same, this keeps renderers safe when called directly."""
+    at = f"{node.site!r}/{node.host!r}"
+    for field, value in (("site", node.site), ("host", node.host)):
+        if not NAME.fullmatch(value):
+            raise DistributionError(f"{at}.{field}", f"{value!r} is not a name", "use lowercase letters, digits and '-'")
+    if not is_ip(node.address):
+        raise DistributionError(f"{at}.address", f"{node.address!r} is not an IP address", "give the management IP")
+    if node.server_url is not None and not re.fullmatch(r"https://[A-Za-z0-9.:\[\]-]+:6443", node.server_url):
+        raise DistributionError(f"{at}.server_url", f"{node.server_url!r} is not an API server URL", "give https://HOST:6443")
+    for key, value in node.labels.items():
+        if bad_label_key(key) or not LABEL_VALUE.fullmatch(value):
+            raise DistributionError(f"{at}.labels", f"{key!r}: {value!r} is not a Kubernetes label", "use Kubernetes label syntax")
+    for taint in node.taints:
+        if not taint_ok(taint):
+            raise DistributionError(f"{at}.taints", f"{taint!r} is not a taint", "write key=value:Effect")
+    for san in node.tls_sans:
+        if not (is_ip(san) or is_dns_name(san)):
+            raise DistributionError(f"{at}.tls_sans", f"{san!r} is neither an IP address nor a DNS name", "list names or IPs only")
+    check_mirrors(node.registry_mirrors)
+
+
+def check_flags(node: NodeSpec, distribution: str) -> None:
+    """Flags are well-formed and leave the rendered hardening baseline alone."""
+    for _, message, fix in flag_problems(list(node.extra_args), distribution.lower())[:1]:
+        raise DistributionError(f"{node.site}/{node.host}.extra_args", message, fix)
+
+
 def check_node(node: NodeSpec, distribution: str) -> None:
     """Rules every multi-node distribution shares: role/agent combinations, flag syntax, mirrors."""
+    check_strings(node)
     at = f"{node.site}/{node.host}"
     if node.role == "agent" and not node.server_url:
         raise DistributionError(f"{at}.server_url", "an agent needs the URL of a server to join",
@@ -271,10 +378,7 @@ def check_node(node: NodeSpec, distribution: str) -> None:
                                     "use topology 'ha' with three servers, or make this host an agent")
     if node.disable_agent and node.role != "server":
         raise DistributionError(f"{at}.disable_agent", "only servers can run without an agent", "drop disable_agent")
-    for arg in node.extra_args:
-        if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=.*)?", arg, re.S):
-            raise DistributionError(f"{at}.extra_args", f"{arg!r} is not a {distribution} flag", "write flags as --name=value")
-    check_mirrors(node.registry_mirrors)
+    check_flags(node, distribution)
 
 
 def verify_lines(artifacts: Sequence[Artifact]) -> str:
@@ -500,6 +604,19 @@ def heredoc_file(path: str, content: str, mode: int) -> str:
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def toml_str(value: str) -> str:
+    """A TOML basic string holding ``value`` exactly."""
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
 def yaml_text(data: object) -> str:
     """YAML in document order (the order rendered files are read in)."""
     return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=False)
@@ -537,6 +654,11 @@ class Service:
 
     def files(self) -> dict[str, tuple[str, int]]:
         """The service definition for the manager, as path -> (content, mode)."""
+        for arg in self.argv:
+            # No manager can carry these as data: systemd ends the line, a shell drops NUL.
+            if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in arg):
+                raise DistributionError(f"{self.name}.argv", f"{arg!r} holds a control character",
+                                        "give flags without newlines or other control characters")
         if self.manager == "systemd":
             return {self.unit_path(): (self._systemd_unit(), 0o644)}
         if self.manager == "openrc":
@@ -576,7 +698,10 @@ ExecStart={exec_start}
 """
 
     def _openrc_script(self) -> str:
-        args = " ".join(q(a) for a in self.argv[1:]).replace('"', '\\"')
+        # openrc-run sources this file, then its start function runs `eval ... $command_args`:
+        # the value is a literal (single-quoted) string of shell-quoted words, so neither the
+        # sourcing nor the eval can expand anything in an argument.
+        args = q(" ".join(q(a) for a in self.argv[1:]) + f" >>{self.log_file} 2>&1")
         return f"""#!/sbin/openrc-run
 
 depend() {{
@@ -587,7 +712,7 @@ depend() {{
 supervisor=supervise-daemon
 name={self.name}
 command={q(self.argv[0])}
-command_args="{args} >>{self.log_file} 2>&1"
+command_args={args}
 output_log={self.log_file}
 error_log={self.log_file}
 pidfile="/var/run/{self.name}.pid"
@@ -659,9 +784,12 @@ svc_logs() {{ tail -n 30 -- {q(self.log_file)} >&2 2>/dev/null || true; }}
 
 
 def _systemd_quote(arg: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
+    """One ExecStart= word: systemd expands ``%`` specifiers and ``$`` variables and splits at
+    whitespace; a double-quoted word with those escaped is taken literally."""
+    if re.fullmatch(r"[A-Za-z0-9_@+=:,./-]+", arg):
         return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
 
 
 def render_supervisor(name: str, argv: Sequence[str], pid_file: str, log_file: str, *, stop_timeout_s: int = 60,
@@ -858,7 +986,7 @@ fi
 def node_ready_body(access: KubeAccess, node_name: str, timeout_s: int, *, has_node: bool = True) -> str:
     """Wait until the node is Ready, then uncordon it if an upgrade drain cordoned it."""
     if not has_node:
-        return access.wait_api(timeout_s) + f'log "{node_name} runs no kubelet; the API answers"\n'
+        return f"NODE={q(node_name)}\n" + access.wait_api(timeout_s) + 'log "$NODE runs no kubelet; the API answers"\n'
     return f"NODE={q(node_name)}\n" + access.wait_api(timeout_s) + f"""
 # shellcheck disable=SC2329 # called through wait_for
 node_ready() {{
@@ -960,15 +1088,21 @@ def rewrite_kubeconfig(text: str, server_url: str) -> str:
 
 def mirror_host(endpoint: str) -> tuple[str, bool]:
     """``https://mirror:5000`` -> (``mirror:5000``, insecure=False)."""
-    m = re.fullmatch(r"(https?)://([^/\s]+)/?", endpoint)
+    m = MIRROR_URL.fullmatch(endpoint)
     if not m:
         raise DistributionError("registry_mirrors", f"{endpoint!r} is not a registry endpoint URL",
                                 "write the mirror as https://HOST[:PORT]")
-    return m.group(2), m.group(1) == "http"
+    port = f":{m.group('port')}" if m.group("port") else ""
+    return m.group("host") + port, m.group("scheme") == "http"
 
 
 def check_mirrors(mirrors: Mapping[str, Sequence[str]]) -> None:
     for registry, endpoints in mirrors.items():
+        # The registry name becomes a directory name (containerd's certs.d) and a TOML string.
+        m = REGISTRY.fullmatch(registry)
+        if m is None or not is_dns_name(m.group("host")):
+            raise DistributionError("registry_mirrors", f"{registry!r} is not a registry name",
+                                    "key mirrors by the registry's host[:port], e.g. docker.io")
         if not endpoints:
             raise DistributionError(f"registry_mirrors.{registry}", "no endpoints", "list at least one mirror URL")
         for e in endpoints:

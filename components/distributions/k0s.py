@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import yaml
+
 from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
@@ -29,13 +31,14 @@ from components.distributions.common import (
     Service,
     UpgradeSteps,
     archive_suffix,
+    check_mirrors,
     check_node,
     drain_body,
     ere_literal,
+    flag_values,
     for_arch,
     heredoc_file,
     kube_script,
-    mirror_host,
     node_ready_body,
     pick_artifact,
     q,
@@ -44,6 +47,7 @@ from components.distributions.common import (
     render_cat,
     render_sysctl,
     sysctl_lines,
+    toml_str,
     uncordon_body,
     verify_lines,
     wait_ready_lines,
@@ -66,6 +70,13 @@ DEFAULT_DATA_DIR = "/var/lib/k0s"
 BUNDLE_PREFIX = "k0s-airgap-bundle"
 GATEWAY_PROFILE = "edgefleet-gateway"
 JOIN_TOKEN_EXPIRY = "1h"
+# k0s writes the admin kubeconfig itself; the install narrows it to root once the API is up.
+ADMIN_KUBECONFIG_MODE = "0600"
+# kube-apiserver flags k0s passes through (spec.api.extraArgs). Audit logging and Secrets
+# encryption are not rendered: k0s runs the API server as an unprivileged user and has no
+# setting of its own for either, so the edge-audit-log and edge-secrets-encryption rules
+# fail for k0s sites (install_facts reports them as off).
+API_EXTRA_ARGS = {"anonymous-auth": "false"}
 # k0s bundles containerd 2 (configuration version 3) from 1.36 on.
 CONTAINERD_V2_MINOR = 36
 
@@ -99,7 +110,7 @@ def render_config(node: NodeSpec) -> str:
                                 "render the configuration of a controller")
     spec: dict[str, object] = {
         "api": {"address": node.address, "port": 6443, "k0sApiPort": 9443,
-                "sans": list(dict.fromkeys([node.address, *node.tls_sans]))},
+                "sans": list(dict.fromkeys([node.address, *node.tls_sans])), "extraArgs": dict(API_EXTRA_ARGS)},
         "network": {"provider": "kuberouter", "podCIDR": node.cluster_cidr, "serviceCIDR": node.service_cidr,
                     "clusterDomain": "cluster.local"},
         # Etcd on every controller of an HA site; a single controller keeps state in kine's
@@ -122,13 +133,35 @@ def render_config(node: NodeSpec) -> str:
                       "metadata": {"name": node.site}, "spec": spec})
 
 
+def install_facts(node: NodeSpec) -> dict[str, object]:
+    """The hardening this node really gets, read from its rendered ClusterConfig and the
+    ``k0s controller|worker`` command line."""
+    facts: dict[str, object] = {}
+    if is_controller(node):
+        api = yaml.safe_load(render_config(node))["spec"]["api"].get("extraArgs") or {}
+        facts["secretsEncryption"] = bool(api.get("encryption-provider-config"))
+        facts["auditLog"] = bool(api.get("audit-log-path")) and bool(api.get("audit-policy-file"))
+        facts["anonymousAuth"] = str(api.get("anonymous-auth", "true")).lower() != "false"
+        facts["kubeconfigMode"] = ADMIN_KUBECONFIG_MODE if _kubeconfig_mode_line(node) else None
+    if has_worker(node):
+        kubelet = flag_values(install_flags(node), "kubelet-extra-args")
+        # k0s keeps the last --kubelet-extra-args; its words are kubelet flags.
+        words = kubelet[-1].split() if kubelet else []
+        facts["protectKernelDefaults"] = "--protect-kernel-defaults=true" in words
+    return facts
+
+
+def _kubeconfig_mode_line(node: NodeSpec) -> str:
+    return f"chmod {ADMIN_KUBECONFIG_MODE} -- {q(kubeconfig_path(node))}\n" if is_controller(node) else ""
+
+
 def render_registry_hosts(registry: str, endpoints: Sequence[str]) -> str:
     """containerd ``hosts.toml`` sending pulls of ``registry`` to its mirrors."""
+    check_mirrors({registry: endpoints})
     server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
-    out = f'server = "{server}"\n'
+    out = f"server = {toml_str(server)}\n"
     for e in endpoints:
-        mirror_host(e)
-        out += f'\n[host."{e.rstrip("/")}"]\n  capabilities = ["pull", "resolve"]\n'
+        out += f'\n[host.{toml_str(e.rstrip("/"))}]\n  capabilities = ["pull", "resolve"]\n'
     return out
 
 
@@ -262,7 +295,7 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
         body += f"drop_file {REGISTRY_DROPIN}\n"
     if not node.first_server:
         body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
-    body += _service_lines(node) + _wait_ready(node, ready_timeout_s)
+    body += _service_lines(node) + _wait_ready(node, ready_timeout_s) + _kubeconfig_mode_line(node)
     role = "controller" if is_controller(node) else "worker"
     return Script(f"Install or update k0s ({role}) on {node.host} of site {node.site}; idempotent.",
                   node.host, lib=_INSTALL_LIB).render(body)
@@ -298,7 +331,7 @@ def render_upgrade_binary(node: NodeSpec, artifact: Artifact, *, ready_timeout_s
     body = (svc.shell() + _ready_functions(node) + "require_root\n" + verify_lines([artifact])
             + f"require_arch {UNAME_ARCH[node.arch]}\n"
             + f"install_copy {q(artifact.dest)} {BIN} 0755 {artifact.sha256}\n" + "svc_apply\n"
-            + _wait_ready(node, ready_timeout_s))
+            + _wait_ready(node, ready_timeout_s) + _kubeconfig_mode_line(node))
     return Script(f"Upgrade the k0s binary on {node.host} of site {node.site}.", node.host, lib=_INSTALL_LIB).render(body)
 
 

@@ -6,14 +6,29 @@ default, EventRateLimit) under the data directory, ``registries.yaml`` for mirro
 kernel parameters ``protect-kernel-defaults`` requires. The join token comes from
 ``$K3S_TOKEN`` into a 0600 token file the configuration points at.
 
+Tokens: servers hold the server token and the separate agent token (``$K3S_AGENT_TOKEN``);
+agents hold only the agent token, so root on an agent is not enough to join as a server.
+Joiners get the secure form ``K10<sha256 of the cluster CA>::<user>:<password>`` and refuse a
+server whose CA does not match (see :func:`secure_token`).
+
+Identity: ``server:`` and ``cluster-init`` are bootstrap-only (K3s reads them until the node
+has joined), and the node name is fixed at the first install (kept from the existing
+configuration), so renaming a host in the inventory, reordering the servers or a new
+registration address restarts nothing and never registers a node twice. Only a change of
+the steady-state settings (:func:`steady_config`) restarts the service.
+
 Artifacts: ``k3s`` (the release binary for the node's architecture) and, for air-gapped
 nodes, any number of ``k3s-airgap-images*`` image archives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import yaml
 
 from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
@@ -34,6 +49,9 @@ from components.distributions.common import (
     check_node,
     drain_body,
     ere_literal,
+    flag_values,
+    is_true,
+    options,
     for_arch,
     heredoc_file,
     kube_script,
@@ -59,6 +77,12 @@ BIN = "/usr/local/bin/k3s"
 CONFIG_DIR = "/etc/rancher/k3s"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 TOKEN_FILE = f"{CONFIG_DIR}/token"
+AGENT_TOKEN_ENV = "K3S_AGENT_TOKEN"
+AGENT_TOKEN_FILE = f"{CONFIG_DIR}/agent-token"
+# Digest of the steady-state settings the service last (re)started with.
+APPLIED_FILE = f"{CONFIG_DIR}/.edgefleet-applied"
+BOOTSTRAP_KEYS = ("server", "cluster-init")
+NODE_NAME_MARK = "edgefleet-node-name="
 REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
 KUBECONFIG = f"{CONFIG_DIR}/k3s.yaml"
 DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
@@ -107,6 +131,8 @@ def render_config(node: NodeSpec) -> str:
     """``/etc/rancher/k3s/config.yaml`` for this node (flag names as keys)."""
     validate(node)
     cfg: dict[str, object] = {"token-file": TOKEN_FILE}
+    if node.role == "server":
+        cfg["agent-token-file"] = AGENT_TOKEN_FILE
     if node.server_url:
         cfg["server"] = node.server_url
     cfg["data-dir"] = data_dir(node)
@@ -150,6 +176,86 @@ def render_config(node: NodeSpec) -> str:
             cfg["protect-kernel-defaults"] = True
         cfg["kubelet-arg"] = _kubelet_args(node)
     return yaml_text(cfg)
+
+
+def install_facts(node: NodeSpec) -> dict[str, object]:
+    """The hardening this node really gets, read from its rendered config.yaml and the
+    service's command line (a flag on the command line wins over the file)."""
+    cfg = yaml.safe_load(render_config(node))
+    argv = service(node).argv[2:]
+
+    def values(name: str) -> list[str]:
+        in_file = cfg.get(name, [])
+        return [str(v) for v in (in_file if isinstance(in_file, list) else [in_file])] + flag_values(argv, name)
+
+    def last(name: str) -> str | None:
+        found = values(name)
+        return found[-1] if found else None
+
+    facts: dict[str, object] = {}
+    if node.role == "server":
+        api = options(values("kube-apiserver-arg"))
+        facts["secretsEncryption"] = is_true(last("secrets-encryption")) or bool(api.get("encryption-provider-config"))
+        facts["auditLog"] = bool(api.get("audit-log-path")) and bool(api.get("audit-policy-file"))
+        facts["anonymousAuth"] = api.get("anonymous-auth", "true").lower() != "false"
+        facts["kubeconfigMode"] = last("write-kubeconfig-mode")
+    if has_kubelet(node):
+        kubelet = options(values("kubelet-arg"))
+        facts["protectKernelDefaults"] = (is_true(last("protect-kernel-defaults"))
+                                          and is_true(kubelet.get("protect-kernel-defaults", "true")))
+    return facts
+
+
+def steady_config(node: NodeSpec) -> str:
+    """config.yaml without its bootstrap-only keys and the node name: what a running node
+    must be restarted for when it changes."""
+    cfg = yaml.safe_load(render_config(node))
+    for key in (*BOOTSTRAP_KEYS, "node-name"):
+        cfg.pop(key, None)
+    return yaml_text(cfg)
+
+
+def secure_token(ca_sha256: str, user: str, password: str) -> str:
+    """K3s's secure token: the joiner checks the server's CA against ``ca_sha256`` (the
+    sha256 of the PEM file as stored on the first server) before sending ``user:password``."""
+    if not re.fullmatch(r"[0-9a-f]{64}", ca_sha256):
+        raise DistributionError("cluster CA", f"{ca_sha256[:80]!r} is not a sha256 hex digest",
+                                "check that the first server's K3s wrote server/tls/server-ca.crt")
+    return f"K10{ca_sha256}::{user}:{password}"
+
+
+def render_ca_hash(node: NodeSpec) -> str:
+    """Print the sha256 of the cluster's server CA (run on the first server, after install)."""
+    ca = f"{data_dir(node)}/server/tls/server-ca.crt"
+    return Script(f"Print the sha256 of the cluster CA of site {node.site} (for joiners' secure tokens).",
+                  node.host).render(f"""
+[[ -s {q(ca)} ]] || die "{ca} does not exist (fix: install K3s on {node.host} first)"
+sha256sum -- {q(ca)} | cut -d' ' -f1
+""")
+
+
+def node_name_from(stdout: str | None) -> str | None:
+    """The node name an install reported (the one K3s registered with), if any."""
+    found = re.findall(rf"^{NODE_NAME_MARK}([a-z0-9.-]+)$", stdout or "", re.M)
+    return found[-1] if found else None
+
+
+def _pinned_node_name(inventory_name: str) -> str:
+    """Lines setting K3S_NODE_NAME and ``put_config``: the node keeps the name of its first
+    install, so an inventory rename never registers it again under a new name."""
+    return f"""K3S_NODE_NAME=""
+if [[ -f {CONFIG_FILE} ]]; then
+  K3S_NODE_NAME="$(sed -n 's/^node-name: *//p' {CONFIG_FILE} | head -n 1)"
+fi
+K3S_NODE_NAME="${{K3S_NODE_NAME:-{inventory_name}}}"
+# put_config DEST MODE < CONTENT: config.yaml with the kept node name. Writing it alone
+# restarts nothing: only a new steady-state digest in {APPLIED_FILE} does.
+put_config() {{
+  local saved="$CHANGED"
+  put_file "$1" "$2" < <(sed "s/^node-name: .*\$/node-name: $K3S_NODE_NAME/")
+  CHANGED="$saved"
+}}
+"""
 
 
 def render_audit_policy() -> str:
@@ -275,12 +381,21 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
         body += sysctl_lines()
     if node.role == "server":
         body += f"install -d -m 0700 -- {q(_server_path(node, 'logs'))}\n"
+    body += _pinned_node_name(node.host)
     for path, (content, mode) in {**config_files(node), **svc.files()}.items():
-        body += heredoc_file(path, content, mode)
+        if path == CONFIG_FILE:
+            body += heredoc_file(path, content, mode).replace("put_file ", "put_config ", 1)
+            applied = hashlib.sha256(steady_config(node).encode()).hexdigest()
+            body += f"put_file {APPLIED_FILE} 0600 <<<{applied}\n"
+        else:
+            body += heredoc_file(path, content, mode)
     if not node.registry_mirrors:
         body += f"drop_file {REGISTRIES_FILE}\n"
     body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
+    if node.role == "server":
+        body += f"write_secret {AGENT_TOKEN_ENV} {AGENT_TOKEN_FILE}\n"
     body += "svc_apply\n" + _wait_ready(node, ready_timeout_s)
+    body += f"printf '{NODE_NAME_MARK}%s\\n' \"$K3S_NODE_NAME\"\n"
     role = "server" if node.role == "server" else "agent"
     return Script(f"Install or update K3s ({role}) on {node.host} of site {node.site}.\n"
                   f"Reads the join token from ${TOKEN_ENV}; idempotent.", node.host, lib=_INSTALL_LIB).render(body)

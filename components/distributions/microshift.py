@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import yaml
+
 from components.distributions.common import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
@@ -28,6 +30,7 @@ from components.distributions.common import (
     Service,
     UpgradeSteps,
     check_mirrors,
+    check_strings,
     drain_body,
     for_arch,
     heredoc_file,
@@ -39,6 +42,7 @@ from components.distributions.common import (
     render_cat,
     render_sysctl,
     sysctl_lines,
+    toml_str,
     uncordon_body,
     verify_lines,
     wait_ready_lines,
@@ -61,6 +65,9 @@ REBOOT_MARKER = "/var/lib/edgefleet/reboot-required"
 OVN_NODE_ADDRESS = "169.254.169.1"  # the OVN-Kubernetes gateway the host must trust
 ACCESS = KubeAccess(("oc", f"--kubeconfig={LOCAL_KUBECONFIG}"), BIN, client_fix="install openshift-clients")
 GREENBOOT_TIMEOUT_S = 300
+# MicroShift (re)writes the kubeconfigs under KUBEADMIN_DIR when it starts; the install
+# narrows them to root once the API is up.
+KUBECONFIG_MODE = "0600"
 
 
 def validate(node: NodeSpec) -> None:
@@ -81,7 +88,7 @@ def validate(node: NodeSpec) -> None:
     if node.extra_args:
         raise DistributionError(f"{at}.extra_args", "MicroShift takes its settings from config.yaml, not flags",
                                 "drop extra_args")
-    check_mirrors(node.registry_mirrors)
+    check_strings(node)
 
 
 def ingress_enabled(node: NodeSpec) -> bool:
@@ -124,14 +131,38 @@ def render_config(node: NodeSpec) -> str:
     return yaml_text(cfg)
 
 
+def install_facts(node: NodeSpec) -> dict[str, object]:
+    """The hardening this node really gets, read from its rendered config.yaml. MicroShift's
+    configuration has no setting for Secrets encryption at rest nor for anonymous API
+    requests (its API server keeps them for discovery), so those facts are off and the
+    edge-secrets-encryption and edge-anonymous-auth-off rules fail for MicroShift sites."""
+    cfg = yaml.safe_load(render_config(node))
+    audit = (cfg.get("apiServer") or {}).get("auditLog") or {}
+    return {
+        "secretsEncryption": False,
+        "auditLog": audit.get("profile") not in (None, "None"),
+        "anonymousAuth": True,
+        "kubeconfigMode": KUBECONFIG_MODE if _kubeconfig_mode_lines() else None,
+        "protectKernelDefaults": (cfg.get("kubelet") or {}).get("protectKernelDefaults") is True,
+    }
+
+
+def _kubeconfig_mode_lines() -> str:
+    return (f"if [[ -d {q(KUBEADMIN_DIR)} ]]; then\n"
+            f"  find {q(KUBEADMIN_DIR)} -type f -name kubeconfig -exec chmod {KUBECONFIG_MODE} -- {{}} +\n"
+            f"  chmod 0700 -- {q(KUBEADMIN_DIR)}\n"
+            "fi\n")
+
+
 def render_mirrors(node: NodeSpec) -> str:
     """containers-registries.conf drop-in sending CRI-O's pulls to the site's mirrors."""
+    check_mirrors(node.registry_mirrors)
     out = "# Registry mirrors of this edge site (containers-registries.conf v2).\n"
     for registry, endpoints in sorted(node.registry_mirrors.items()):
-        out += f'\n[[registry]]\nprefix = "{registry}"\nlocation = "{registry}"\n'
+        out += f"\n[[registry]]\nprefix = {toml_str(registry)}\nlocation = {toml_str(registry)}\n"
         for e in endpoints:
             host, insecure = mirror_host(e)
-            out += f'\n[[registry.mirror]]\nlocation = "{host}"\n' + ("insecure = true\n" if insecure else "")
+            out += f"\n[[registry.mirror]]\nlocation = {toml_str(host)}\n" + ("insecure = true\n" if insecure else "")
     return out
 
 
@@ -304,7 +335,7 @@ write_secret {TOKEN_ENV} {PULL_SECRET_FILE}
   exit 0
 fi
 svc_apply
-""" + wait_ready_lines("the MicroShift API", ready_timeout_s)
+""" + wait_ready_lines("the MicroShift API", ready_timeout_s) + _kubeconfig_mode_lines()
     return Script(f"Install or update MicroShift on {node.host} of site {node.site}.\n"
                   f"Reads the pull secret from ${TOKEN_ENV}; idempotent.", node.host, lib=_INSTALL_LIB).render(body)
 

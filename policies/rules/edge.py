@@ -2,8 +2,11 @@
 
 * ``edge:site:EdgeSite`` components: ``{"site", "topology", "environment", "distribution",
   "version", "channel", "install": {"secretsEncryption", "auditLog", "anonymousAuth",
-  "protectKernelDefaults", "kubeconfigMode"}, "artifacts": [{"name", "source", "sha256"}],
-  "hosts": [{"name", "address", "hostKey"}], "annotations"}``;
+  "protectKernelDefaults", "kubeconfigMode"}, "registryMirrors": {registry: [endpoint URL]},
+  "artifacts": [{"name", "source", "sha256"}], "hosts": [{"name", "address", "hostKey"}], "annotations"}``.
+  The ``install`` facts are what the distribution driver renders for the site's nodes (a fact
+  holds only if it holds on every node), so a distribution that cannot render a setting fails
+  its rule;
 * ``edgefleet:remote:Command`` / ``CopyToRemote`` (components/remote.py, dynamic resources whose
   ``kind`` input names them) and pulumi-command's ``command:remote:*``: ``connection`` (``host``,
   ``port``, ``user``, ``privateKey``, ``hostKey``), ``environment`` and the command strings.
@@ -46,7 +49,7 @@ rule(
     category="edge-install",
     severity="critical",
     description="The site's Kubernetes datastore encrypts Secrets at rest (K3s --secrets-encryption).",
-    remediation="Set install.secretsEncryption: true for the site (the distribution driver renders the flag).",
+    remediation="Install with a driver that renders Secrets encryption (K3s: secrets-encryption; the k0s and MicroShift drivers cannot) and drop any flag overriding it.",
     targets={SITE},
 )(_install_flag("secretsEncryption", True, "Secrets would be stored in plain text on the node"))
 
@@ -56,7 +59,7 @@ rule(
     category="edge-install",
     severity="high",
     description="The API server writes an audit log, so changes on an unattended site can be traced.",
-    remediation="Set install.auditLog: true (the driver adds --audit-log-path and a policy file).",
+    remediation="Install with a driver that renders an audit policy and log (K3s, MicroShift; the k0s driver cannot) and drop any flag overriding them.",
     targets={SITE},
 )(_install_flag("auditLog", True, "API calls would not be audited"))
 
@@ -66,7 +69,7 @@ rule(
     category="edge-install",
     severity="high",
     description="The API server and kubelet refuse anonymous requests.",
-    remediation="Set install.anonymousAuth: false (renders --anonymous-auth=false for the API server and kubelet).",
+    remediation="Install with a driver that renders anonymous-auth=false for the API server (K3s, k0s; MicroShift cannot) and drop any flag overriding it.",
     targets={SITE},
 )(_install_flag("anonymousAuth", False, "anonymous requests would be served"))
 
@@ -76,7 +79,7 @@ rule(
     category="edge-install",
     severity="medium",
     description="The kubelet refuses to start on a kernel whose settings differ from what it needs (--protect-kernel-defaults).",
-    remediation="Set install.protectKernelDefaults: true and apply the kernel sysctls the distribution documents.",
+    remediation="Keep distribution.protect_kernel_defaults on (the driver renders the kubelet flag and the sysctls it needs) and drop any flag overriding it.",
     targets={SITE},
 )(_install_flag("protectKernelDefaults", True, "kubelet may silently change kernel settings"))
 
@@ -86,9 +89,30 @@ rule(
     category="edge-install",
     severity="high",
     description="The admin kubeconfig written on the node has mode 0600.",
-    remediation='Set install.kubeconfigMode: "0600" (K3s --write-kubeconfig-mode 0600).',
+    remediation="Keep the driver's rendered kubeconfig mode 0600 (K3s write-kubeconfig-mode; the k0s and MicroShift installs chmod it) and drop any flag overriding it.",
     targets={SITE},
 )(_install_flag("kubeconfigMode", "0600", "other local users could read cluster-admin credentials"))
+
+
+@rule(
+    name="edge-mirror-https",
+    title="Registry mirrors over HTTPS in prod",
+    category="edge-install",
+    severity="high",
+    description="In prod every registry mirror a site pulls images through is reached over https, so nobody on the network path can swap an image or read pull credentials.",
+    remediation="Serve the mirror over TLS and write it as https://HOST[:PORT] in the site's registry_mirrors (http:// is for a lab mirror only).",
+    targets={SITE},
+)
+def edge_mirror_https(res: Resource, config: dict[str, Any]) -> list[Violation]:
+    if dig(res.props, "environment") != "prod":
+        return []
+    out = []
+    for registry, endpoints in mapping(dig(res.props, "registryMirrors")).items():
+        for i, endpoint in enumerate(items(endpoints)):
+            if isinstance(endpoint, str) and not endpoint.startswith("https://"):
+                out.append(Violation(f"site {dig(res.props, 'site') or res.name}: mirror {endpoint!r} of {registry} is not https",
+                                     f"{key_path('registryMirrors', registry)}[{i}]"))
+    return out
 
 
 @rule(

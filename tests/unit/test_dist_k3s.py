@@ -176,7 +176,7 @@ def test_file_modes_keep_configuration_private() -> None:
     (dataclasses.replace(HA_JOIN, ha=False), "role", "embedded etcd"),
     (dataclasses.replace(HA_FIRST, server_url=JOIN), "server_url", "joins nothing"),
     (dataclasses.replace(AGENT, disable_agent=True), "disable_agent", "only servers"),
-    (dataclasses.replace(SINGLE, extra_args=("debug",)), "extra_args", "not a K3s flag"),
+    (dataclasses.replace(SINGLE, extra_args=("debug",)), "extra_args", "not a k3s flag"),
 ])
 def test_impossible_nodes_are_refused_naming_field_and_fix(node: NodeSpec, field: str, needle: str) -> None:
     with pytest.raises(DistributionError, match=needle) as err:
@@ -293,7 +293,7 @@ def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         mount -t overlay overlay -o lowerdir=/var/lib,upperdir=$W/upper/varlib,workdir=$W/work/varlib /var/lib
         mount -t overlay overlay -o lowerdir=/var/log,upperdir=$W/upper/varlog,workdir=$W/work/varlog /var/log
         mount -t tmpfs tmpfs /run
-        export PATH="$W/bin:$PATH" K3S_TOKEN={SENTINEL}
+        export PATH="$W/bin:$PATH" K3S_TOKEN={SENTINEL} K3S_AGENT_TOKEN=agent-{SENTINEL}
         mkdir -p {state}
         # Another host on the same kernel: same paths, its own mount namespace and session.
         setsid unshare --mount --propagation private \\

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.inventory import InventoryError, LoadedInventory, artifact_sha256, load_inventory
+from components.inventory import InventoryError, LoadedInventory, artifact_sha256, expand_path, load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORIES = Path(__file__).parent / "inventories"
@@ -22,7 +22,7 @@ ARTIFACTS = {"k3s": b"k3s release binary", "kwok": b"kwok release binary", "othe
 
 
 def lab_files(root: Path) -> Path:
-    """The files inventories/lab.yaml names (``${UNIT_DIR}`` = ``root``), plus the broken
+    """The files inventories/lab.yaml names (``${EDGEFLEET_CACHE}`` = ``root``), plus the broken
     variants the bad cases point at. Returns ``root``."""
     def write(rel: str, content: str | bytes, mode: int = 0o644) -> None:
         path = root / rel
@@ -35,6 +35,8 @@ def lab_files(root: Path) -> Path:
     for host in ("single-1", "ha-agent", "ha-1", "ha-2", "ha-3", "gw-1"):
         write(f"hostkeys/{host}.pub", HOST_KEY + f" root@{host}\n")
     write("hostkeys/garbage.pub", "10.0.0.1 this is not a key\n")
+    write("hostkeys/group-writable.pub", HOST_KEY + "\n", 0o664)
+    write("hostkeys/world-writable.pub", HOST_KEY + "\n", 0o646)
     for name, content in ARTIFACTS.items():
         write(f"toolchain/{name}", content, 0o755)
     sums = {name: hashlib.sha256(content).hexdigest() for name, content in ARTIFACTS.items()}
@@ -46,9 +48,9 @@ def lab_files(root: Path) -> Path:
 
 @pytest.fixture
 def unit_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory with the lab files under ``files/`` (exported as ``UNIT_DIR``)."""
+    """A working directory with the lab files under ``files/`` (exported as ``EDGEFLEET_CACHE``)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("UNIT_DIR", str(lab_files(tmp_path / "files")))
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(lab_files(tmp_path / "files")))
     return tmp_path
 
 
@@ -79,7 +81,7 @@ STORE_1 = "{name: store-1, address: 10.0.1.10, ssh: {host_key: *hostkey}}"
 HA_GPU_HEAD = "{name: ha-gpu, address: 10.0.0.21, role: agent, "
 K3S_SUM = "sha256: 9e1b8c7d6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa9988776655"
 KWOK = ('\n    simulated_nodes:\n      kwok: {name: kwok, source: https://artifacts.example.internal/kwok, '
-        'sha256: ' + "ab" * 32 + '}\n      stages: "${UNIT_DIR}/toolchain/stages.yaml"')
+        'sha256: ' + "ab" * 32 + '}\n      stages: "${EDGEFLEET_CACHE}/toolchain/stages.yaml"')
 
 
 def store_ssh(ssh: str) -> Callable[[str], str]:
@@ -131,16 +133,16 @@ BAD = [
         "sites[1].hosts[0].ssh.host_key", "no SSH host key is pinned"),
     Bad("bad-host-key-text", store_ssh('host_key: "AAAAC3NzaC1lZDI1NTE5 root@store-1"'),
         "sites[1].hosts[0].ssh.host_key", "'AAAAC3NzaC1lZDI1NTE5 root@store-1' is not an OpenSSH public host key"),
-    Bad("private-key-file-missing", store_ssh('host_key: *hostkey, private_key: {file: "${UNIT_DIR}/ssh/id_absent"}'),
-        "sites[1].hosts[0].ssh.private_key.file", "/files/ssh/id_absent' is not a readable file"),
-    Bad("private-key-world-readable", store_ssh('host_key: *hostkey, private_key: {file: "${UNIT_DIR}/ssh/id_world_readable"}'),
-        "sites[1].hosts[0].ssh.private_key.file", "/files/ssh/id_world_readable' is readable by group or others (fix: chmod 600 "),
-    Bad("private-key-two-sources", store_ssh('host_key: *hostkey, private_key: {file: "${UNIT_DIR}/ssh/id_ed25519", config: sshKey}'),
+    Bad("private-key-file-missing", store_ssh('host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_absent"}'),
+        "sites[1].hosts[0].ssh.private_key.file", "${EDGEFLEET_CACHE}/ssh/id_absent' is not a readable file"),
+    Bad("private-key-world-readable", store_ssh('host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_world_readable"}'),
+        "sites[1].hosts[0].ssh.private_key.file", "${EDGEFLEET_CACHE}/ssh/id_world_readable' is readable by group or others (fix: chmod 600 "),
+    Bad("private-key-two-sources", store_ssh('host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_ed25519", config: sshKey}'),
         "sites[1].hosts[0].ssh.private_key", "exactly one of 'file' or 'config' must be set"),
-    Bad("host-key-file-missing", store_ssh('host_key_file: "${UNIT_DIR}/hostkeys/absent.pub"'),
-        "sites[1].hosts[0].ssh.host_key_file", "/files/hostkeys/absent.pub' does not exist"),
-    Bad("host-key-file-garbage", store_ssh('host_key_file: "${UNIT_DIR}/hostkeys/garbage.pub"'),
-        "sites[1].hosts[0].ssh.host_key_file", "/files/hostkeys/garbage.pub' does not hold an OpenSSH public host key"),
+    Bad("host-key-file-missing", store_ssh('host_key_file: "${EDGEFLEET_CACHE}/hostkeys/absent.pub"'),
+        "sites[1].hosts[0].ssh.host_key_file", "${EDGEFLEET_CACHE}/hostkeys/absent.pub' does not exist"),
+    Bad("host-key-file-garbage", store_ssh('host_key_file: "${EDGEFLEET_CACHE}/hostkeys/garbage.pub"'),
+        "sites[1].hosts[0].ssh.host_key_file", "${EDGEFLEET_CACHE}/hostkeys/garbage.pub' does not hold an OpenSSH public host key"),
     Bad("ssh-port-out-of-range", store_ssh("host_key: *hostkey, port: 70000"),
         "sites[1].hosts[0].ssh.port", "70000: Input should be less than or equal to 65535"),
     Bad("unknown-field", replace("topology: single-node\n", "topology: single-node\n    latency_clas: video\n"),
@@ -161,12 +163,12 @@ BAD = [
         "sites[1].distribution.disable_agent", "site 'store' would have no node to run workloads"),
     Bad("simulated-nodes-in-prod", replace("    topology: single-node", "    topology: single-node" + KWOK),
         "sites[1].simulated_nodes", "simulated (kwok) nodes are for the lab only"),
-    Bad("checksums-file-missing", k3s_artifact('source: https://artifacts.example.internal/k3s, sha256_from: "${UNIT_DIR}/toolchain/ABSENT-SHA256SUMS"'),
-        "sites[0].artifacts[0].sha256_from", "/files/toolchain/ABSENT-SHA256SUMS' does not exist"),
-    Bad("checksums-file-without-artifact", k3s_artifact('source: https://artifacts.example.internal/k3s, sha256_from: "${UNIT_DIR}/toolchain/OTHER-SHA256SUMS"'),
-        "sites[0].artifacts[0].sha256_from", "/files/toolchain/OTHER-SHA256SUMS' lists no checksum for 'k3s'"),
-    Bad("local-artifact-missing", k3s_artifact('source: "${UNIT_DIR}/toolchain/k3s-absent", ' + K3S_SUM),
-        "sites[0].artifacts[0].source", "/files/toolchain/k3s-absent' does not exist"),
+    Bad("checksums-file-missing", k3s_artifact('source: https://artifacts.example.internal/k3s, sha256_from: "${EDGEFLEET_CACHE}/toolchain/ABSENT-SHA256SUMS"'),
+        "sites[0].artifacts[0].sha256_from", "${EDGEFLEET_CACHE}/toolchain/ABSENT-SHA256SUMS' does not exist"),
+    Bad("checksums-file-without-artifact", k3s_artifact('source: https://artifacts.example.internal/k3s, sha256_from: "${EDGEFLEET_CACHE}/toolchain/OTHER-SHA256SUMS"'),
+        "sites[0].artifacts[0].sha256_from", "${EDGEFLEET_CACHE}/toolchain/OTHER-SHA256SUMS' lists no checksum for 'k3s'"),
+    Bad("local-artifact-missing", k3s_artifact('source: "${EDGEFLEET_CACHE}/toolchain/k3s-absent", ' + K3S_SUM),
+        "sites[0].artifacts[0].source", "${EDGEFLEET_CACHE}/toolchain/k3s-absent' does not exist"),
     Bad("invalid-yaml-tab", replace("    topology: gateway", "\ttopology: gateway"),
         f"line {line_of('    topology: gateway')}, column 1", "invalid YAML: found character '\\t' that cannot start any token"),
     Bad("invalid-yaml-unclosed-flow", replace(STORE_1, "{name: store-1, address: 10.0.1.10, ssh: {host_key: *hostkey}"),
@@ -178,9 +180,56 @@ BAD = [
     Bad("pull-secret-for-k0s", replace("distribution: {name: k0s, version: v1.33.4+k0s.0}",
                                        "distribution: {name: k0s, version: v1.33.4+k0s.0, pull_secret: {config: ps}}"),
         "sites[1].distribution.pull_secret", "k0s takes no pull secret (only MicroShift does)"),
+    # Every string that reaches a host accepts only its own syntax.
+    Bad("host-name-with-newline", replace("{name: tower-gw,", '{name: "tower-gw\\n",'),
+        "sites[2].hosts[0].name", "'tower-gw\\n' is not a valid host name"),
+    Bad("ipv6-scope-is-free-text", replace("address: 10.0.2.2", 'address: "fe80::1%$(reboot)"'),
+        "sites[2].hosts[0].address", "'fe80::1%$(reboot)' is not an IP address"),
+    Bad("label-key-with-command", replace("role: agent, gpu:", 'role: agent, labels: {"a$(id)": x}, gpu:'),
+        "sites[0].hosts[3].labels", "'a$(id)' is not a Kubernetes label key"),
+    Bad("label-value-with-quote", replace("role: agent, gpu:", "role: agent, labels: {tier: 'a\"b'}, gpu:"),
+        "sites[0].hosts[3].labels", "label tier: 'a\"b' is not a Kubernetes label value"),
+    Bad("taint-value-with-space", replace('"nvidia.com/gpu=present:NoSchedule"', '"gpu=a b:NoSchedule"'),
+        "sites[0].hosts[3].taints", "'gpu=a b:NoSchedule' is not a taint"),
+    Bad("tls-san-not-a-name", replace("    network: {cluster_cidr", '    tls_sans: ["api.plant; reboot"]\n    network: {cluster_cidr'),
+        "sites[0].tls_sans", "'api.plant; reboot' is neither an IP address nor a DNS name"),
+    Bad("registry-key-path-traversal", replace("    network: {cluster_cidr", '    registry_mirrors: {"../../../../etc/cron.d": ["https://m.example"]}\n    network: {cluster_cidr'),
+        "sites[0].registry_mirrors", "'../../../../etc/cron.d' is not a registry name"),
+    Bad("registry-key-toml-injection", replace("    network: {cluster_cidr", '    registry_mirrors: {"docker.io\\"\\n[x]": ["https://m.example"]}\n    network: {cluster_cidr'),
+        "sites[0].registry_mirrors", "is not a registry name"),
+    Bad("mirror-endpoint-not-a-url", replace("    network: {cluster_cidr", '    registry_mirrors: {docker.io: ["https://m.example/\\"x"]}\n    network: {cluster_cidr'),
+        "sites[0].registry_mirrors", "registry docker.io: 'https://m.example/\"x' is not a mirror URL"),
+    Bad("artifact-name-path-traversal", replace("- {name: k3s, arch: amd64", "- {name: ../../etc/k3s, arch: amd64"),
+        "sites[0].artifacts[0].name", "'../../etc/k3s' is not an artifact name"),
+    Bad("flag-with-command-substitution", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, extra_args: ["--debug", "--node-label=a=$(id)"]}'),
+        "sites[0].distribution.extra_args", "[1] '--node-label=a=$(id)' is not a k3s flag"),
+    Bad("flag-with-newline", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, agent_args: ["--debug\\nExecStartPre=/bin/sh"]}'),
+        "sites[0].distribution.agent_args", "[0] '--debug\\nExecStartPre=/bin/sh' is not a k3s flag"),
+    Bad("flag-disabling-secrets-encryption", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, extra_args: ["--secrets-encryption=false"]}'),
+        "sites[0].distribution.extra_args", "overrides --secrets-encryption, which edgefleet renders for Secrets encryption at rest (fix: remove the flag"),
+    Bad("flag-widening-the-kubeconfig", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, extra_args: ["--write-kubeconfig-mode=0644"]}'),
+        "sites[0].distribution.extra_args", "overrides --write-kubeconfig-mode"),
+    Bad("flag-allowing-anonymous-api-calls", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, extra_args: ["--kube-apiserver-arg=anonymous-auth=true"]}'),
+        "sites[0].distribution.extra_args", "overrides --kube-apiserver-arg=anonymous-auth"),
+    Bad("agent-flag-off-kernel-protection", replace("{name: k3s, version: v1.33.4+k3s1}", '{name: k3s, version: v1.33.4+k3s1, agent_args: ["--kubelet-arg=protect-kernel-defaults=false"]}'),
+        "sites[0].distribution.agent_args", "overrides --kubelet-arg=protect-kernel-defaults"),
+    Bad("k0s-flag-replacing-kubelet-args", replace("{name: k0s, version: v1.33.4+k0s.0}", '{name: k0s, version: v1.33.4+k0s.0, extra_args: ["--kubelet-extra-args=--v=2"]}'),
+        "sites[1].distribution.extra_args", "overrides --kubelet-extra-args"),
+    Bad("microshift-flags", replace("{name: microshift, version: 4.19.0}", '{name: microshift, version: 4.19.0, extra_args: ["--debug"]}'),
+        "sites[2].distribution.extra_args", "MicroShift takes its settings from config.yaml, not flags"),
+    Bad("ssh-user-with-space", store_ssh('host_key: *hostkey, user: "root -oProxyCommand=x"'),
+        "sites[1].hosts[0].ssh.user", "'root -oProxyCommand=x' is not a user name"),
+    Bad("version-with-trailing-newline", replace("version: v1.33.4+k0s.0}", 'version: "v1.33.4+k0s.0\\n"}'),
+        "sites[1].distribution.version", "is not an exact k0s version"),
+    Bad("path-naming-another-variable", store_ssh('host_key_file: "${HOME}/.ssh/known"'),
+        "sites[1].hosts[0].ssh.host_key_file", "'${HOME}/.ssh/known' names ${HOME}; inventory paths may use only ~ and ${EDGEFLEET_CACHE}"),
+    Bad("host-key-file-group-writable", store_ssh('host_key_file: "${EDGEFLEET_CACHE}/hostkeys/group-writable.pub"'),
+        "sites[1].hosts[0].ssh.host_key_file", "'${EDGEFLEET_CACHE}/hostkeys/group-writable.pub' is writable by group or others (fix: chmod go-w "),
+    Bad("host-key-file-world-writable", store_ssh('host_key_file: "${EDGEFLEET_CACHE}/hostkeys/world-writable.pub"'),
+        "sites[1].hosts[0].ssh.host_key_file", "'${EDGEFLEET_CACHE}/hostkeys/world-writable.pub' is writable by group or others"),
     Bad("pull-secret-world-readable", replace("distribution: {name: microshift, version: 4.19.0}",
-                                              'distribution: {name: microshift, version: 4.19.0, pull_secret: {file: "${UNIT_DIR}/ssh/id_world_readable"}}'),
-        "sites[2].distribution.pull_secret.file", "/files/ssh/id_world_readable' is readable by group or others (fix: chmod 600 "),
+                                              'distribution: {name: microshift, version: 4.19.0, pull_secret: {file: "${EDGEFLEET_CACHE}/ssh/id_world_readable"}}'),
+        "sites[2].distribution.pull_secret.file", "${EDGEFLEET_CACHE}/ssh/id_world_readable' is readable by group or others (fix: chmod 600 "),
 ]
 
 
@@ -253,7 +302,7 @@ def test_every_fleet_and_file_problem_is_reported_at_once(unit_dir: Path) -> Non
     text = BASE
     for change in (replace("address: 10.0.1.10", "address: 10.0.0.11"), replace("max_replicas: 4", "max_replicas: 1"),
                    replace('{name: tower-gw, address: 10.0.2.2, ssh: {host_key: *hostkey}}',
-                           '{name: tower-gw, address: 10.0.2.2, ssh: {host_key: *hostkey, private_key: {file: "${UNIT_DIR}/ssh/id_world_readable"}}}')):
+                           '{name: tower-gw, address: 10.0.2.2, ssh: {host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_world_readable"}}}')):
         text = change(text)
     problems = refusal(write(unit_dir, text)).problems
     assert [line.split(": ")[1] for line in problems] == [
@@ -268,7 +317,7 @@ def test_an_error_in_every_host_is_one_line_per_host(unit_dir: Path) -> None:
 
 
 def test_file_checks_can_be_skipped(unit_dir: Path) -> None:
-    text = store_ssh('host_key: *hostkey, private_key: {file: "${UNIT_DIR}/ssh/id_absent"}')(BASE)
+    text = store_ssh('host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_absent"}')(BASE)
     assert load_inventory(write(unit_dir, text), check_files=False).inventory.sites[1].hosts[0].ssh.private_key is not None
 
 
@@ -298,7 +347,7 @@ def test_lab_inventory_with_real_files_loads(unit_dir: Path) -> None:
     loaded = load_inventory(INVENTORIES / "lab.yaml")
     assert isinstance(loaded, LoadedInventory) and loaded.path == (INVENTORIES / "lab.yaml").resolve()
     single, ha, gw = loaded.inventory.sites
-    files = Path(os.environ["UNIT_DIR"])
+    files = Path(os.environ["EDGEFLEET_CACHE"])
     assert loaded.resolve(single.hosts[0].ssh.private_key.file) == files / "ssh" / "id_ed25519"
     assert artifact_sha256(single.artifacts[0], loaded.base) == hashlib.sha256(ARTIFACTS["k3s"]).hexdigest()
     # The checksums file may mark binary mode ("*kwok").
@@ -308,7 +357,7 @@ def test_lab_inventory_with_real_files_loads(unit_dir: Path) -> None:
 
 
 def test_lab_inventory_key_mode_is_checked(unit_dir: Path) -> None:
-    (Path(os.environ["UNIT_DIR"]) / "ssh" / "id_ed25519").chmod(0o640)
+    (Path(os.environ["EDGEFLEET_CACHE"]) / "ssh" / "id_ed25519").chmod(0o640)
     problems = refusal(INVENTORIES / "lab.yaml").problems
     # The shared key is named once per host that uses it.
     assert len(problems) == 6
@@ -320,3 +369,49 @@ def test_host_ssh_settings_win_over_defaults(unit_dir: Path) -> None:
     plant, store, _ = load_inventory(write(unit_dir, text)).inventory.sites
     assert (store.hosts[0].ssh.user, store.hosts[0].ssh.private_key.config) == ("admin", "sshKeyStore")
     assert (plant.hosts[0].ssh.user, plant.hosts[0].ssh.private_key.config) == ("edgeops", "sshKeyFleet")
+
+
+# --- environment variables in paths ---------------------------------------------------------------
+
+PASSPHRASE = "correct-horse-battery-staple-4711"
+HOSTILE = "${PULUMI_CONFIG_PASSPHRASE}"
+
+
+def test_a_path_naming_another_variable_never_reveals_its_value(unit_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inventory edited in a pull request names the passphrase in every path field: each
+    is refused naming file and field, and no message carries the passphrase."""
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", PASSPHRASE)
+    text = BASE.replace("private_key: {config: sshKeyFleet}", f'private_key: {{file: "{HOSTILE}/id"}}')
+    text = store_ssh(f'host_key_file: "/x/{HOSTILE}", private_key: {{file: "{HOSTILE}"}}')(text)
+    text = k3s_artifact(f'source: "{HOSTILE}", sha256_from: "~/{HOSTILE}/SHA256SUMS"')(text)
+    text = replace("    topology: single-node", "    topology: single-node" + KWOK.replace("${EDGEFLEET_CACHE}/toolchain", HOSTILE))(text)
+    for check_files in (True, False):
+        with pytest.raises(InventoryError) as info:
+            load_inventory(write(unit_dir, text), check_files=check_files)
+        problems = info.value.problems
+        assert PASSPHRASE not in str(info.value)
+        fields = {line.split(": ")[1] for line in problems}
+        assert {"sites[1].hosts[0].ssh.host_key_file", "sites[1].hosts[0].ssh.private_key.file",
+                "sites[0].hosts[0].ssh.private_key.file", "sites[0].artifacts[0].source", "sites[0].artifacts[0].sha256_from",
+                "sites[1].simulated_nodes.stages"} <= fields, problems
+        assert all(line.startswith("unit.yaml: ") and "names ${PULUMI_CONFIG_PASSPHRASE}" in line and "(fix: " in line
+                   for line in problems if "PULUMI" in line)
+
+
+def test_expansion_is_limited_to_home_and_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", PASSPHRASE)
+    assert expand_path("${EDGEFLEET_CACHE}/lab/k", Path("/inv")) == tmp_path / "lab/k"
+    assert expand_path("~/k", Path("/inv")) == Path.home() / "k"
+    assert expand_path("keys/k", Path("/inv")) == Path("/inv/keys/k")
+    for value in (HOSTILE, "$PULUMI_CONFIG_PASSPHRASE/x", "${EDGEFLEET_CACHE}/${AWS_SECRET_ACCESS_KEY}", "a\nb"):
+        with pytest.raises(ValueError) as info:
+            expand_path(value, Path("/inv"))
+        assert PASSPHRASE not in str(info.value) and "(fix: " in str(info.value)
+
+
+def test_file_problems_show_the_path_as_written(unit_dir: Path) -> None:
+    text = store_ssh('host_key: *hostkey, private_key: {file: "${EDGEFLEET_CACHE}/ssh/id_absent"}')(BASE)
+    (line,) = refusal(write(unit_dir, text)).problems
+    assert "'${EDGEFLEET_CACHE}/ssh/id_absent' is not a readable file" in line
+    assert os.environ["EDGEFLEET_CACHE"] not in line
