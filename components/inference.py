@@ -3,6 +3,8 @@
 What it creates (children ``{name}-<role>``, all in the model's own namespace):
 
 - ``namespace``: Pod Security admission ``restricted`` (enforce, audit, warn, pinned version).
+  Never one the stack does not own (the cluster's, the site's monitoring or DNS namespace, see
+  ``components.models.RESERVED_NAMESPACES``): it is deleted with the model.
 - ``network-*``: default-deny ingress and egress plus the declared paths (components/network.py).
 - ``service-account``: no API token is mounted anywhere.
 - ``registry-credentials``: a Secret with the registry's access key, when one is given.
@@ -30,6 +32,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.models import reserved_namespace
 from components.network import ClusterDns, RegistryEgress, create_network_policies, namespace_policies
 
 TYPE = "edge:inference:InferenceService"
@@ -135,6 +138,12 @@ class InferenceArgs:
         for ns in (*self.clients, *([self.monitoring_namespace] if self.monitoring_namespace else []), self.ns):
             if not DNS_LABEL.match(ns):
                 problems.append(f"namespace {ns!r} is not a DNS label")
+        # The service creates its namespace and deletes it when the model goes: never one it does not own.
+        foreign = {self.monitoring_namespace: "the site's monitoring namespace", self.dns.namespace: "the cluster DNS namespace"}
+        if self.ns in foreign or reserved_namespace(self.ns):
+            what = foreign.get(self.ns, "a namespace of the cluster or its add-ons")
+            problems.append(f"namespace {self.ns!r} is {what}; the service would adopt it and delete it with the model "
+                            "(fix: serve the model under another name)")
         try:
             _millicores(self.cpu)
         except InferenceArgsError as exc:

@@ -83,6 +83,20 @@ CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
 MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 FORMAT_HINT = "see the catalog format in components/models.py"
 
+# A model is served in a namespace of its own name, which the stack creates and, when the model
+# is dropped, deletes with everything in it. These belong to the cluster, its distribution or
+# common add-ons: a model named after one would adopt that namespace and later delete it.
+RESERVED_NAMESPACES = frozenset({
+    "default", "monitoring", "observability", "logging", "cert-manager", "ingress-nginx", "metallb-system",
+    "longhorn-system", "gpu-operator", "nvidia-gpu-operator", "flux-system", "argocd", "istio-system", "velero",
+})
+RESERVED_NAMESPACE_PREFIXES = ("kube-", "openshift", "k0s-", "cattle-", "calico-", "tigera-", "edgefleet-system")
+
+
+def reserved_namespace(name: str) -> bool:
+    """Whether ``name`` is a namespace the fleet never creates for a model (see above)."""
+    return name in RESERVED_NAMESPACES or name.startswith(RESERVED_NAMESPACE_PREFIXES)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -208,6 +222,10 @@ class CatalogModel(_Model):
     def _name(cls, v: str) -> str:
         if not NAME.match(v):
             raise _custom("name", f"{v!r} is not a valid model name", "use lowercase letters, digits and '-', at most 63 characters")
+        if reserved_namespace(v):
+            raise _custom("name", f"{v!r} names a namespace the fleet does not own (a model is served in a namespace of "
+                          "its own name, which the stack would adopt and later delete)",
+                          "rename the model, e.g. to a name that says what it predicts")
         return v
 
     @field_validator("versions")

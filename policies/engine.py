@@ -1,5 +1,5 @@
 """Rule evaluation shared by the pack, the guard and the audit: enforcement settings from a
-``--policy-pack-config`` file, annotation exemptions, and findings.
+``--policy-pack-config`` file, annotation exemptions (``policies/exemptions.py``), and findings.
 
 Settings follow the Pulumi CLI's reading of the config file: schema defaults first, then
 ``"all"``, then each rule's own entry (a level string, or an object with ``enforcementLevel``
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, reveal
+from policies.exemptions import (  # noqa: F401 - the engine's public names
+    EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL, PENDING, Exemption, annotations_of, exemption_of,
+)
+from policies.model import UNKNOWN, Resource
 from policies.rules import Rule, Violation, all_rules, run_rule, severity_rank
 
-EXEMPT = "edgefleet.io/policy-exempt"
-EXEMPT_REASON = "edgefleet.io/policy-exempt-reason"
-EXEMPT_UNTIL = "edgefleet.io/policy-exempt-until"
 EXEMPTIONS_POLICY = "policy-exemptions"
 LEVELS = ("advisory", "mandatory", "remediate", "disabled")
 CONFIG_DIR = Path(__file__).parent / "config"
@@ -112,66 +112,6 @@ def stack_settings(stack: str, config_path: Path | str | None = None) -> Setting
 
 
 @dataclass(frozen=True)
-class Exemption:
-    """Exemption annotations found on a resource."""
-
-    rules: tuple[str, ...]
-    reason: str
-    until: str
-    problems: tuple[str, ...] = ()
-
-    @property
-    def valid(self) -> bool:
-        return not self.problems
-
-    def describe(self) -> str:
-        names = ", ".join(self.rules)
-        if self.valid:
-            return f"exempt from {names} until {self.until}: {self.reason}"
-        return f"exemption from {names} is void: {'; '.join(self.problems)}"
-
-
-def annotations_of(res: Resource) -> Any:
-    if res.type.startswith("kubernetes:"):
-        return dig(res.props, "metadata", "annotations")
-    return dig(res.props, "annotations")
-
-
-def exemption_of(res: Resource, today: dt.date, known_rules: Iterable[str] | None = None) -> Exemption | None:
-    """The resource's exemption, ``None`` if it has none, or UNKNOWN if it cannot be read yet."""
-    ann = annotations_of(res)
-    if ann is UNKNOWN:
-        return UNKNOWN
-    if not isinstance(ann, Mapping) or EXEMPT not in ann:
-        return None
-    names, reason, until = (reveal(ann.get(k)) for k in (EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL))
-    if UNKNOWN in (names, reason, until):
-        return UNKNOWN
-    rules = tuple(n.strip() for n in str(names or "").split(",") if n.strip())
-    problems = []
-    if not rules:
-        problems.append(f"{EXEMPT} names no rule")
-    if known_rules is not None:
-        known = set(known_rules)
-        problems += [f"{n} is not a rule of this pack" for n in rules if n not in known]
-    if not isinstance(reason, str) or not reason.strip():
-        problems.append(f"{EXEMPT_REASON} is missing")
-    if until is None or until == "":
-        problems.append(f"{EXEMPT_UNTIL} is missing")
-    else:
-        try:
-            if not isinstance(until, str) or len(until) != 10:
-                raise ValueError
-            expiry = dt.date.fromisoformat(until)
-        except ValueError:
-            problems.append(f"{EXEMPT_UNTIL} {until!r} is not a YYYY-MM-DD date")
-        else:
-            if expiry < today:
-                problems.append(f"expired on {until}")
-    return Exemption(rules, str(reason or "").strip(), str(until or ""), tuple(problems))
-
-
-@dataclass(frozen=True)
 class Finding:
     """One violation of one rule by one resource (``resource`` None: the stack itself)."""
 
@@ -213,14 +153,14 @@ def judge(rule: Rule, resource: Resource | None, violations: Sequence[Violation]
           today: dt.date) -> list[Finding]:
     """Findings for one rule's violations on one resource, with its exemption applied.
 
-    Violations are dropped while the resource's exemption annotations are still unknown: they
-    are judged again at update, when the annotations are known.
+    While the resource's exemption annotations are unknown (preview) nothing is exempt: an
+    exemption no one can read yet must not turn a preview green.
     """
     if not violations:
         return []
     exemption = exemption_of(resource, today) if resource is not None else None
     if exemption is UNKNOWN:
-        return []
+        return [Finding(rule, resource, v, level, PENDING) for v in violations]
     applies = exemption if exemption is not None and rule.name in exemption.rules else None
     return [Finding(rule, resource, v, level, applies) for v in violations]
 
@@ -231,11 +171,7 @@ def evaluate(resources: Sequence[Resource], settings: Settings | None = None, to
     settings = settings or default_settings()
     today = today or dt.date.today()
     rules = list(rules) if rules is not None else all_rules()
-    names = [r.name for r in rules]
     report = Report(resources=len(resources))
-    by_key: dict[str, list[Resource]] = {}
-    for res in resources:
-        by_key.setdefault(res.key, []).append(res)
     for rule_ in rules:
         level = settings.level(rule_)
         if level == "disabled":
@@ -244,14 +180,14 @@ def evaluate(resources: Sequence[Resource], settings: Settings | None = None, to
         if rule_.scope == "stack":
             subjects: Sequence[Resource] = resources
         else:
-            subjects = [r for key in rule_.targets for r in by_key.get(key, ())]
+            subjects = [r for r in resources if rule_.applies_to(r)]
         grouped: dict[int, tuple[Resource | None, list[Violation]]] = {}
-        for res, violation in run_rule(rule_, subjects, config):
+        for res, violation in run_rule(rule_, subjects, config, today):
             grouped.setdefault(id(res), (res, []))[1].append(violation)
         for res, violations in grouped.values():
             report.findings.extend(judge(rule_, res, violations, level, today))
     for res in resources:
-        exemption = exemption_of(res, today, names)
+        exemption = exemption_of(res, today)
         if exemption is not None and exemption is not UNKNOWN:
             report.exemptions.append((res, exemption))
     return report

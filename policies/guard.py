@@ -19,7 +19,7 @@ import pulumi
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from policies.engine import Finding, Settings, exemption_of, judge, stack_settings
-from policies.model import UNKNOWN, Resource, Secret, neutralize
+from policies.model import DYNAMIC, UNKNOWN, Resource, Secret, neutralize
 from policies.rules import Rule, all_rules
 
 
@@ -63,25 +63,23 @@ def evaluate_resource(res: Resource, settings: Settings, rules: list[Rule], toda
         level = settings.level(rule)
         if level == "disabled":
             continue
-        findings += judge(rule, res, rule.check(res, settings.rule_config(rule)), level, today)
+        findings += judge(rule, res, rule.run(res, settings.rule_config(rule), today), level, today)
     return findings
 
 
 def make_transform(stack: str, settings: Settings, today: dt.date | None = None) -> Callable[[Any], Awaitable[None]]:
     """The resource transform :func:`install_guard` registers (also usable directly)."""
     rules = [r for r in all_rules() if r.scope == "resource"]
-    names = [r.name for r in all_rules()]
-    keys = frozenset().union(*(r.targets for r in rules))
 
     async def guard(args: pulumi.ResourceTransformArgs) -> None:
-        kind = args.type_.rsplit(":", 1)[-1]
-        if args.type_ not in keys and not (args.type_.startswith("kubernetes:") and kind in keys):
+        key = args.type_.rsplit(":", 1)[-1] if args.type_.startswith("kubernetes:") else args.type_
+        if args.type_ != DYNAMIC and not any(r.reads_type(key, args.type_) for r in rules):
             return None
         props = await resolve(args.props or {})
         res = Resource(args.type_, args.name, props, source=f"{args.type_}::{args.name}")
         day = today or dt.date.today()
         findings = evaluate_resource(res, settings, rules, day)
-        exemption = exemption_of(res, day, names)
+        exemption = exemption_of(res, day)
         if exemption is not None and exemption is not UNKNOWN:
             pulumi.log.warn(f"policy: {res.label}: {exemption.describe()}")
         for f in findings:

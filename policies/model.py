@@ -66,6 +66,37 @@ class Secret:
 
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
+PATCH_SUFFIX = "Patch"
+_ABSENT: Any = object()
+
+
+class Partial(dict):
+    """An object a patch resource applies (``DeploymentPatch``...): a field it leaves out keeps
+    whatever the live object has, which is not known here, so reading one gives UNKNOWN. Rules
+    then judge only what the patch sets, as they judge any preview value."""
+
+    __slots__ = ()
+
+    def get(self, key: Any, default: Any = _ABSENT) -> Any:
+        if key in self:
+            return self[key]
+        return UNKNOWN if default is _ABSENT else default
+
+
+def partial(value: Any) -> Any:
+    """``value`` with every mapping inside it (secrets included) read as :class:`Partial`."""
+    if isinstance(value, Secret):
+        return Secret(partial(value.value))
+    if isinstance(value, Mapping):
+        return Partial({k: partial(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [partial(v) for v in value]
+    return value
+
+
+def is_patch(type_: str) -> bool:
+    """Whether a type token is one of the Kubernetes provider's patch resources."""
+    return type_.startswith("kubernetes:") and type_.endswith(PATCH_SUFFIX) and type_ != f"kubernetes:{PATCH_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +127,8 @@ class Resource:
         object.__setattr__(self, "kind", kind)
         # Kubernetes rules match on kind whatever the API group version; others on the token.
         object.__setattr__(self, "key", kind if self.type.startswith("kubernetes:") else self.type)
+        if is_patch(self.type) and not isinstance(self.props, Partial):
+            object.__setattr__(self, "props", partial(self.props))
 
     @property
     def label(self) -> str:
@@ -184,6 +217,17 @@ def is_secret_at(obj: Any, *path: str | int) -> bool | None:
     if cur is UNKNOWN:
         return None
     return False
+
+
+def given(obj: Any, *path: str) -> Any:
+    """Like :func:`dig`, but a key a patch leaves out is ``None`` (not set by this resource)
+    rather than UNKNOWN."""
+    cur = reveal(obj)
+    for step in path:
+        if cur is UNKNOWN:
+            return UNKNOWN
+        cur = reveal(cur.get(step, None)) if isinstance(cur, Mapping) else None
+    return cur
 
 
 def namespace_of(resource: Resource) -> Any:

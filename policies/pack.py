@@ -3,7 +3,8 @@
 Every rule becomes one ``ResourceValidationPolicy`` or ``StackValidationPolicy`` with the same
 name, severity, description, remediation, default enforcement level and config schema. One
 more advisory policy, ``policy-exemptions``, reports every exemption annotation in every run
-(valid ones as a reminder, void ones with the reason).
+(valid ones as a reminder, void ones with the reason; those also fail the rule
+``valid-policy-exemption``).
 
 pulumi-policy hands policies their properties with secrets unwrapped, so a policy could not
 tell a secret SSH key from a plain one. :func:`keep_secrets_visible` makes the analyzer pass
@@ -77,14 +78,13 @@ def _report(findings: list, report_violation: Any, stack: bool) -> None:
 
 def _resource_policy(rule: Rule) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: Any) -> None:
-        if not rule.targets.intersection({args.resource_type, args.resource_type.rsplit(":", 1)[-1]}):
-            return
         res = resource_from_args(args)
         if not rule.applies_to(res):
             return
         config = {**rule.defaults(), **dict(args.get_config() or {})}
+        today = dt.date.today()
         # The level is applied by the analyzer; findings only need the exemption.
-        _report(judge(rule, res, rule.check(res, config), "", dt.date.today()), report_violation, stack=False)
+        _report(judge(rule, res, rule.run(res, config, today), "", today), report_violation, stack=False)
 
     return ResourceValidationPolicy(validate=validate, **_metadata(rule))
 
@@ -96,7 +96,7 @@ def _stack_policy(rule: Rule) -> StackValidationPolicy:
         today = dt.date.today()
         findings = []
         grouped: dict[int, tuple[Resource | None, list]] = {}
-        for v in rule.check(resources, config):
+        for v in rule.run(resources, config, today):
             grouped.setdefault(id(v.resource), (v.resource, []))[1].append(v)
         for res, violations in grouped.values():
             findings += judge(rule, res, violations, "", today)
@@ -120,11 +120,9 @@ def _metadata(rule: Rule) -> dict[str, Any]:
     }
 
 
-def _exemptions_policy(rules: list[Rule]) -> ResourceValidationPolicy:
-    names = [r.name for r in rules]
-
+def _exemptions_policy() -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: Any) -> None:
-        exemption = exemption_of(resource_from_args(args), dt.date.today(), names)
+        exemption = exemption_of(resource_from_args(args), dt.date.today())
         if isinstance(exemption, Exemption):
             report_violation(exemption.describe())
 
@@ -136,7 +134,8 @@ def _exemptions_policy(rules: list[Rule]) -> ResourceValidationPolicy:
         enforcement_level=EnforcementLevel.ADVISORY,
         severity=Severity.LOW,
         tags=["exemptions"],
-        remediation_steps="Fix the resource and remove the exemption before it expires; a void exemption exempts nothing.",
+        remediation_steps="Fix the resource and remove the exemption before it expires; a void exemption exempts nothing "
+                          "and fails valid-policy-exemption.",
     )
 
 
@@ -144,5 +143,5 @@ def build_policies() -> list[Policy]:
     """One CrossGuard policy per registered rule, plus the exemption reporter."""
     rules = all_rules()
     policies: list[Policy] = [_stack_policy(r) if r.scope == "stack" else _resource_policy(r) for r in rules]
-    policies.append(_exemptions_policy(rules))
+    policies.append(_exemptions_policy())
     return policies

@@ -76,11 +76,14 @@ def _read(args: argparse.Namespace) -> tuple[list, list[InputProblem]]:
 
 
 def _note_unchecked(resources: list, rules: list) -> list[InputProblem]:
-    """One note per file for the kinds no rule reads (they are skipped, not an error)."""
+    """One note per file for the kinds no rule reads by name and that hold no pod spec (only
+    their exemption annotations are checked; they are skipped, not an error)."""
+    from policies.rules._k8s import pod_specs
+
     known = set().union(*(r.targets for r in rules))
     unchecked: dict[str, set[str]] = {}
     for res in resources:
-        if res.key not in known and res.type != "pulumi:pulumi:Stack" and not res.type.startswith("pulumi:"):
+        if res.key not in known and not res.type.startswith("pulumi:") and not pod_specs(res):
             file = res.source.rsplit(":", 1)[0] if res.source.rsplit(":", 1)[-1].isdigit() else res.source
             unchecked.setdefault(file, set()).add(res.type.replace("kubernetes:", ""))
     return [InputProblem(f, 0, f"no rule checks {', '.join(sorted(kinds))}; skipped", fatal=False)

@@ -6,11 +6,13 @@ own settings (its schema defaults overlaid with the policy pack config of the st
 same function serves the CrossGuard pack (``policies/__main__.py``), the in-program guard
 (``policies/guard.py``) and the audit CLI (``python -m policies.audit``).
 
-Good and bad fixtures for each rule live in ``policies/rules/fixtures/<rule-name>/``.
+A rule whose ``dated`` flag is set also takes the day it judges for (exemption expiry), as a
+third argument. Good and bad fixtures for each rule live in ``policies/rules/fixtures/<rule-name>/``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +25,12 @@ Severity = Literal["low", "medium", "high", "critical"]
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 Level = Literal["advisory", "mandatory", "disabled"]
 Scope = Literal["resource", "stack"]
-CATEGORIES = ("pod-security", "workload", "network", "edge-install", "stack")
+CATEGORIES = ("pod-security", "workload", "network", "edge-install", "stack", "policy")
 FIXTURES = Path(__file__).parent / "fixtures"
-_MODULES = ("pod_security", "workloads", "network", "edge", "stack")
+_MODULES = ("pod_security", "workloads", "network", "edge", "stack", "exemptions")
+# Targets that match by shape rather than by name: every Kubernetes object, every resource.
+ANY_KUBERNETES = "kubernetes:*"
+ANY_RESOURCE = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +56,25 @@ class Rule:
     check: Callable[..., list[Violation]]
     scope: Scope = "resource"
     config_schema: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    dated: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """The rule's config with only schema defaults applied."""
         return {k: v["default"] for k, v in self.config_schema.items() if "default" in v}
 
     def applies_to(self, resource: Resource) -> bool:
-        return resource.key in self.targets
+        return self.reads_type(resource.key, resource.type)
+
+    def reads_type(self, key: str, type_: str) -> bool:
+        """Whether the rule reads resources of this key (kind, or type token) and type token."""
+        return (key in self.targets or ANY_RESOURCE in self.targets
+                or (ANY_KUBERNETES in self.targets and type_.startswith("kubernetes:")))
+
+    def run(self, subject: Any, config: Mapping[str, Any], today: dt.date | None = None) -> list[Violation]:
+        """The check on a resource (or, for a stack rule, all resources)."""
+        if self.dated:
+            return self.check(subject, config, today or dt.date.today())
+        return self.check(subject, config)
 
     @property
     def fixtures(self) -> Path:
@@ -85,6 +102,7 @@ def rule(
     enforcement: Level | None = None,
     scope: Scope = "resource",
     config_schema: Mapping[str, Mapping[str, Any]] | None = None,
+    dated: bool = False,
 ) -> Callable[[Callable[..., list[Violation]]], Callable[..., list[Violation]]]:
     """Register the decorated check function as a rule.
 
@@ -111,6 +129,7 @@ def rule(
             check=fn,
             scope=scope,
             config_schema=dict(config_schema or {}),
+            dated=dated,
         )
         return fn
 
@@ -133,15 +152,16 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity)
 
 
-def run_rule(rule_: Rule, resources: Sequence[Resource], config: Mapping[str, Any]) -> list[tuple[Resource | None, Violation]]:
+def run_rule(rule_: Rule, resources: Sequence[Resource], config: Mapping[str, Any],
+             today: dt.date | None = None) -> list[tuple[Resource | None, Violation]]:
     """Apply one rule to a set of resources: ``(resource, violation)`` pairs.
 
     For a stack rule the resource is the one the violation names (``None``: the stack).
     """
     if rule_.scope == "stack":
-        return [(v.resource, v) for v in rule_.check(resources, config)]
+        return [(v.resource, v) for v in rule_.run(resources, config, today)]
     out: list[tuple[Resource | None, Violation]] = []
     for res in resources:
-        if res.key in rule_.targets:
-            out.extend((res, v) for v in rule_.check(res, config))
+        if rule_.applies_to(res):
+            out.extend((res, v) for v in rule_.run(res, config, today))
     return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, items, mapping
+from policies.model import PATCH_SUFFIX, UNKNOWN, Resource, dig, is_patch, items, mapping, reveal
+from policies.rules import ANY_KUBERNETES, Violation, key_path
 
 # Where each workload kind keeps its pod spec.
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -14,11 +17,19 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "StatefulSet": ("spec", "template", "spec"),
     "DaemonSet": ("spec", "template", "spec"),
     "ReplicaSet": ("spec", "template", "spec"),
+    "ReplicationController": ("spec", "template", "spec"),
     "Job": ("spec", "template", "spec"),
     "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
 WORKLOADS = frozenset(POD_SPEC_PATHS)
-LONG_RUNNING = frozenset({"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+# What the pod-spec rules read: the workload kinds by name, and any other Kubernetes object
+# (patches of workloads, PodTemplates, custom resources) in which a pod spec is found.
+POD_TARGETS = WORKLOADS | {ANY_KUBERNETES}
+LONG_RUNNING = frozenset({"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController"})
+# Provider components whose objects are registered (and checked) one by one, and Helm releases
+# whose objects are never seen (rule no-opaque-helm-release): a pod spec inside their inputs is
+# not looked for, so nothing is judged twice or under the wrong name.
+NOT_SEARCHED = frozenset({"yaml", "kustomize", "helm.sh"})
 REPLICATED = frozenset({"Deployment", "StatefulSet", "ReplicaSet"})
 NAMESPACED = WORKLOADS | {
     "Service",
@@ -35,15 +46,82 @@ NAMESPACED = WORKLOADS | {
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 
 
-def pod_spec(res: Resource) -> tuple[Any, str]:
-    """The pod spec of a workload and its dotted path (spec may be UNKNOWN or None)."""
-    path = POD_SPEC_PATHS[res.kind]
-    return dig(res.props, *path), ".".join(path)
+@dataclass(frozen=True)
+class PodSpec:
+    """A pod spec inside a resource: the spec (may be UNKNOWN or None), its dotted path, and the
+    metadata of its pod template (the Pod's own for a Pod) with that path."""
+
+    spec: Any
+    path: str
+    metadata: Any
+    metadata_path: str
+
+
+def _fixed(res: Resource, steps: tuple[str, ...]) -> PodSpec:
+    meta_steps = steps[:-1] + ("metadata",)
+    return PodSpec(dig(res.props, *steps), ".".join(steps), dig(res.props, *meta_steps), ".".join(meta_steps))
+
+
+def _looks_like_pod_spec(value: Mapping[str, Any]) -> bool:
+    return any(isinstance(c, Mapping) for c in items(value.get("containers", None)))
+
+
+def _search(value: Any, steps: tuple[str | int, ...], out: list[tuple[Any, tuple[str | int, ...]]]) -> None:
+    value = reveal(value)
+    if isinstance(value, Mapping):
+        if steps and _looks_like_pod_spec(value):
+            out.append((value, steps))
+            return
+        for k, v in value.items():
+            if not steps and k in ("apiVersion", "kind", "metadata", "status"):
+                continue
+            _search(v, (*steps, str(k)), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _search(v, (*steps, i), out)
+
+
+def _dotted(steps: tuple[str | int, ...]) -> str:
+    path = ""
+    for step in steps:
+        path = f"{path}[{step}]" if isinstance(step, int) else key_path(path, step)
+    return path
+
+
+def pod_specs(res: Resource) -> list[PodSpec]:
+    """Every pod spec of a Kubernetes resource: where a workload kind (or its patch) keeps it,
+    else wherever one is found (``containers`` of mappings), e.g. in a custom resource's
+    ``spec.template.spec`` or a list of templates."""
+    if not res.type.startswith("kubernetes:"):
+        return []
+    kind = res.kind[: -len(PATCH_SUFFIX)] if is_patch(res.type) else res.kind
+    if kind in POD_SPEC_PATHS:
+        return [_fixed(res, POD_SPEC_PATHS[kind])]
+    if res.type.split(":")[1].split("/")[0] in NOT_SEARCHED:
+        return []
+    found: list[tuple[Any, tuple[str | int, ...]]] = []
+    _search(res.props, (), found)
+    out = []
+    for spec, steps in found:
+        meta_steps = (*steps[:-1], "metadata") if steps[-1] == "spec" else None
+        metadata = dig(res.props, *meta_steps) if meta_steps else None
+        out.append(PodSpec(spec, _dotted(steps), metadata, _dotted(meta_steps) if meta_steps else ""))
+    return out
+
+
+def per_pod_spec(check: Callable[[Resource, PodSpec, dict[str, Any]], list[Violation]]) -> Callable[..., list[Violation]]:
+    """A rule over one pod spec as a rule over a resource: applied to each of its pod specs."""
+
+    @wraps(check)
+    def run(res: Resource, config: dict[str, Any]) -> list[Violation]:
+        return [v for pod in pod_specs(res) for v in check(res, pod, config)]
+
+    return run
 
 
 def pod_template_metadata(res: Resource) -> Any:
-    path = POD_SPEC_PATHS[res.kind]
-    return dig(res.props, *path[:-1], "metadata") if res.kind != "Pod" else dig(res.props, "metadata")
+    """The pod template's metadata of a workload kind."""
+    return _fixed(res, POD_SPEC_PATHS[res.kind]).metadata
 
 
 def containers(spec: Any, base: str, lists: tuple[str, ...] = CONTAINER_LISTS) -> Iterator[tuple[dict[str, Any], str]]:

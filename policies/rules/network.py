@@ -158,3 +158,21 @@ def namespace_psa_labels(res: Resource, config: dict[str, Any]) -> list[Violatio
         return []
     what = f"is {level}" if level else "is not set"
     return [Violation(f"label {PSA_ENFORCE} {what}", key_path("metadata.labels", PSA_ENFORCE))]
+
+
+@rule(
+    name="namespace-patch-psa-restricted",
+    title="Namespace patches keep Pod Security restricted",
+    category="network",
+    severity="high",
+    description="A NamespacePatch that sets pod-security.kubernetes.io/enforce sets it to restricted: a patch changes a namespace the stack does not own (kube-system, a shared namespace), where nothing looser may be switched on.",
+    remediation="Set pod-security.kubernetes.io/enforce: restricted in the patch or leave the label out of it; a namespace that needs baseline is created and owned by its own stack (rule namespace-psa-labels).",
+    targets={"NamespacePatch"},
+)
+def namespace_patch_psa(res: Resource, config: dict[str, Any]) -> list[Violation]:
+    # A patch's props read a label it does not set as UNKNOWN: only what it sets is judged.
+    level = dig(res.props, "metadata", "labels", PSA_ENFORCE)
+    if level is UNKNOWN or level == "restricted":
+        return []
+    what = "removes it" if level is None else f"sets it to {level}"
+    return [Violation(f"patch of label {PSA_ENFORCE} {what}", key_path("metadata.labels", PSA_ENFORCE))]

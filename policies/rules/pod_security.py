@@ -1,7 +1,8 @@
 """Pod Security Standards (baseline and restricted) for every workload kind.
 
-Each rule reads the pod spec where the kind keeps it (see ``_k8s.POD_SPEC_PATHS``). Values that
-are unknown at preview never produce a violation.
+Each rule reads every pod spec of a resource: where a workload kind keeps it (see
+``_k8s.POD_SPEC_PATHS``), in a patch of one (judged on what the patch sets), or wherever one is
+found in a custom resource. Values that are unknown at preview never produce a violation.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from policies.model import UNKNOWN, Resource, dig, items, mapping
 from policies.rules import Violation, key_path, rule
-from policies.rules._k8s import WORKLOADS, container_label, containers, pod_spec, pod_template_metadata
+from policies.rules._k8s import POD_TARGETS, PodSpec, container_label, containers, per_pod_spec
 
 # Sysctls the Pod Security Standards (baseline) allow.
 SAFE_SYSCTLS = frozenset(
@@ -46,10 +47,11 @@ def _sc(c: dict[str, Any], *path: str) -> Any:
     severity="critical",
     description="Containers must not run privileged (PSS baseline): a privileged container is root on the node.",
     remediation="Remove securityContext.privileged or set it to false; grant only the specific capability needed.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_privileged(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_privileged(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     return [
         Violation(f"{container_label(c, p)} sets privileged: true", f"{p}.securityContext.privileged")
         for c, p in containers(spec, base)
@@ -64,10 +66,11 @@ def no_privileged(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="high",
     description="Pods must not share the node's network, PID or IPC namespace (PSS baseline).",
     remediation="Remove hostNetwork, hostPID and hostIPC from the pod spec (or set them to false); expose ports through a Service.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_host_namespaces(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_host_namespaces(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     return [
         Violation(f"pod sets {field}: true", f"{base}.{field}")
         for field in ("hostNetwork", "hostPID", "hostIPC")
@@ -82,10 +85,11 @@ def no_host_namespaces(res: Resource, config: dict[str, Any]) -> list[Violation]
     severity="high",
     description="Pods must not mount hostPath volumes (PSS baseline): they expose the node's filesystem.",
     remediation="Use an emptyDir, a PersistentVolumeClaim, a ConfigMap or a Secret instead of hostPath.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_host_path(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_host_path(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     return [
         Violation(f"volume {v.get('name')!r} is a hostPath volume", f"{base}.volumes[{i}].hostPath")
         for i, v in enumerate(items(dig(spec, "volumes")))
@@ -100,10 +104,11 @@ def no_host_path(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="medium",
     description="Containers must not bind host ports (PSS baseline): they bypass NetworkPolicies and pin pods to nodes.",
     remediation="Remove ports[].hostPort and expose the port through a Service.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_host_ports(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_host_ports(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         for i, port in enumerate(items(c.get("ports"))):
@@ -120,10 +125,11 @@ def no_host_ports(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="high",
     description="Every container must set allowPrivilegeEscalation: false (PSS restricted).",
     remediation="Set securityContext.allowPrivilegeEscalation: false on every container.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_privilege_escalation(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_privilege_escalation(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         value = _sc(c, "allowPrivilegeEscalation")
@@ -140,10 +146,11 @@ def no_privilege_escalation(res: Resource, config: dict[str, Any]) -> list[Viola
     severity="high",
     description="Every container must run with runAsNonRoot: true and never as UID 0 (PSS restricted).",
     remediation="Set securityContext.runAsNonRoot: true (pod or container) and a non-zero runAsUser; build the image with a non-root USER.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def run_as_non_root(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def run_as_non_root(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     pod_non_root = dig(spec, "securityContext", "runAsNonRoot")
     pod_user = dig(spec, "securityContext", "runAsUser")
     out = []
@@ -166,10 +173,11 @@ def run_as_non_root(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="medium",
     description="Every container must drop ALL Linux capabilities (PSS restricted).",
     remediation='Set securityContext.capabilities.drop: ["ALL"] and add back only NET_BIND_SERVICE if a port below 1024 is needed.',
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def drop_all_capabilities(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def drop_all_capabilities(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         drop = _sc(c, "capabilities", "drop")
@@ -187,10 +195,11 @@ def drop_all_capabilities(res: Resource, config: dict[str, Any]) -> list[Violati
     severity="high",
     description="Containers may add no Linux capability other than NET_BIND_SERVICE (PSS restricted).",
     remediation="Remove every entry of securityContext.capabilities.add except NET_BIND_SERVICE.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def restricted_added_capabilities(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def restricted_added_capabilities(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         extra = [a for a in items(_sc(c, "capabilities", "add")) if a is not UNKNOWN and a != "NET_BIND_SERVICE"]
@@ -207,10 +216,11 @@ def restricted_added_capabilities(res: Resource, config: dict[str, Any]) -> list
     severity="medium",
     description="Every container must run under the RuntimeDefault or a Localhost seccomp profile (PSS restricted).",
     remediation="Set securityContext.seccompProfile.type: RuntimeDefault on the pod (or on each container).",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def seccomp_profile(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def seccomp_profile(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     pod_type = dig(spec, "securityContext", "seccompProfile", "type")
     out = []
     for c, p in containers(spec, base):
@@ -229,10 +239,11 @@ def seccomp_profile(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="medium",
     description="Every container must mount its root filesystem read-only.",
     remediation="Set securityContext.readOnlyRootFilesystem: true and mount an emptyDir where the process must write.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def read_only_root_filesystem(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def read_only_root_filesystem(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base, ("containers", "initContainers")):
         value = _sc(c, "readOnlyRootFilesystem")
@@ -249,10 +260,11 @@ def read_only_root_filesystem(res: Resource, config: dict[str, Any]) -> list[Vio
     severity="high",
     description="Pods may set only the namespaced sysctls the Pod Security Standards call safe (PSS baseline).",
     remediation="Remove the sysctl from securityContext.sysctls or configure it on the node.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_unsafe_sysctls(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_unsafe_sysctls(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     return [
         Violation(f"pod sets unsafe sysctl {s.get('name')}", f"{base}.securityContext.sysctls[{i}]")
         for i, s in enumerate(items(dig(spec, "securityContext", "sysctls")))
@@ -267,10 +279,11 @@ def no_unsafe_sysctls(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="high",
     description="Containers must use the Default /proc mount type (PSS baseline); Unmasked exposes kernel interfaces.",
     remediation="Remove securityContext.procMount or set it to Default.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def default_proc_mount(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def default_proc_mount(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         value = _sc(c, "procMount")
@@ -286,10 +299,11 @@ def default_proc_mount(res: Resource, config: dict[str, Any]) -> list[Violation]
     severity="medium",
     description="Pods must not automount a Kubernetes API token unless they call the API.",
     remediation="Set automountServiceAccountToken: false in the pod spec; mount a projected token only where the API is used.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_sa_token_automount(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_sa_token_automount(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     if spec is UNKNOWN or spec is None:
         return []
     value = dig(spec, "automountServiceAccountToken")
@@ -305,10 +319,11 @@ def no_sa_token_automount(res: Resource, config: dict[str, Any]) -> list[Violati
     severity="medium",
     description="seLinuxOptions may not set a user or role, and only container types (PSS baseline).",
     remediation="Remove seLinuxOptions.user and .role; use a container_t-family type or none.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def restricted_selinux(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def restricted_selinux(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     places = [(dig(spec, "securityContext", "seLinuxOptions"), f"{base}.securityContext.seLinuxOptions", "pod")]
     places += [(_sc(c, "seLinuxOptions"), f"{p}.securityContext.seLinuxOptions", container_label(c, p))
                for c, p in containers(spec, base)]
@@ -331,10 +346,11 @@ def restricted_selinux(res: Resource, config: dict[str, Any]) -> list[Violation]
     severity="medium",
     description="Pods may mount only configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected and secret volumes (PSS restricted).",
     remediation="Replace the volume with one of the allowed types, typically a PersistentVolumeClaim.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def restricted_volume_types(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def restricted_volume_types(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for i, v in enumerate(items(dig(spec, "volumes"))):
         if not isinstance(v, dict):
@@ -353,18 +369,18 @@ def restricted_volume_types(res: Resource, config: dict[str, Any]) -> list[Viola
     severity="high",
     description="Containers must not run with the AppArmor profile set to unconfined (PSS baseline).",
     remediation="Remove the Unconfined appArmorProfile (or the unconfined annotation); use RuntimeDefault.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_unconfined_apparmor(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_unconfined_apparmor(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     if dig(spec, "securityContext", "appArmorProfile", "type") == "Unconfined":
         out.append(Violation("pod sets appArmorProfile Unconfined", f"{base}.securityContext.appArmorProfile"))
     for c, p in containers(spec, base):
         if _sc(c, "appArmorProfile", "type") == "Unconfined":
             out.append(Violation(f"{container_label(c, p)} sets appArmorProfile Unconfined", f"{p}.securityContext.appArmorProfile"))
-    meta_path = "metadata" if base == "spec" else base[: -len(".spec")] + ".metadata"
-    for key, value in mapping(dig(pod_template_metadata(res), "annotations")).items():
+    for key, value in mapping(dig(pod.metadata, "annotations")).items():
         if key.startswith(APPARMOR_ANNOTATION) and value == "unconfined":
-            out.append(Violation(f"annotation {key} is unconfined", key_path(f"{meta_path}.annotations", key)))
+            out.append(Violation(f"annotation {key} is unconfined", key_path(f"{pod.metadata_path}.annotations", key)))
     return out

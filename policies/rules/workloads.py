@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from policies.model import UNKNOWN, Resource, dig, items, mapping, reveal
@@ -11,13 +11,16 @@ from policies.rules import Violation, key_path, rule
 from policies.rules._k8s import (
     LONG_RUNNING,
     NAMESPACED,
+    POD_TARGETS,
     WORKLOADS,
+    PodSpec,
     container_label,
     containers,
     labels,
     namespace,
     object_name,
-    pod_spec,
+    per_pod_spec,
+    pod_specs,
     pod_template_metadata,
     selector_matches,
 )
@@ -68,10 +71,11 @@ def image_reference(image: str) -> str:
     severity="high",
     description="Every container image must be referenced by sha256 digest so what runs is exactly what was reviewed.",
     remediation="Reference the image as registry/name@sha256:<digest> (a tag may stay in front: name:tag@sha256:...).",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def image_pinned(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def image_pinned(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     return [
         Violation(f"{container_label(c, p)} image {c['image']} is not pinned by digest", f"{p}.image")
         for c, p in containers(spec, base)
@@ -86,7 +90,7 @@ def image_pinned(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="high",
     description="Container images must come from the fleet's allowed registries (pack config: allowedRegistries).",
     remediation="Mirror the image into an allowed registry and reference it there, or add the registry to allowedRegistries in policies/config/<stack>.json.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
     config_schema={
         "allowedRegistries": {
             "type": "array",
@@ -96,9 +100,10 @@ def image_pinned(res: Resource, config: dict[str, Any]) -> list[Violation]:
         }
     },
 )
-def image_registry(res: Resource, config: dict[str, Any]) -> list[Violation]:
+@per_pod_spec
+def image_registry(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
     allowed = [a.rstrip("/") for a in config.get("allowedRegistries", [])]
-    spec, base = pod_spec(res)
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         image = reveal(c.get("image"))
@@ -118,10 +123,11 @@ def image_registry(res: Resource, config: dict[str, Any]) -> list[Violation]:
     severity="medium",
     description="Every container must request CPU and memory and set CPU and memory limits, so one workload cannot starve a small edge node.",
     remediation="Set resources.requests.cpu, resources.requests.memory, resources.limits.cpu and resources.limits.memory.",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def container_resources(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def container_resources(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base, ("containers", "initContainers")):
         resources = dig(c, "resources")
@@ -145,10 +151,11 @@ def container_resources(res: Resource, config: dict[str, Any]) -> list[Violation
     severity="medium",
     description="A container that requests a GPU must set the same GPU limit; extended resources are not overcommitted.",
     remediation="Set resources.limits.<gpu resource> equal to resources.requests.<gpu resource> (e.g. nvidia.com/gpu: 1).",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def gpu_limits(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def gpu_limits(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base, ("containers", "initContainers")):
         requests = mapping(dig(c, "resources", "requests"))
@@ -169,10 +176,10 @@ def gpu_limits(res: Resource, config: dict[str, Any]) -> list[Violation]:
 def _probe_rule(probe: str, res: Resource) -> list[Violation]:
     if res.kind not in LONG_RUNNING:
         return []
-    spec, base = pod_spec(res)
     return [
         Violation(f"{container_label(c, p)} has no {probe}", f"{p}.{probe}")
-        for c, p in containers(spec, base, ("containers",))
+        for pod in pod_specs(res)
+        for c, p in containers(pod.spec, pod.path, ("containers",))
         if dig(c, probe) is None
     ]
 
@@ -300,10 +307,11 @@ def recommended_labels(res: Resource, config: dict[str, Any]) -> list[Violation]
     severity="high",
     description="Credentials must not be written as literal environment values: they end up in the pod spec, in etcd and in every describe.",
     remediation="Put the value in a Secret and use env[].valueFrom.secretKeyRef (or mount it as a file).",
-    targets=WORKLOADS,
+    targets=POD_TARGETS,
 )
-def no_env_credentials(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    spec, base = pod_spec(res)
+@per_pod_spec
+def no_env_credentials(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
+    spec, base = pod.spec, pod.path
     out = []
     for c, p in containers(spec, base):
         for i, env in enumerate(items(c.get("env"))):
@@ -377,3 +385,46 @@ def pdb_for_multi_replica(resources: Sequence[Resource], config: dict[str, Any])
             out.append(Violation(f"{res.label} runs {count} replicas and no PodDisruptionBudget selects its pods",
                                  "spec.replicas", res))
     return out
+
+
+# Helm releases whose objects are created out of the engine's sight, by type group: the
+# provider's Release installs the chart itself; K3s's HelmChart and Flux's HelmRelease have an
+# in-cluster controller do it.
+OPAQUE_HELM = {"Release": "helm.sh/", "HelmChart": "helm.cattle.io/", "HelmRelease": "helm.toolkit.fluxcd.io/"}
+
+
+@rule(
+    name="no-opaque-helm-release",
+    title="No Helm releases the rules cannot see into",
+    category="workload",
+    severity="high",
+    description="A Helm release installed by the provider (kubernetes:helm.sh/v3:Release) or by an in-cluster controller (K3s HelmChart, Flux HelmRelease) creates objects no rule ever sees; its chart and values are opaque, so it is refused unless allowed by name (pack config: allowedReleases) or exempted.",
+    remediation="Deploy the chart with kubernetes.helm.v4.Chart, or render it with `helm template` and apply the YAML, so every object it creates is checked; after reviewing the chart, list the release as namespace/name in allowedReleases of policies/config/<stack>.json (or, for HelmChart and HelmRelease objects, exempt them with edgefleet.io/policy-exempt).",
+    targets=set(OPAQUE_HELM),
+    config_schema={
+        "allowedReleases": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": [],
+            "description": "Reviewed Helm releases (namespace/name) that may be installed opaquely.",
+        }
+    },
+)
+def no_opaque_helm_release(res: Resource, config: dict[str, Any]) -> list[Violation]:
+    group = OPAQUE_HELM.get(res.kind)
+    if group is None or not res.type.split(":")[1].startswith(group):
+        return []
+    if res.kind == "Release":
+        name, ns, chart = dig(res.props, "name"), dig(res.props, "namespace"), dig(res.props, "chart")
+        name = res.name if name is None else name
+        ns = "default" if ns in (None, "") else ns
+    else:
+        name, ns = object_name(res), namespace(res)
+        chart = dig(res.props, "spec", "chart")
+        chart = dig(chart, "spec", "chart") if isinstance(chart, Mapping) else chart  # Flux nests it
+    if name is UNKNOWN or ns is UNKNOWN:
+        return []
+    if f"{ns}/{name}" in set(config.get("allowedReleases", [])):
+        return []
+    what = f"chart {chart}" if isinstance(chart, str) else "a chart"
+    return [Violation(f"{res.kind} {ns}/{name} installs {what} whose objects no policy rule sees")]

@@ -111,13 +111,59 @@ def test_unknown_outputs_never_fail():
 
 def test_exemptions_apply_and_are_logged():
     def props():
-        p = fixture_props("policies/rules/fixtures/no-privileged-containers/bad.yaml")
-        p["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-privileged-containers",
+        p = fixture_props("policies/rules/fixtures/no-host-path-volumes/bad.yaml")
+        p["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-host-path-volumes",
                                         "edgefleet.io/policy-exempt-reason": "device plugin", "edgefleet.io/policy-exempt-until": "2026-07-01"}
         return p
 
     warnings = run("prod", "kubernetes:apps/v1:Deployment", props)
-    assert warnings == ["policy: Deployment inference/detector: exempt from no-privileged-containers until 2026-07-01: device plugin"]
+    assert warnings == ["policy: Deployment inference/detector: exempt from no-host-path-volumes until 2026-07-01: device plugin"]
+
+
+def test_a_void_exemption_is_refused():
+    def props(**annotations):
+        def make():
+            p = fixture_props("policies/rules/fixtures/no-privileged-containers/good.yaml")
+            p["metadata"]["annotations"] = annotations
+            return p
+        return make
+
+    with pytest.raises(PolicyViolationError) as e:
+        run("prod", "kubernetes:apps/v1:Deployment", props(**{"edgefleet.io/policy-exempt-untill": "2026-07-01"}))
+    assert "valid-policy-exemption (critical" in str(e.value)
+    with pytest.raises(PolicyViolationError, match="no-privileged-containers is critical and cannot be exempted"):
+        run("prod", "kubernetes:apps/v1:Deployment", props(**{"edgefleet.io/policy-exempt": "no-privileged-containers",
+                                                              "edgefleet.io/policy-exempt-reason": "r",
+                                                              "edgefleet.io/policy-exempt-until": "2026-07-01"}))
+
+
+@pytest.mark.parametrize("type_,props,rule", [
+    ("kubernetes:apps/v1:DeploymentPatch",
+     {"metadata": {"name": "detector", "namespace": "inference"},
+      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
+     "no-privileged-containers"),
+    ("kubernetes:core/v1:NamespacePatch",
+     {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}},
+     "namespace-patch-psa-restricted"),
+    ("kubernetes:core/v1:ReplicationController", {"metadata": {"name": "rc", "namespace": "inference"},
+     "spec": {"template": {"spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}}}},
+     "no-privileged-containers"),
+    ("kubernetes:argoproj.io/v1alpha1:Rollout", {"metadata": {"name": "r", "namespace": "inference"},
+     "spec": {"template": {"spec": {"volumes": [{"name": "host", "hostPath": {"path": "/"}}], "containers": [{"name": "c"}]}}}},
+     "no-host-path-volumes"),
+    ("kubernetes:helm.sh/v3:Release", {"chart": "ingress-nginx", "namespace": "ingress"}, "no-opaque-helm-release"),
+])
+def test_patches_custom_resources_and_helm_releases_are_guarded(type_, props, rule):
+    with pytest.raises(PolicyViolationError) as e:
+        run("prod", type_, lambda: props)
+    assert rule in {f.rule.name for f in e.value.findings}
+
+
+def test_a_patch_that_sets_only_an_image_passes():
+    props = {"metadata": {"name": "detector", "namespace": "inference"},
+             "spec": {"template": {"spec": {"containers": [
+                 {"name": "server", "image": "registry.edgefleet.local/inference/oip-server@sha256:" + "4f" * 32}]}}}}
+    assert run("prod", "kubernetes:apps/v1:DeploymentPatch", lambda: props) == []
 
 
 def test_rule_settings_of_the_stack_apply():

@@ -3,6 +3,8 @@ the engine sends (secrets and unknowns as the engine marshals them)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pulumi_policy.policy as analyzer
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -110,20 +112,60 @@ def test_stack_outputs_are_checked_for_secrets(service):
 
 
 def test_exemptions_are_reported_in_every_run(service):
+    until = (dt.date.today() + dt.timedelta(days=30)).isoformat()
     site = {
         "site": "store-7", "distribution": "k3s", "version": "v1.33.4+k3s1",
         "install": {"secretsEncryption": True, "auditLog": False, "anonymousAuth": False, "protectKernelDefaults": True, "kubeconfigMode": "0600"},
         "annotations": {"edgefleet.io/policy-exempt": "edge-audit-log", "edgefleet.io/policy-exempt-reason": "no disk",
-                        "edgefleet.io/policy-exempt-until": "2999-01-01"},
+                        "edgefleet.io/policy-exempt-until": until},
     }
     configure(service, "mandatory")
     found = analyze(service, "edge:site:EdgeSite", site)
-    assert "edge-audit-log" not in found
-    assert "exempt from edge-audit-log until 2999-01-01: no disk" in found["policy-exemptions"][0]
+    assert "edge-audit-log" not in found and "valid-policy-exemption" not in found
+    assert f"exempt from edge-audit-log until {until}: no disk" in found["policy-exemptions"][0]
     site["annotations"]["edgefleet.io/policy-exempt-until"] = "2000-01-01"
     found = analyze(service, "edge:site:EdgeSite", site)
     assert "expired on 2000-01-01" in found["edge-audit-log"][0]
     assert "is void" in found["policy-exemptions"][0]
+    assert "expired on 2000-01-01" in found["valid-policy-exemption"][0]
+    site["annotations"]["edgefleet.io/policy-exempt-until"] = "2999-01-01"
+    assert "is more than 90 days ahead" in analyze(service, "edge:site:EdgeSite", site)["valid-policy-exemption"][0]
+
+
+def mandatory_levels(service, type_: str, props: dict) -> dict[str, list[int]]:
+    request = proto.AnalyzeRequest(type=type_, properties=struct(props), urn=f"urn:pulumi:prod::edgefleet::{type_}::r", name="r")
+    out: dict[str, list[int]] = {}
+    for d in service.Analyze(request, None).diagnostics:
+        out.setdefault(d.policyName, []).append(d.enforcementLevel)
+    return out
+
+
+@pytest.mark.parametrize("type_,props,rule", [
+    ("kubernetes:apps/v1:DeploymentPatch",
+     {"metadata": {"name": "detector", "namespace": "inference"},
+      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
+     "no-privileged-containers"),
+    ("kubernetes:core/v1:ReplicationController",
+     {"metadata": {"name": "detector", "namespace": "inference"},
+      "spec": {"template": {"spec": {"hostNetwork": True, "containers": [{"name": "server"}]}}}},
+     "no-host-namespaces"),
+    ("kubernetes:argoproj.io/v1alpha1:Rollout",
+     {"metadata": {"name": "detector", "namespace": "inference"},
+      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
+     "no-privileged-containers"),
+    ("kubernetes:core/v1:NamespacePatch",
+     {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}},
+     "namespace-patch-psa-restricted"),
+    ("kubernetes:helm.sh/v3:Release", {"chart": "ingress-nginx", "namespace": "ingress", "values": {"controller": {}}},
+     "no-opaque-helm-release"),
+    ("kubernetes:core/v1:ConfigMap",
+     {"metadata": {"name": "c", "namespace": "inference", "annotations": {"edgefleet.io/policy-exempt-untill": "2026-07-01"}}},
+     "valid-policy-exemption"),
+])
+def test_patches_custom_resources_and_helm_releases_reach_the_pack(service, type_, props, rule):
+    configure(service, "mandatory")
+    levels = mandatory_levels(service, type_, props).get(rule)
+    assert levels and set(levels) == {proto.MANDATORY}
 
 
 def test_analyzer_info_describes_every_rule(service):

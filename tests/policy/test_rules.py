@@ -11,7 +11,7 @@ import pytest
 from policies.engine import EXEMPTIONS_POLICY, evaluate
 from policies.model import UNKNOWN
 from policies.pack import build_policies
-from policies.rules import CATEGORIES, SEVERITIES, Rule, all_rules, run_rule
+from policies.rules import ANY_KUBERNETES, CATEGORIES, SEVERITIES, Rule, all_rules, run_rule
 from tests.policy.conftest import REPO, case_id, fixture_cases, load, parse_path, with_value
 
 CASES = fixture_cases()
@@ -119,3 +119,96 @@ def test_rules_read_every_workload_kind():
 
         res = Resource(k8s_type(api, kind), "w", {"metadata": {"name": "w", "namespace": "x"}, **props})
         assert run_rule(rule, [res], {}), kind
+
+
+POD_RULES = [r for r in all_rules() if ANY_KUBERNETES in r.targets and "Deployment" in r.targets]
+
+
+def _as_kind(deployment, api: str, kind: str, wrap) -> "Resource":
+    from policies.model import Resource
+    from policies.sources import k8s_type
+
+    props = {"metadata": dict(deployment.props["metadata"]), "spec": wrap(deployment.props["spec"]["template"])}
+    return Resource(k8s_type(api, kind), deployment.name, props)
+
+
+CARRIERS = {
+    "ReplicationController": ("v1", "ReplicationController", lambda t: {"replicas": 1, "template": t}),
+    "Argo Rollout": ("argoproj.io/v1alpha1", "Rollout", lambda t: {"replicas": 2, "template": t}),
+    "Knative-style nested template": ("serving.example.com/v1", "Service", lambda t: {"template": {"spec": {"revision": t}}}),
+    "job template of a CronJob-like CR": ("batch.example.com/v1", "Schedule", lambda t: {"jobTemplate": {"spec": {"template": t}}}),
+    "list of templates": ("workflows.example.com/v1", "Workflow", lambda t: {"templates": [{"name": "a", "template": t}]}),
+}
+
+
+@pytest.mark.parametrize("carrier", CARRIERS, ids=str)
+@pytest.mark.parametrize("rule", POD_RULES, ids=lambda r: r.name)
+def test_pod_rules_read_pod_templates_whatever_kind_carries_them(rule: Rule, carrier: str):
+    """Each Deployment bad fixture's pod template, moved into another kind, fails the rule too."""
+    api, kind, wrap = CARRIERS[carrier]
+    for path in sorted(rule.fixtures.glob("bad*.yaml")):
+        deployment = load(path)[0]
+        if deployment.kind != "Deployment":
+            continue
+        res = _as_kind(deployment, api, kind, wrap)
+        found = run_rule(rule, [res], rule.defaults())
+        assert found, f"{rule.name}/{path.name} in a {carrier}"
+        assert all(v.path.startswith("spec.") for _, v in found), [v.path for _, v in found]
+        good = _as_kind(load(rule.fixtures / "good.yaml")[0], api, kind, wrap) if (rule.fixtures / "good.yaml").exists() else None
+        if good is not None and good.kind == kind:
+            assert not run_rule(rule, [good], rule.defaults()), f"{rule.name}/good.yaml in a {carrier}"
+
+
+def test_a_custom_resources_pod_template_path_is_reported():
+    rule = next(r for r in all_rules() if r.name == "no-host-path-volumes")
+    (res,) = load(REPO / "policies/rules/fixtures/no-host-path-volumes/bad-custom-resource-templates.yaml")
+    assert [v.path for _, v in run_rule(rule, [res], {})] == ["spec.pytorchReplicaSpecs.Worker.template.spec.volumes[0].hostPath"]
+
+
+def test_a_patch_is_judged_on_what_it_sets():
+    """What a patch leaves out stays as the live object has it: no rule fails on it, and what
+    it does set is judged like any workload's."""
+    from policies.model import Partial
+
+    (patch,) = load(REPO / "policies/rules/fixtures/no-privileged-containers/good-deployment-patch.yaml")
+    assert isinstance(patch.props, Partial)
+    assert not evaluate([patch]).findings, [(f.rule.name, f.message) for f in evaluate([patch]).findings]
+    container = ["spec", "template", "spec", "containers", 0]
+    for path, value, rule in [
+        (["securityContext", "runAsUser"], 0, "run-as-non-root"),
+        (["securityContext", "allowPrivilegeEscalation"], True, "no-privilege-escalation"),
+        (["securityContext", "capabilities", "drop"], ["NET_RAW"], "drop-all-capabilities"),
+        (["securityContext", "seccompProfile", "type"], "Unconfined", "seccomp-profile"),
+        (["securityContext", "readOnlyRootFilesystem"], False, "read-only-root-filesystem"),
+        (["image"], "docker.io/library/nginx:latest", "image-pinned-by-digest"),
+        (["env"], [{"name": "API_TOKEN", "value": "abc"}], "no-env-credentials"),
+    ]:
+        bad = with_value(patch, container + path, value)
+        assert rule in {f.rule.name for f in evaluate([bad]).findings}, rule
+    host = with_value(patch, ["spec", "template", "spec", "hostPID"], True)
+    assert "no-host-namespaces" in {f.rule.name for f in evaluate([host]).findings}
+    apparmor = with_value(patch, ["spec", "template", "metadata", "annotations"],
+                          {"container.apparmor.security.beta.kubernetes.io/server": "unconfined"})
+    (f,) = [f for f in evaluate([apparmor]).findings if f.rule.name == "no-unconfined-apparmor"]
+    assert f.violation.path == 'spec.template.metadata.annotations["container.apparmor.security.beta.kubernetes.io/server"]'
+
+
+def test_a_namespace_patch_may_only_tighten_pod_security():
+    rule = next(r for r in all_rules() if r.name == "namespace-patch-psa-restricted")
+    fixtures = REPO / "policies/rules/fixtures/namespace-patch-psa-restricted"
+    (patch,) = load(fixtures / "good-other-labels.yaml")
+    for level, fails in [("restricted", False), ("baseline", True), ("privileged", True), (None, True)]:
+        res = with_value(patch, ["metadata", "labels", "pod-security.kubernetes.io/enforce"], level)
+        assert bool(run_rule(rule, [res], {})) is fails, level
+    assert "namespace-psa-labels" not in {f.rule.name for f in evaluate(load(fixtures / "bad.yaml")).findings}
+
+
+def test_helm_releases_are_refused_unless_allowed_by_name():
+    rule = next(r for r in all_rules() if r.name == "no-opaque-helm-release")
+    (release,) = load(REPO / "policies/rules/fixtures/no-opaque-helm-release/bad.yaml")
+    (message,) = [v.message for _, v in run_rule(rule, [release], rule.defaults())]
+    assert message == "Release monitoring/node-exporter installs chart prometheus-node-exporter whose objects no policy rule sees"
+    assert not run_rule(rule, [release], {"allowedReleases": ["monitoring/node-exporter"]})
+    assert run_rule(rule, [release], {"allowedReleases": ["default/node-exporter"]})
+    unnamed = with_value(release, ["name"], UNKNOWN)
+    assert run_rule(rule, [unnamed], {}) == [], "an auto-name not known yet is judged at update"

@@ -16,7 +16,7 @@ import pytest
 from components.inference import (
     FETCH_RESOURCES, GpuSpec, InferenceArgs, InferenceArgsError, InferenceService, ModelRegistry, render,
 )
-from components.network import RegistryEgress
+from components.network import ClusterDns, RegistryEgress
 from policies.engine import evaluate
 from policies.model import Resource, Secret, neutralize
 
@@ -345,6 +345,13 @@ def test_sample_ha_gpu_and_gateway_sites_pass_every_policy_rule():
     ({"sha256": "B" * 64}, "is not 64 lowercase hex"),
     ({"cpu": "a lot"}, "is not a CPU quantity"),
     ({"clients": ("Vision",)}, "namespace 'Vision' is not a DNS label"),
+    # The service deletes its namespace with the model: never one the stack does not own.
+    ({"model": "metrics", "monitoring_namespace": "metrics"}, "namespace 'metrics' is the site's monitoring namespace; "
+     "the service would adopt it and delete it with the model"),
+    ({"model": "kube-system"}, "namespace 'kube-system' is the cluster DNS namespace"),
+    ({"model": "kube-public"}, "namespace 'kube-public' is a namespace of the cluster or its add-ons"),
+    ({"namespace": "default"}, "namespace 'default' is a namespace of the cluster or its add-ons"),
+    ({"model": "openshift-dns", "dns": ClusterDns("openshift-dns", {}, 5353)}, "namespace 'openshift-dns' is the cluster DNS"),
 ])
 def test_arguments_that_cannot_work_are_refused(changes: dict[str, Any], message: str):
     with pytest.raises(InferenceArgsError, match=message):

@@ -138,3 +138,33 @@ def test_fetch_of_a_missing_object(s3, s3_endpoint: str, tmp_path: Path):
     with pytest.raises(ModelError, match=rf"^{uri}: uri: no such object \(fix: publish it with scripts/publish-model"):
         fetch_verified(uri, "a" * 64, tmp_path, s3_endpoint=s3_endpoint)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_registry_mode_trusts_the_catalog_not_the_objects_metadata(s3, s3_endpoint: str, repo_copy: Path, tmp_path: Path):
+    """The inference server's --registry mode: an object replaced together with its
+    x-amz-meta-sha256 is refused, and so is a version the catalog gives no digest for."""
+    import boto3
+
+    from inference.registry import sync
+
+    catalog = load_catalog(repo_copy / "models" / "catalog.yaml")
+    for model, version in [("quality-control", "1"), ("predictive-maintenance", "1"), ("predictive-maintenance", "2")]:
+        assert publish(s3_endpoint, repo_copy, model, version).returncode == 0
+    # Whoever can write the bucket swaps the bytes and writes a matching digest beside them.
+    forged = (repo_copy / "models/predictive-maintenance/1/model.onnx").read_bytes()
+    s3.put_object(Bucket=BUCKET, Key="models/quality-control/1/model.onnx", Body=forged,
+                  Metadata={"sha256": hashlib.sha256(forged).hexdigest()})
+    expected = {(e.model, e.version): e.spec.sha256 for e in catalog.entries()
+                if (e.model, e.version) != ("predictive-maintenance", "2")}
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+
+    result = sync(f"s3://{BUCKET}/models", tmp_path / "cache", client, expected)
+
+    assert set(result.expected) == {("quality-control", "1"), ("predictive-maintenance", "1")}
+    qc = catalog.entry("quality-control", "1").spec.sha256
+    assert result.failures[("quality-control", "1")].endswith(
+        f"the download hashes to {hashlib.sha256(forged).hexdigest()}, the catalog expects {qc}")
+    assert "the catalog gives no sha256 for predictive-maintenance:2 (fix: pass --expect-sha256" \
+        in result.failures[("predictive-maintenance", "2")]
+    cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("model.onnx"))
+    assert cached == ["predictive-maintenance/1/model.onnx"]

@@ -247,6 +247,13 @@ def test_workloads_the_catalog_cannot_serve_are_refused(tmp_path: Path, project:
         deploy_fleet(loaded(tmp_path, fleet(workloads=workloads)), project, tmp_path / "cache")
 
 
+def test_a_model_served_in_the_sites_monitoring_namespace_is_refused(tmp_path: Path, project: Path):
+    """Its namespace would be adopted, and deleted with everything in it when the model goes."""
+    data = fleet(monitoring_namespace=PM)
+    with pytest.raises(pulumi.RunError, match=f"at site plant-a: namespace '{PM}' is the site's monitoring namespace"):
+        deploy_fleet(loaded(tmp_path, data), project, tmp_path / "cache")
+
+
 def test_a_gateway_accepts_no_declared_clients(tmp_path: Path, project: Path):
     data = fleet()
     data["sites"][2]["workloads"][0]["clients"] = ["scada"]
