@@ -1,0 +1,3 @@
+module edgefleet.local/images/pause
+
+go 1.22
