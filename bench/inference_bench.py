@@ -3,25 +3,36 @@
 One ONNX model (the 64 -> 128 -> 64 -> 1 MLP, FP32, batch 1) and one JSON request body for all:
 
 - floor 1: ``session.run`` in process (the same session options as the server);
-- floor 2: a bare handler, one process, uvloop + httptools, no routing, validation, metrics or
-  logging (parse the v2 body, run the session, write the v2 response);
-- edge-infer: this server, one worker, validation, metrics and logging (1 % of requests
-  sampled to the log) on, with uvloop and with the plain asyncio loop;
+- floor 2: a bare handler, one process, uvloop + httptools + orjson + onnxruntime, no routing,
+  validation, metrics or logging (parse the v2 body, run the session, write the v2 response);
+- edge-infer: this server, one worker, validation, metrics and logs on (every successful request
+  sampled for the access log, which writes at most ``--log-rate`` lines per second: the default,
+  100), with uvloop and with the plain asyncio loop; ``edge-infer-log-every-request`` writes a
+  line for every request (``--log-rate 0``);
+- edge-infer-2-workers: ``--workers 2``, not pinned (it shares both CPUs with wrk);
 - kserve: the KServe Python model server (pinned below, in its own virtualenv under
   ``$EDGEFLEET_CACHE/bench-venv-kserve``) serving the same model through a small kserve.Model
-  on onnxruntime.
+  on onnxruntime;
+- ``--variant NAME=DIR``: this server from another source tree (e.g. an older commit's
+  ``inference/`` exported with ``git archive``), to measure a change side by side.
 
-Each HTTP server is pinned to one CPU and loaded by ``wrk`` (one thread, pinned to the other
-CPU, a Lua POST script) at concurrency 1, 8 and 32, ``--duration`` seconds per point split into
-``--rounds`` interleaved rounds: all servers run at once and each round loads each of them in
-turn, so that the speed swings of a shared machine hit all of them alike. A point is the median
-of its rounds (p50/p99 from wrk's latency histogram); the throughput ratio to floor 2 is the
-median of the ratios within each round (adjacent runs). The server's CPU time per request
-(from /proc, so independent of how busy the machine was) and its RSS are recorded too.
+Each one-worker server is pinned to one CPU and loaded by ``wrk`` (one thread, pinned to the
+other CPU, a Lua POST script) at each ``--concurrency``, ``--duration`` seconds per point split
+into ``--rounds`` interleaved rounds: all servers run at once and each round loads each of them
+in turn, so that the speed swings of a shared machine hit all of them alike. A point is the
+median of its rounds (p50/p99 from wrk's latency histogram); ratios to floor 2 are taken within
+each round (adjacent runs) and reported as min / median / max over the rounds. The server's CPU
+time per request (from /proc) and its RSS are recorded too.
 
-    .venv/bin/python bench/inference_bench.py [--duration 10] [--skip-kserve]
+The benchmark refuses to start a server on a port something already listens on (with
+SO_REUSEPORT a leftover server would silently take part of the load), counts the processes
+listening on each server's port once it is up and at the end (all must belong to the server;
+their number is recorded as ``workers``), and checks every server's answer against
+``session.run`` before loading it. Results are written only when every round completed.
 
-Writes bench/results/inference.json and bench/results/inference.png.
+    .venv/bin/python bench/inference_bench.py [--duration 10] [--rounds 5] [--skip-kserve]
+
+Writes bench/results/inference.json and bench/results/inference.png (or into ``--out``).
 """
 
 from __future__ import annotations
@@ -55,7 +66,10 @@ KSERVE_PINS = ["kserve==0.21.0", "onnxruntime==1.32.0", "numpy==2.4.6"]
 CONCURRENCY = (1, 8, 32)
 MODEL, VERSION = "mlp", "1"
 PATH = f"/v2/models/{MODEL}/infer"
-TARGETS = {"throughput_vs_floor2_c8": 0.5, "p50_us_c1": 150.0, "rss_mb_per_worker": 80.0}
+OURS, FLOOR2 = "edge-infer", "floor2-bare"
+# Throughput at c=8 and p50 at c=1 are ratios to floor 2 in the same round.
+TARGETS = {"throughput_vs_floor2_c8": 0.6, "throughput_aim_c8": 0.85, "p50_vs_floor2_c1": 1.25,
+           "rss_mb_per_worker": 80.0, "errors": 0}
 SERVER_CPU, CLIENT_CPU = 1, 0
 
 WRK_SCRIPT = """
@@ -187,29 +201,61 @@ def pinned(cpu: int):
     return lambda: os.sched_setaffinity(0, target)
 
 
-def wait_ready(port: int, proc: subprocess.Popen, body: bytes, timeout: float = 120.0) -> None:
-    """Until the server answers the benchmark's own request with 200 (the bare handler has no
-    other route)."""
+class BenchError(Exception):
+    """The benchmark cannot run, or a run cannot be trusted; nothing is written."""
+
+
+def listeners(port: int) -> dict[int | None, str]:
+    """Processes with a TCP socket listening on ``port``: pid (None if not visible) -> command."""
+    import psutil
+    found: dict[int | None, str] = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            try:
+                found[conn.pid] = " ".join(psutil.Process(conn.pid).cmdline())[:200] if conn.pid else "?"
+            except psutil.Error:
+                found[conn.pid] = "?"
+    return found
+
+
+def ensure_port_free(port: int) -> None:
+    """Refuse a port that anything listens on: with SO_REUSEPORT a leftover server would share
+    the load without an error."""
+    taken = listeners(port)
+    if not taken:
+        with socket.socket() as probe:  # without SO_REUSEPORT: fails if any socket holds the port
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                taken = {None: str(exc)}
+    if taken:
+        who = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in taken.items())
+        raise BenchError(f"port {port} is already in use ({who}); a server left there would share "
+                         f"the load (fix: stop it, or pass another --port)")
+
+
+def wait_ready(port: int, proc: subprocess.Popen, body: bytes, expected: float, timeout: float = 120.0) -> None:
+    """Until the server answers the benchmark's own request with 200, then check the score it
+    computed (the bare handler has no other route)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+            raise BenchError(f"server on port {port} exited with {proc.returncode} before it was ready")
         try:
             req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=body,
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
-                    return
+                    answer = orjson.loads(r.read())
+                    break
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
-
-
-def serving_rss_mb(pid: int) -> float:
-    import psutil
-    proc = psutil.Process(pid)
-    return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
+    else:
+        raise BenchError(f"server on port {port} not ready after {timeout}s")
+    [output] = answer["outputs"]
+    if output["shape"] != [1, 1] or not np.isclose(output["data"][0], expected, rtol=1e-5, atol=1e-6):
+        raise BenchError(f"server on port {port} answered {output}, expected score {expected}")
 
 
 def run_wrk(port: int, concurrency: int, seconds: int, script: Path, body_path: Path) -> dict:
@@ -224,22 +270,43 @@ def run_wrk(port: int, concurrency: int, seconds: int, script: Path, body_path: 
 
 
 class Server:
-    """One HTTP server under test, started pinned to the server CPU."""
+    """One HTTP server under test, started pinned to the server CPU (unless ``pin`` is False)."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path) -> None:
-        self.name, self.cmd, self.port, self.log = name, cmd, port, log
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, cwd: Path = REPO,
+                 pin: bool = True, env: dict | None = None) -> None:
+        self.name, self.cmd, self.port, self.log, self.cwd, self.pin = name, cmd, port, log, cwd, pin
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        print(f"  {self.name}: starting", flush=True)
+        ensure_port_free(self.port)
+        print(f"  {self.name}: starting on port {self.port}", flush=True)
         with self.log.open("wb") as log_file:
-            self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                         preexec_fn=pinned(SERVER_CPU))
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log_file,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=pinned(SERVER_CPU) if self.pin else None)
 
-    def cpu_seconds(self) -> float:
+    def processes(self) -> list:
         import psutil
         proc = psutil.Process(self.proc.pid)
-        return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+        return [proc, *proc.children(recursive=True)]
+
+    def workers(self) -> int:
+        """Processes listening on the port, all of which must be this server's."""
+        mine = {p.pid for p in self.processes()}
+        found = listeners(self.port)
+        strangers = {pid: cmd for pid, cmd in found.items() if pid not in mine}
+        if strangers:
+            raise BenchError(f"{self.name}: other processes listen on port {self.port} too: {strangers}")
+        return len(found)
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.processes())
+
+    def rss_mb(self) -> tuple[float, float]:
+        """RSS of the whole server and of its largest process (a worker), MB."""
+        rss = [p.memory_info().rss / 2**20 for p in self.processes()]
+        return round(sum(rss), 1), round(max(rss), 1)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -251,44 +318,56 @@ class Server:
                 self.proc.wait()
 
 
-def measure(servers: list[Server], seconds: int, rounds: int, script: Path, body_path: Path) -> list[dict]:
+def measure(servers: list[Server], concurrency: tuple[int, ...], seconds: int, rounds: int, script: Path,
+            body_path: Path, expected: float) -> tuple[list[dict], dict[str, int], list[float]]:
     """Interleave the servers: every round loads each server at each concurrency in turn, so a
-    slow spell of this shared machine hits them all alike; a point is the median of its rounds."""
-    for server in servers:
-        server.start()
+    slow spell of this shared machine hits them all alike. Returns the points (a point holds
+    the runs of every round), the workers counted per server and the load average per round."""
+    workers: dict[str, int] = {}
+    load: list[float] = []
+    samples: dict[tuple[str, int], list[dict]] = {}
     try:
         for server in servers:
-            wait_ready(server.port, server.proc, body_path.read_bytes())
+            server.start()
+        for server in servers:
+            wait_ready(server.port, server.proc, body_path.read_bytes(), expected)
+            workers[server.name] = server.workers()
+            print(f"  {server.name}: {workers[server.name]} process(es) listening", flush=True)
             run_wrk(server.port, 8, 2, script, body_path)  # warm-up
-        samples: dict[tuple[str, int], list[dict]] = {}
         per_round = max(1, round(seconds / rounds))
         for r in range(rounds):
-            for concurrency in CONCURRENCY:
+            load.append(round(os.getloadavg()[0], 2))
+            for c in concurrency:
                 for server in servers:
                     cpu = server.cpu_seconds()
-                    result = run_wrk(server.port, concurrency, per_round, script, body_path)
+                    result = run_wrk(server.port, c, per_round, script, body_path)
                     result["cpu_us_per_request"] = round((server.cpu_seconds() - cpu) / max(1, result["requests"]) * 1e6, 1)
-                    result["rss_mb"] = serving_rss_mb(server.proc.pid)
-                    samples.setdefault((server.name, concurrency), []).append(result)
-                    print(f"  round {r + 1} {server.name} c={concurrency}: {result['rps']:.0f} req/s, "
+                    result["rss_mb"], result["rss_mb_per_worker"] = server.rss_mb()
+                    samples.setdefault((server.name, c), []).append(result)
+                    print(f"  round {r + 1}/{rounds} {server.name} c={c}: {result['rps']:.0f} req/s, "
                           f"p50 {result['p50_us']} us, p99 {result['p99_us']} us, "
                           f"{result['cpu_us_per_request']} CPU-us/req, RSS {result['rss_mb']} MB, "
-                          f"non-2xx {result['non2xx']}", flush=True)
+                          f"errors {result['non2xx'] + result['socket_errors']}", flush=True)
+        for server in servers:  # nothing joined the port while it was loaded
+            if server.workers() != workers[server.name]:
+                raise BenchError(f"{server.name}: the number of processes listening on port {server.port} changed")
     finally:
         for server in servers:
             server.stop()
     points = []
-    for (name, concurrency), runs in samples.items():
-        point = {"name": name, "concurrency": concurrency, "rounds": len(runs)}
+    for (name, c), runs in samples.items():
+        point = {"name": name, "concurrency": c, "rounds": len(runs), "workers": workers[name]}
         for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request"):
             point[key] = float(np.median([run[key] for run in runs]))
         point["rps_per_round"] = [run["rps"] for run in runs]
+        point["p50_us_per_round"] = [run["p50_us"] for run in runs]
         point["requests"] = sum(run["requests"] for run in runs)
         point["non2xx"] = sum(run["non2xx"] for run in runs)
         point["socket_errors"] = sum(run["socket_errors"] for run in runs)
         point["rss_mb"] = max(run["rss_mb"] for run in runs)
+        point["rss_mb_per_worker"] = max(run["rss_mb_per_worker"] for run in runs)
         points.append(point)
-    return points
+    return points, workers, load
 
 
 def kserve_python() -> Path:
@@ -309,41 +388,92 @@ def kserve_python() -> Path:
 
 # --- report --------------------------------------------------------------------------------
 
+def spread(values: list[float]) -> dict:
+    return {"min": round(min(values), 3), "median": round(float(np.median(values)), 3),
+            "max": round(max(values), 3), "per_round": [round(v, 3) for v in values]}
+
+
+def point(report: dict, name: str, c: int) -> dict | None:
+    return next((p for p in report["points"] if p["name"] == name and p["concurrency"] == c), None)
+
+
+def ratios(report: dict, name: str) -> dict:
+    """Per-round ratios of ``name`` to floor 2: throughput at c=8, p50 at c=1 (and CPU time)."""
+    out: dict = {}
+    c8, b8 = point(report, name, 8), point(report, FLOOR2, 8)
+    if c8 and b8:
+        out["throughput_c8"] = spread([a / b for a, b in zip(c8["rps_per_round"], b8["rps_per_round"])])
+        out["cpu_per_request_c8"] = round(c8["cpu_us_per_request"] / b8["cpu_us_per_request"], 3)
+    c1, b1 = point(report, name, 1), point(report, FLOOR2, 1)
+    if c1 and b1:
+        out["p50_c1"] = spread([a / b for a, b in zip(c1["p50_us_per_round"], b1["p50_us_per_round"])])
+    return out
+
+
+def evaluate(report: dict) -> dict:
+    ours = [p for p in report["points"] if p["name"] == OURS]
+    r = report["ratios"][OURS]
+    errors = sum(p["non2xx"] + p["socket_errors"] for p in ours)
+    rss = max(p["rss_mb_per_worker"] for p in ours)
+    targets = {"rss_mb_per_worker": {"value": rss, "target": f"<= {TARGETS['rss_mb_per_worker']}",
+                                     "met": rss <= TARGETS["rss_mb_per_worker"]},
+               "errors": {"value": errors, "target": "0", "met": errors == 0}}
+    if "throughput_c8" in r:
+        value = r["throughput_c8"]["median"]
+        targets["throughput_vs_floor2_c8"] = {
+            "value": value, "spread": [r["throughput_c8"]["min"], r["throughput_c8"]["max"]],
+            "target": f">= {TARGETS['throughput_vs_floor2_c8']} (aim {TARGETS['throughput_aim_c8']})",
+            "met": value >= TARGETS["throughput_vs_floor2_c8"]}
+    if "p50_c1" in r:
+        value = r["p50_c1"]["median"]
+        targets["p50_vs_floor2_c1"] = {
+            "value": value, "spread": [r["p50_c1"]["min"], r["p50_c1"]["max"]],
+            "p50_us": point(report, OURS, 1)["p50_us"], "floor2_p50_us": point(report, FLOOR2, 1)["p50_us"],
+            "target": f"<= {TARGETS['p50_vs_floor2_c1']}", "met": value <= TARGETS["p50_vs_floor2_c1"]}
+    return targets
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(p["name"] for p in report["points"]))
-    fig, ((ax_rps, ax_lat), (ax_cpu, ax_rss)) = plt.subplots(2, 2, figsize=(14, 10))
+    concurrency = report["concurrency"]
+    fig, ((ax_rps, ax_lat), (ax_ratio, ax_rss)) = plt.subplots(2, 2, figsize=(14, 10))
     for name in names:
         pts = [p for p in report["points"] if p["name"] == name]
         c = [p["concurrency"] for p in pts]
-        ax_rps.plot(c, [p["rps"] for p in pts], marker="o", label=name)
+        ax_rps.plot(c, [p["rps"] for p in pts], marker="o", label=f"{name} ({pts[0]['workers']} worker(s))")
         line, = ax_lat.plot(c, [p["p50_us"] for p in pts], marker="o", label=f"{name} p50")
         ax_lat.plot(c, [p["p99_us"] for p in pts], marker="x", linestyle="--", color=line.get_color(),
                     label=f"{name} p99")
-        ax_cpu.plot(c, [p["cpu_us_per_request"] for p in pts], marker="o", label=name)
-    f1 = report["floor1"]
-    ax_rps.axhline(f1["rps"], color="grey", linestyle=":", label="floor 1 (session.run in process)")
-    ax_cpu.axhline(f1["p50_us"], color="grey", linestyle=":", label="floor 1 (session.run p50)")
-    ax_lat.axhline(TARGETS["p50_us_c1"], color="red", linestyle=":", label="target p50 at c=1")
-    ax_rps.set(title="Throughput, one worker (median of rounds)", ylabel="requests/s", yscale="log")
+    ax_rps.axhline(report["floor1"]["rps"], color="grey", linestyle=":", label="floor 1 (session.run in process)")
+    ax_rps.set(title="Throughput (median of rounds)", ylabel="requests/s", yscale="log")
     ax_lat.set(title="Latency (median of rounds)", ylabel="microseconds", yscale="log")
-    ax_cpu.set(title="Server CPU time per request", ylabel="CPU microseconds", yscale="log")
-    for ax in (ax_rps, ax_lat, ax_cpu):
+    for ax in (ax_rps, ax_lat):
         ax.set_xscale("log")
-        ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
+        ax.set_xticks(concurrency, [str(c) for c in concurrency])
         ax.set_xlabel("concurrent connections (wrk)")
         ax.grid(True, which="both", alpha=0.3)
-    ax_rps.legend(fontsize=8)
-    ax_cpu.legend(fontsize=8)
+    ax_rps.legend(fontsize=7)
     ax_lat.legend(fontsize=6, ncol=2)
-    rss = {name: max(p["rss_mb"] for p in report["points"] if p["name"] == name) for name in names}
+    # Per-round ratios to floor 2: the spread shows how much a shared machine moved them.
+    others = [n for n in names if n != FLOOR2 and "throughput_c8" in report["ratios"].get(n, {})]
+    for i, name in enumerate(others):
+        per_round = report["ratios"][name]["throughput_c8"]["per_round"]
+        ax_ratio.scatter([i] * len(per_round), per_round, color="tab:blue", alpha=0.6)
+        ax_ratio.plot([i - 0.2, i + 0.2], [np.median(per_round)] * 2, color="black")
+    ax_ratio.axhline(TARGETS["throughput_vs_floor2_c8"], color="red", linestyle=":", label="target")
+    ax_ratio.axhline(TARGETS["throughput_aim_c8"], color="green", linestyle=":", label="aim")
+    ax_ratio.set_xticks(range(len(others)), others, rotation=15, fontsize=7)
+    ax_ratio.set(title="req/s at c=8 / floor 2's, per round (bar: median)", ylabel="ratio")
+    ax_ratio.legend(fontsize=8)
+    rss = {name: max(p["rss_mb_per_worker"] for p in report["points"] if p["name"] == name) for name in names}
     ax_rss.bar(range(len(rss)), list(rss.values()), color="tab:blue")
-    ax_rss.set_xticks(range(len(rss)), list(rss), rotation=15, fontsize=8)
+    ax_rss.set_xticks(range(len(rss)), list(rss), rotation=15, fontsize=7)
     ax_rss.axhline(TARGETS["rss_mb_per_worker"], color="red", linestyle=":", label="target per worker")
-    ax_rss.set(title="RSS of the serving process", ylabel="MB")
+    ax_rss.set(title="RSS of the largest serving process", ylabel="MB")
     ax_rss.legend(fontsize=8)
     fig.suptitle(f"MLP 64-128-64-1 FP32, batch 1, loopback, {report['duration_s']} s per point "
                  f"in {report['rounds']} interleaved rounds")
@@ -351,50 +481,77 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def evaluate(report: dict) -> dict:
-    def point(name: str, c: int) -> dict:
-        return next(p for p in report["points"] if p["name"] == name and p["concurrency"] == c)
+def write_results(report: dict, out: Path) -> None:
+    """Both files or neither: written beside their final names, then renamed."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_tmp, png_tmp = out / ".inference.json.tmp", out / ".inference.png.tmp.png"
+    json_tmp.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, png_tmp)
+    png_tmp.replace(out / "inference.png")
+    json_tmp.replace(out / "inference.json")
 
-    ours, floor2 = point("edge-infer", 8), point("floor2-bare", 8)
-    ratio = round(float(np.median([a / b for a, b in zip(ours["rps_per_round"], floor2["rps_per_round"])])), 3)
-    p50 = point("edge-infer", 1)["p50_us"]
-    rss = max(p["rss_mb"] for p in report["points"] if p["name"] == "edge-infer")
-    return {
-        "throughput_vs_floor2_c8": {"value": ratio, "target": f">= {TARGETS['throughput_vs_floor2_c8']}",
-                                    "met": ratio >= TARGETS["throughput_vs_floor2_c8"],
-                                    "per_round": [round(a / b, 3) for a, b in zip(ours["rps_per_round"],
-                                                                                  floor2["rps_per_round"])],
-                                    "cpu_time_ratio": round(floor2["cpu_us_per_request"] / ours["cpu_us_per_request"], 3)},
-        "p50_us_c1": {"value": p50, "target": f"<= {TARGETS['p50_us_c1']}", "met": p50 <= TARGETS["p50_us_c1"]},
-        "rss_mb_per_worker": {"value": rss, "target": f"<= {TARGETS['rss_mb_per_worker']}",
-                              "met": rss <= TARGETS["rss_mb_per_worker"]},
-    }
+
+def parse_variant(text: str) -> tuple[str, Path, list[str]]:
+    """``NAME=DIR[,ARG...]``: the server of source tree DIR, with extra server arguments."""
+    name, sep, rest = text.partition("=")
+    directory, *extra = rest.split(",")
+    path = Path(directory).resolve()
+    if not sep or not name or not (path / "inference" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIR[,ARG...] with DIR/inference/__main__.py")
+    return name, path, extra
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per load point (over all rounds)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point (median reported)")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                        help="wrk connections per point, comma-separated (1 and 8 are the targets')")
+    parser.add_argument("--port", type=int, default=0,
+                        help="first port of the servers (one each, consecutive); default: free ports")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME=DIR[,ARG...]",
+                        help="also measure the server of another source tree DIR, with extra server "
+                             "arguments ARG (repeatable)")
     parser.add_argument("--skip-kserve", action="store_true", help="do not measure the KServe peer")
+    parser.add_argument("--skip-extra", action="store_true",
+                        help="measure only floor 2, edge-infer and the variants")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for inference.json/png")
     parser.add_argument("--bare-server", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         bare_server(args.bare_server[0], int(args.bare_server[1]))
         return 0
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError:
+        parser.error(f"--concurrency: {args.concurrency!r} is not a comma-separated list of integers")
     if len(os.sched_getaffinity(0)) < 2:
         print("note: fewer than 2 CPUs, server and wrk share one", file=sys.stderr)
+    try:
+        report = run(args, concurrency)
+    except BenchError as exc:
+        print(f"error: {exc}; nothing written", file=sys.stderr)
+        return 1
+    write_results(report, args.out)
+    print(json.dumps(report["targets"], indent=2))
+    print(f"wrote {args.out / 'inference.json'} and {args.out / 'inference.png'}")
+    return 0
 
+
+def run(args: argparse.Namespace, concurrency: tuple[int, ...]) -> dict:
     # Imported here, not at the top: the bare server process must not carry onnx in its RSS.
     from tests.unit.inference_fixtures import mlp_model
 
     model = mlp_model(0)
     rng = np.random.default_rng(7)
+    features = rng.standard_normal(64).astype(np.float32)
     body = orjson.dumps({"id": "bench", "inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32",
-                                                     "data": rng.standard_normal(64).astype(np.float32).tolist()}]})
+                                                     "data": features.tolist()}]})
+    expected = float(create_session(model).run(None, {"features": features.reshape(1, 64)})[0][0, 0])
     report: dict = {
         "model": "MLP 64-128-64-1 FP32 (tests/unit/inference_fixtures.py mlp_model(0))", "batch": 1,
         "request_bytes": len(body), "duration_s": args.duration, "rounds": args.rounds,
-        "concurrency": list(CONCURRENCY),
+        "concurrency": list(concurrency),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("[")[0].strip(),
@@ -414,36 +571,44 @@ def main() -> int:
         print(f"  {report['floor1']}", flush=True)
 
         py, models = sys.executable, str(tmp_path / "models")
-        ours = [py, "-m", "inference", "--model-repository", models, "--host", "127.0.0.1", "--log-sample", "0.01"]
+        ours = [py, "-m", "inference", "--model-repository", models, "--host", "127.0.0.1",
+                "--log-sample", "1", "--metrics-dir", str(tmp_path / "metrics")]
+        # name -> (command for a port, source tree, pinned to one CPU)
         commands = {
-            "floor2-bare": lambda port: [py, __file__, "--bare-server", str(model_dir / "model.onnx"), str(port)],
-            "edge-infer": lambda port: [*ours, "--port", str(port)],
-            "edge-infer-asyncio-loop": lambda port: [*ours, "--port", str(port), "--loop", "asyncio"],
+            FLOOR2: (lambda port: [py, __file__, "--bare-server", str(model_dir / "model.onnx"), str(port)], REPO, True),
+            OURS: (lambda port: [*ours, "--port", str(port)], REPO, True),
         }
+        for name, tree, extra in args.variant:
+            commands[name] = (lambda port, extra=extra: [*ours, "--port", str(port), *extra], tree, True)
+        if not args.skip_extra:
+            commands[f"{OURS}-asyncio-loop"] = (lambda port: [*ours, "--port", str(port), "--loop", "asyncio"], REPO, True)
+            commands[f"{OURS}-log-every-request"] = (lambda port: [*ours, "--port", str(port), "--log-rate", "0"], REPO, True)
+            commands[f"{OURS}-2-workers"] = (lambda port: [*ours, "--port", str(port), "--workers", "2"], REPO, False)
         if not args.skip_kserve:
             try:
                 kpy = kserve_python()
                 (tmp_path / "kserve_model.py").write_text(KSERVE_MODEL)
-                commands[f"kserve-{KSERVE_PINS[0].split('==')[1]}"] = lambda port: [
-                    str(kpy), str(tmp_path / "kserve_model.py"), str(model_dir / "model.onnx"), str(port)]
+                commands[f"kserve-{KSERVE_PINS[0].split('==')[1]}"] = (lambda port: [
+                    str(kpy), str(tmp_path / "kserve_model.py"), str(model_dir / "model.onnx"), str(port)], REPO, True)
             except (OSError, RuntimeError) as exc:
                 report["kserve_error"] = str(exc)
                 print(f"  kserve unavailable: {report['kserve_error']}", flush=True)
         servers = []
-        for name, command in commands.items():
-            port = free_port()
-            servers.append(Server(name, command(port), port, tmp_path / f"{name}.log"))
-
+        for i, (name, (command, tree, pin)) in enumerate(commands.items()):
+            port = args.port + i if args.port else free_port()
+            servers.append(Server(name, command(port), port, tmp_path / f"{name}.log", cwd=tree, pin=pin,
+                                  env={"PYTHONPATH": str(tree)}))
+        report["servers"] = {s.name: {"source": str(s.cwd), "pinned_to_one_cpu": s.pin,
+                                      "command": " ".join(s.cmd[1:]).replace(tmp, "$TMP")} for s in servers}
         print("HTTP servers (wrk), interleaved", flush=True)
-        report["points"] = measure(servers, args.duration, args.rounds, script, body_path)
+        report["points"], workers, report["machine"]["loadavg_per_round"] = measure(
+            servers, concurrency, args.duration, args.rounds, script, body_path, expected)
+        for name, count in workers.items():
+            report["servers"][name]["workers"] = count
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["ratios"] = {name: ratios(report, name) for name in report["servers"] if name != FLOOR2}
     report["targets"] = evaluate(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "inference.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, RESULTS / "inference.png")
-    print(json.dumps(report["targets"], indent=2))
-    print(f"wrote {RESULTS / 'inference.json'} and {RESULTS / 'inference.png'}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

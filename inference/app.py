@@ -12,17 +12,17 @@ import time
 from dataclasses import dataclass
 
 from inference import SERVER_NAME, __version__
-from inference.codec import decode_infer_request, dumps, encode_infer_response, error_body
-from inference.errors import InferenceError
+from inference.codec import Signature, decode_infer_request, dumps, encode_infer_response, error_body
+from inference.errors import InferenceError, TooLarge
+from inference.limits import BODY_CAP, DEFAULT_MAX_ELEMENTS, NO_MODEL_BODY, Limits, json_values_over, limits_for
 from inference.logs import MAX_PATH_CHARS, RequestLog, event
 from inference.metrics import Metrics
 from inference.repository import READY, ModelVersion, Repository
 from inference.runtime import INPUT_ERRORS
 
 JSON = b"application/json"
-GET = ("GET",)
-POST = ("POST",)
 PLATFORM = "onnxruntime_onnx"
+ROUTE_CACHE_SIZE = 1024
 
 
 @dataclass(slots=True)
@@ -35,43 +35,58 @@ class Response:
 
 
 class App:
-    """The API over a :class:`Repository`, counting into ``metrics`` and logging via ``log``."""
+    """The API over a :class:`Repository`, counting into ``metrics`` and logging via ``log``.
 
-    def __init__(self, repository: Repository, metrics: Metrics, log: RequestLog) -> None:
+    ``limits`` holds what each model version accepts (see :mod:`inference.limits`);
+    ``max_body_bytes``, if set, replaces every derived body limit.
+    """
+
+    def __init__(self, repository: Repository, metrics: Metrics, log: RequestLog,
+                 max_elements: int = DEFAULT_MAX_ELEMENTS, max_body_bytes: int | None = None) -> None:
         self.repository = repository
         self.metrics = metrics
         self.log = log
+        self.max_elements = max_elements
+        self.max_body_bytes = max_body_bytes
         self.server_metadata = dumps({"name": SERVER_NAME, "version": __version__, "extensions": []})
+        self._routes: dict[str, tuple[str, str, str | None]] = {}
+        self._limits: dict[int, tuple[Signature, Limits]] = {}  # id(signature) -> its limits
+        self._log_suppressed = 0
+        metrics.log_rate.set(log.rate)
+        metrics.log_sample.set(log.sample)
 
-    def handle(self, method: str, path: str, body: bytes) -> Response:
+    def handle(self, method: str, path: str, body: bytes | bytearray) -> Response:
         """Serve one request; never raises."""
         start = time.perf_counter()
         route = model = version = ""
         try:
-            route, model_name, version_name = _route(path)
-            allowed = POST if route == "infer" else GET
-            if method not in allowed:
-                raise _MethodNotAllowed(", ".join(allowed))
+            route, model_name, version_name = self.route(path)
             if route == "infer":
+                if method != "POST":
+                    raise _MethodNotAllowed("POST")
                 mv = self._model(model_name, version_name)
                 model, version = mv.model, mv.version
                 response = self._infer(mv, body)
-                self.metrics.observe(model, version, 200, time.perf_counter() - start)
-            else:
-                response = self._get(route, model_name, version_name)
+                seconds = time.perf_counter() - start
+                self.metrics.ok(model, version, seconds)
+                self.log(method, path, 200, seconds, model, version)
+                return response
+            if method != "GET":
+                raise _MethodNotAllowed("GET")
+            response = self._get(route, model_name, version_name)
         except _MethodNotAllowed as exc:
             message = f"method {method} not allowed on {path[:MAX_PATH_CHARS]}; allowed: {exc.allow}"
             response = Response(405, error_body(message), allow=exc.allow, error=message)
         except InferenceError as exc:
             response = Response(exc.status, error_body(exc.message), error=exc.message)
             if route == "infer":
-                self.metrics.observe(model, version, exc.status, None)
+                self.metrics.failed(model, version, exc.status)
         except Exception as exc:  # a bug, not the client's fault: say so without details
             event(logging.ERROR, "unhandled error", path=path[:MAX_PATH_CHARS], method=method,
                   error=f"{type(exc).__name__}: {exc}")
             response = Response(500, error_body("internal server error"), error="internal server error")
             if route == "infer":
-                self.metrics.observe(model, version, 500, None)
+                self.metrics.failed(model, version, 500)
         if response.status >= 400:
             self.metrics.error(response.status)
         self.log(method, path, response.status, time.perf_counter() - start, model, version, response.error)
@@ -83,6 +98,45 @@ class App:
         self.log(method, path, status, 0.0, error=message)
         return Response(status, error_body(message), error=message)
 
+    def route(self, path: str) -> tuple[str, str, str | None]:
+        """``(route, model, version)`` of ``path``; raises a 404 for a path with no route."""
+        found = self._routes.get(path)
+        if found is None:
+            found = _route(path)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:  # paths are client input: keep the cache small
+                self._routes.clear()
+            self._routes[path] = found
+        return found
+
+    def body_limit(self, path: str) -> int:
+        """The largest body accepted on ``path``: its model version's limit for an inference
+        route, else :data:`NO_MODEL_BODY` (or ``max_body_bytes`` when set)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        try:
+            route, model, version = self.route(path)
+        except InferenceError:
+            return NO_MODEL_BODY
+        mv = self.repository.get(model, version) if route == "infer" else None
+        if mv is None or mv.signature is None:
+            return NO_MODEL_BODY if mv is None else BODY_CAP
+        return self.limits(mv.signature).body_bytes
+
+    def limits(self, signature: Signature) -> Limits:
+        cached = self._limits.get(id(signature))
+        if cached is None or cached[0] is not signature:
+            cached = self._limits[id(signature)] = (
+                signature, limits_for(signature, self.max_elements, BODY_CAP, self.max_body_bytes))
+        return cached[1]
+
+    def sync_metrics(self) -> None:
+        """Move counts kept outside prometheus_client (they are cheaper there) into it."""
+        self.metrics.flush()
+        suppressed = self.log.suppressed
+        if suppressed != self._log_suppressed:
+            self.metrics.log_suppressed.inc(suppressed - self._log_suppressed)
+            self._log_suppressed = suppressed
+
     # --- handlers -----------------------------------------------------------------------------
 
     def _get(self, route: str, model: str, version: str | None) -> Response:
@@ -93,6 +147,7 @@ class App:
         if route == "server":
             return Response(200, self.server_metadata)
         if route == "metrics":
+            self.sync_metrics()
             body, content_type = self.metrics.render()
             return Response(200, body, content_type.encode())
         mv = self._model(model, version)
@@ -102,16 +157,27 @@ class App:
             return Response(200, dumps({"name": mv.model, "version": mv.version, "ready": True}))
         return Response(200, dumps(self._metadata(mv)))
 
-    def _infer(self, mv: ModelVersion, body: bytes) -> Response:
+    def _infer(self, mv: ModelVersion, body: bytes | bytearray) -> Response:
         if mv.state != READY:
             raise _not_ready(mv)
         signature = mv.signature
-        request = decode_infer_request(body, signature)
+        limits = self.limits(signature)
+        if len(body) > limits.body_bytes:
+            raise TooLarge(f"request body of {len(body)} bytes exceeds the limit of {limits.body_bytes} "
+                           f"bytes for model {mv.model!r} version {mv.version!r}")
+        values = len(body) >= limits.values and json_values_over(body, limits.values)
+        if values:
+            raise TooLarge(f"request body holds up to {values} JSON values; model {mv.model!r} version "
+                           f"{mv.version!r} takes at most {limits.elements} tensor elements per request")
+        request = decode_infer_request(body, signature, limits.elements)
         try:
             arrays = mv.session.run(request.outputs, request.inputs)
         except INPUT_ERRORS as exc:
             raise InferenceError(400, f"the model rejected the input: {exc}") from None
-        specs = [signature.output_map[name] for name in request.outputs]
+        if request.outputs is signature.output_names:
+            specs = signature.outputs
+        else:
+            specs = [signature.output_map[name] for name in request.outputs]
         return Response(200, encode_infer_response(mv.model, mv.version, request.id, specs, arrays))
 
     def _server_ready(self) -> Response:

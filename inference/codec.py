@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import orjson
 
-from inference.errors import DecodeError
+from inference.errors import DecodeError, TooLarge
 
 # Open Inference Protocol v2 datatype -> numpy dtype, for every datatype the server accepts.
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -85,8 +86,7 @@ class Signature:
         object.__setattr__(self, "output_names", tuple(t.name for t in self.outputs))
 
 
-@dataclass(frozen=True, slots=True)
-class InferRequest:
+class InferRequest(NamedTuple):
     """A decoded request: the feed for the runtime, the outputs to return, the id to echo."""
 
     inputs: dict[str, np.ndarray]
@@ -103,13 +103,15 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def decode_infer_request(body: bytes, signature: Signature) -> InferRequest:
+def decode_infer_request(body: bytes | bytearray, signature: Signature,
+                         max_elements: int | None = None) -> InferRequest:
     """Decode and check a v2 inference request body against ``signature``.
 
     Accepts ``data`` flat in row-major order or nested to exactly ``shape``. Raises
     :class:`DecodeError` for malformed JSON, unknown/missing/duplicate inputs, a datatype other
     than the model's, a shape the model cannot take, data that does not fill the shape or holds
-    values of the wrong JSON type or out of the datatype's range, and unknown requested outputs.
+    values of the wrong JSON type or out of the datatype's range, and unknown requested outputs;
+    :class:`TooLarge` when the shapes declare more than ``max_elements`` elements in all.
     """
     try:
         doc = orjson.loads(body)
@@ -125,36 +127,43 @@ def decode_infer_request(body: bytes, signature: Signature) -> InferRequest:
     raw_inputs = doc.get("inputs")
     if type(raw_inputs) is not list or not raw_inputs:
         raise DecodeError("inputs", "must be a non-empty array of tensors")
+    input_map = signature.input_map
     feed: dict[str, np.ndarray] = {}
+    budget = math.inf if max_elements is None else max_elements
     for index, tensor in enumerate(raw_inputs):
-        where = f"inputs[{index}]"
         if type(tensor) is not dict:
-            raise DecodeError(where, "must be an object with name, shape, datatype and data")
+            raise DecodeError(f"inputs[{index}]", "must be an object with name, shape, datatype and data")
         name = tensor.get("name")
-        if type(name) is not str:
-            raise DecodeError(f"{where}.name", "must be a string")
-        spec = signature.input_map.get(name)
+        spec = input_map.get(name) if type(name) is str else None
         if spec is None:
-            raise DecodeError(f"{where}.name", f"the model has no input {name!r} "
-                              f"(inputs: {', '.join(signature.input_map)})")
+            if type(name) is not str:
+                raise DecodeError(f"inputs[{index}].name", "must be a string")
+            raise DecodeError(f"inputs[{index}].name", f"the model has no input {name!r} "
+                              f"(inputs: {', '.join(input_map)})")
         if name in feed:
-            raise DecodeError(f"{where}.name", f"input {name!r} is given more than once")
-        _check_parameters(tensor, f"{where}.parameters")
-        feed[name] = _decode_tensor(tensor, spec, where)
-    missing = [n for n in signature.input_map if n not in feed]
-    if missing:
+            raise DecodeError(f"inputs[{index}].name", f"input {name!r} is given more than once")
+        params = tensor.get("parameters")
+        if params is not None and type(params) is not dict:
+            raise DecodeError(f"inputs[{index}].parameters", "must be an object")
+        array = feed[name] = _decode_tensor(tensor, spec, index, budget, max_elements)
+        budget -= array.size
+    if len(feed) != len(input_map):
+        missing = [n for n in input_map if n not in feed]
         raise DecodeError("inputs", f"missing input(s): {', '.join(missing)}")
-    return InferRequest(feed, _decode_outputs(doc.get("outputs"), signature), request_id)
+    outputs = doc.get("outputs")
+    if outputs is None or outputs == []:
+        return InferRequest(feed, signature.output_names, request_id)
+    return InferRequest(feed, _decode_outputs(outputs, signature), request_id)
 
 
 def encode_infer_response(model: str, version: str, request_id: str | None,
-                          outputs: list[TensorSpec], arrays: list[np.ndarray]) -> bytes:
+                          outputs: Sequence[TensorSpec], arrays: list[np.ndarray]) -> bytes:
     """The v2 response body for ``arrays`` computed for ``outputs``."""
     tensors = []
     for spec, array in zip(outputs, arrays):
         flat = array.ravel()
         tensors.append({
-            "name": spec.name, "datatype": spec.datatype, "shape": list(array.shape),
+            "name": spec.name, "datatype": spec.datatype, "shape": array.shape,
             # orjson writes numeric arrays itself; strings come back from onnxruntime as objects.
             "data": flat.tolist() if flat.dtype.kind == "O" else flat,
         })
@@ -171,27 +180,37 @@ def _check_parameters(container: dict, where: str) -> None:
 
 
 def _decode_shape(value: Any, spec: TensorSpec, where: str) -> tuple[int, ...]:
-    if type(value) is not list:
+    dims = spec.shape
+    if type(value) is list and len(value) == len(dims):
+        for d, m in zip(value, dims):
+            if type(d) is not int or d < 0 or d > MAX_DIM or (m != d and m != -1):
+                break
+        else:
+            return tuple(value)
+    _shape_error(value, spec, where)
+
+
+def _shape_error(value: Any, spec: TensorSpec, where: str) -> NoReturn:
+    if type(value) is not list or any(type(d) is not int or d < 0 or d > MAX_DIM for d in value):
         raise DecodeError(f"{where}.shape", "must be an array of non-negative integers")
-    fits = len(value) == len(spec.shape)
-    for d, m in zip(value, spec.shape + (-1,) * len(value)):
-        if type(d) is not int or d < 0 or d > MAX_DIM:
-            raise DecodeError(f"{where}.shape", "must be an array of non-negative integers")
-        if m != -1 and m != d:
-            fits = False
-    if not fits:
-        raise DecodeError(f"{where}.shape", f"{value} does not fit input {spec.name!r} of shape "
-                          f"{list(spec.shape)} (-1 = any size)")
-    return tuple(value)
+    raise DecodeError(f"{where}.shape", f"{value} does not fit input {spec.name!r} of shape "
+                      f"{list(spec.shape)} (-1 = any size)")
 
 
-def _decode_tensor(tensor: dict, spec: TensorSpec, where: str) -> np.ndarray:
+def _decode_tensor(tensor: dict, spec: TensorSpec, index: int, budget: float,
+                   max_elements: int | None) -> np.ndarray:
     datatype = tensor.get("datatype")
     if datatype != spec.datatype:
+        where = f"inputs[{index}].datatype"
         if type(datatype) is not str or datatype not in NUMPY_DTYPES:
-            raise DecodeError(f"{where}.datatype", f"must be one of {', '.join(DATATYPES)}")
-        raise DecodeError(f"{where}.datatype", f"input {spec.name!r} takes {spec.datatype}, not {datatype}")
+            raise DecodeError(where, f"must be one of {', '.join(DATATYPES)}")
+        raise DecodeError(where, f"input {spec.name!r} takes {spec.datatype}, not {datatype}")
+    where = f"inputs[{index}]"
     shape = _decode_shape(tensor.get("shape"), spec, where)
+    size = math.prod(shape)
+    if size > budget:
+        raise TooLarge(f"{where}.shape: {list(shape)} is {size} elements; a request to this model "
+                       f"may carry at most {max_elements} in all")
     data = tensor.get("data")
     if type(data) is not list:
         raise DecodeError(f"{where}.data", "must be an array (flat in row-major order, or nested)")
@@ -201,16 +220,15 @@ def _decode_tensor(tensor: dict, spec: TensorSpec, where: str) -> np.ndarray:
             raise DecodeError(f"{where}.data", "BYTES takes JSON strings only")
     else:
         array = _as_array(data, where)
-    size = math.prod(shape)
     if array.shape != shape and not (array.ndim == 1 and array.size == size):
         raise DecodeError(f"{where}.data", f"has {array.size} value(s) in shape {list(array.shape)}; "
                           f"shape {list(shape)} needs {size}, flat or nested to that shape")
     dtype = NUMPY_DTYPES[datatype]
-    if array.size == 0:
+    if size == 0:
         return np.empty(shape, dtype=dtype)
     if datatype != "BYTES":
         array = _cast(array, data, datatype, dtype, where)
-    return array.reshape(shape)
+    return array if array.shape == shape else array.reshape(shape)
 
 
 def _as_array(data: list, where: str, dtype: Any = None) -> np.ndarray:
@@ -246,8 +264,6 @@ def _cast(array: np.ndarray, data: list, datatype: str, dtype: np.dtype, where: 
 
 
 def _decode_outputs(value: Any, signature: Signature) -> tuple[str, ...]:
-    if value is None or value == []:
-        return signature.output_names
     if type(value) is not list:
         raise DecodeError("outputs", "must be an array of {\"name\": ...} objects")
     names: list[str] = []

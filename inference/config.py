@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import ConfigError
+from inference.limits import DEFAULT_MAX_ELEMENTS
 from inference.repository import NAME
 
 ENV_PREFIX = "EDGE_INFER_"
@@ -22,7 +23,10 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 1
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int | None = None  # None: derived from each model's inputs
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+    max_connections: int = 512
+    max_inflight_bytes: int = 64 * 1024 * 1024
     expect_sha256: dict[tuple[str, str], str] = field(default_factory=dict)
     registry: str | None = None
     s3_endpoint: str | None = None
@@ -30,6 +34,7 @@ class Settings:
     metrics_dir: Path = Path("/tmp/edge-infer/metrics")
     log_level: str = "info"
     log_sample: float = 0.0
+    log_rate: float = 100.0
     loop: str = "uvloop"
     grace_seconds: float = 20.0
     idle_timeout: float = 60.0
@@ -72,9 +77,19 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("port", "--port", _bounded(int, 1, 65535), "TCP port"),
     ("workers", "--workers", _bounded(int, 1, 64), "worker processes sharing the port (SO_REUSEPORT)"),
     ("max_body_bytes", "--max-body-bytes", _bounded(int, 1024, 1 << 31),
-     "largest request body accepted; larger ones get 413"),
+     "largest request body accepted, for every model; larger ones get 413 (unset: derived from "
+     "each model's input shapes and datatypes, at most 32 MiB)"),
+    ("max_elements", "--max-elements", _bounded(int, 1, 1 << 31),
+     "most tensor elements one request may carry in inputs of dynamic shape (fixed-shape inputs "
+     "always fit); more get 413 before the body is decoded"),
+    ("max_connections", "--max-connections", _bounded(int, 1, 1 << 20),
+     "open connections per worker; more are answered 503 and closed"),
+    ("max_inflight_bytes", "--max-inflight-bytes", _bounded(int, 1024, 1 << 40),
+     "request body bytes a worker buffers at once; a request that would exceed it waits "
+     "(its connection is not read) until others finish"),
     ("registry", "--registry", _optional_str,
-     "s3://bucket/prefix to fetch models from (replaces --model-repository)"),
+     "s3://bucket/prefix to fetch models from (replaces --model-repository); only versions given "
+     "an --expect-sha256 (the catalog's digest) are fetched, never trusting the object's metadata"),
     ("s3_endpoint", "--s3-endpoint", _optional_str, "S3 endpoint URL (default: AWS)"),
     ("cache_dir", "--cache-dir", Path, "where registry models are cached after verification"),
     ("metrics_dir", "--metrics-dir", Path, "scratch directory for metrics of several workers"),
@@ -82,6 +97,9 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "debug logs every request"),
     ("log_sample", "--log-sample", _bounded(float, 0.0, 1.0),
      "fraction of successful requests logged at info"),
+    ("log_rate", "--log-rate", _bounded(float, 0.0, 1e9),
+     "most successful-request lines logged per second and worker, 0 for no limit (the rest are "
+     "counted in edge_infer_access_log_suppressed_total)"),
     ("loop", "--loop", _choice("uvloop", "asyncio"), "event loop implementation"),
     ("grace_seconds", "--grace-seconds", _bounded(float, 0.0, 3600.0),
      "on SIGTERM, how long in-flight requests may take to finish"),

@@ -30,3 +30,10 @@ class ConfigError(Exception):
         self.source = source
         self.fix = fix
         super().__init__(f"{source}: {message} (fix: {fix})")
+
+
+class TooLarge(InferenceError):
+    """A request larger than the server or the model accepts (HTTP 413)."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message)

@@ -7,6 +7,8 @@ supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                ProcessCollector, disable_created_metrics, generate_latest)
@@ -44,24 +46,51 @@ class Metrics:
             "edge_infer_model_state",
             "1 for the state each model version is in (LOADING, READY, FAILED), else 0.",
             ["model", "version", "state"], registry=self.registry, multiprocess_mode="livemin")
-        self._requests: dict[tuple[str, str, int], object] = {}
-        self._latency: dict[tuple[str, str], object] = {}
+        self.log_suppressed = Counter(
+            "edge_infer_access_log_suppressed",
+            "Successful requests chosen for the access log (--log-sample) but not written because "
+            "more than --log-rate lines per second were due.", registry=self.registry)
+        self.log_rate = Gauge(
+            "edge_infer_access_log_rate_limit",
+            "Most successful-request lines written to the access log per second and worker "
+            "(0: no limit).", registry=self.registry, multiprocess_mode="max")
+        self.log_sample = Gauge(
+            "edge_infer_access_log_sample_ratio",
+            "Fraction of successful requests chosen for the access log (--log-sample; all of them "
+            "at --log-level debug).", registry=self.registry, multiprocess_mode="max")
+        self._ok: dict[tuple[str, str], _Successes] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._errors: dict[int, Any] = {}
 
-    def observe(self, model: str, version: str, status: int, seconds: float | None) -> None:
-        """Count one inference request (and its latency when it reached the model)."""
+    def ok(self, model: str, version: str, seconds: float) -> None:
+        """Count a successful inference request and its latency (shown after :meth:`flush`)."""
+        series = self._ok.get((model, version))
+        if series is None:
+            series = self._ok[(model, version)] = _Successes(
+                self.requests.labels(model, version, "200"), self.latency.labels(model, version))
+        series.count += 1
+        series.seconds += seconds
+        series.buckets[bisect_left(BUCKETS, seconds)] += 1
+
+    def flush(self) -> None:
+        """Add the successes counted since the last flush to the exported series."""
+        for series in self._ok.values():
+            if series.count:
+                series.flush()
+
+    def failed(self, model: str, version: str, status: int) -> None:
+        """Count an inference request answered with an error."""
         key = (model, version, status)
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.requests.labels(model, version, str(status))
         child.inc()
-        if seconds is not None:
-            hist = self._latency.get(key[:2])
-            if hist is None:
-                hist = self._latency[key[:2]] = self.latency.labels(model, version)
-            hist.observe(seconds)
 
     def error(self, status: int) -> None:
-        self.errors.labels(str(status)).inc()
+        child = self._errors.get(status)
+        if child is None:
+            child = self._errors[status] = self.errors.labels(str(status))
+        child.inc()
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for name in STATES:
@@ -69,8 +98,32 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Successes:
+    """Successful requests of one model version since the last flush, in plain integers: two
+    locked prometheus_client updates per request cost more than the rest of the bookkeeping."""
+
+    __slots__ = ("counter", "histogram", "count", "seconds", "buckets")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.counter, self.histogram = counter, histogram
+        self.count, self.seconds = 0, 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+
+    def flush(self) -> None:
+        self.counter.inc(self.count)
+        # prometheus_client has no bulk observe: add to the histogram's own per-bucket values
+        # (what observe() increments; cumulated when exported) and to its sum.
+        for value, count in zip(self.histogram._buckets, self.buckets):
+            if count:
+                value.inc(count)
+        self.histogram._sum.inc(self.seconds)
+        self.count, self.seconds = 0, 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)

@@ -1,9 +1,11 @@
 """Model versions from an S3 registry, verified into a local cache before anything loads them.
 
 ``s3://bucket/prefix`` holds the repository layout (``<model>/<version>/model.onnx`` and an
-optional ``config.yaml``). Each ``model.onnx`` object carries its digest in the user metadata
-``sha256`` (``x-amz-meta-sha256``). An object whose download does not hash to that digest, or
-that has none, is refused: it never lands in the cache and its version is reported FAILED.
+optional ``config.yaml``). Every version is verified against the digest the model catalog
+declares for it (``--expect-sha256 model:version=<sha256>``), never against the object's own
+``x-amz-meta-sha256``: whoever can write the bucket can write that metadata too. A version the
+catalog gives no digest for, or whose download does not hash to it, is refused: it never lands
+in the cache and its version is reported FAILED.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from inference.errors import ConfigError
 from inference.repository import CONFIG_FILE, MODEL_FILE, NAME, SHA256
 
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/(?P<prefix>.*))?$")
-METADATA_KEY = "sha256"
+EXPECTED_SOURCE = "--expect-sha256"
 
 
 @dataclass
@@ -60,10 +63,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync(uri: str, cache: Path, client) -> SyncResult:
+def sync(uri: str, cache: Path, client, expected: Mapping[tuple[str, str], str]) -> SyncResult:
     """Bring every verified ``model.onnx`` (and its ``config.yaml``) under ``uri`` into ``cache``.
 
-    A cached file whose digest already matches is kept. Concurrent syncs (one per worker
+    ``expected`` maps ``(model, version)`` to the catalog's sha256; a version without one is
+    refused. A cached file whose digest already matches is kept. Concurrent syncs (one per worker
     process) serialise per version on a lock file, and files only appear by atomic rename.
     """
     bucket, prefix = parse_registry(uri)
@@ -83,31 +87,32 @@ def sync(uri: str, cache: Path, client) -> SyncResult:
         target.mkdir(parents=True, exist_ok=True)
         with (target / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            want, problem = _fetch_version(client, bucket, key, target, CONFIG_FILE in files)
+            want = expected.get((model, version), "")
+            problem = _fetch_version(client, bucket, key, target, CONFIG_FILE in files, want, f"{model}:{version}")
         if want:
-            result.expected[(model, version)] = {f"s3://{bucket}/{key}{MODEL_FILE} metadata": want}
+            result.expected[(model, version)] = {EXPECTED_SOURCE: want}
         if problem:
             result.failures[(model, version)] = f"refused s3://{bucket}/{key}{MODEL_FILE}: {problem}"
     return result
 
 
-def _fetch_version(client, bucket: str, key: str, target: Path, has_config: bool) -> tuple[str, str | None]:
-    """Fetch one version into ``target``; returns (the digest its metadata names or "", what is wrong)."""
-    head = client.head_object(Bucket=bucket, Key=key + MODEL_FILE)
-    want = (head.get("Metadata") or {}).get(METADATA_KEY, "").lower()
+def _fetch_version(client, bucket: str, key: str, target: Path, has_config: bool, want: str,
+                   name: str) -> str | None:
+    """Fetch one version into ``target`` if it hashes to ``want``; returns what is wrong."""
     model_path = target / MODEL_FILE
     if not SHA256.match(want):
         _remove(model_path)
-        return "", f"the object has no valid '{METADATA_KEY}' metadata to verify it against"
+        return (f"the catalog gives no sha256 for {name} (fix: pass {EXPECTED_SOURCE} {name}=<its sha256 in "
+                "models/catalog.yaml>; the object's own x-amz-meta-sha256 is not trusted)")
     if not (model_path.is_file() and file_sha256(model_path) == want):
         got = _download(client, bucket, key + MODEL_FILE, model_path, want)
         if got != want:
-            return want, f"the download hashes to {got}, its metadata says {want}"
+            return f"the download hashes to {got}, the catalog expects {want}"
     if has_config:
         _download(client, bucket, key + CONFIG_FILE, target / CONFIG_FILE)
     else:
         _remove(target / CONFIG_FILE)
-    return want, None
+    return None
 
 
 def _download(client, bucket: str, key: str, dest: Path, want: str | None = None) -> str:

@@ -45,6 +45,7 @@ def supervise(settings: Settings) -> int:
             try:
                 code = server.serve(settings)
             finally:
+                logs.flush()
                 sys.stderr.flush()
                 os._exit(code)
         children[pid] = index

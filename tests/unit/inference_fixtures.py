@@ -2,7 +2,7 @@
 
 Models (opset 21, built with onnx.helper, weights from a seeded generator):
 
-- ``mlp_model``: ``features`` FP32 [-1, 64] -> Gemm 128 -> Relu -> Gemm 64 -> Relu -> Gemm 1 ->
+- ``mlp_model``: ``features`` FP32 [-1, 64] (or a fixed batch) -> Gemm 128 -> Relu -> Gemm 64 -> Relu -> Gemm 1 ->
   ``score`` FP32 [-1, 1].
 - ``arith_model``: ``x``, ``y`` INT64 [-1] -> ``sum`` INT64 and ``greater`` BOOL.
 - ``logic_model``: ``a``, ``b`` BOOL [-1, 2] -> ``and``, ``xor`` BOOL.
@@ -65,8 +65,8 @@ def mlp_weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
              (rng.standard_normal(o) * 0.1).astype(np.float32)) for i, o in zip(sizes, sizes[1:])]
 
 
-def mlp_model(seed: int = 0) -> bytes:
-    """The 64 -> 128 -> 64 -> 1 MLP (FP32)."""
+def mlp_model(seed: int = 0, batch: int | str = "batch") -> bytes:
+    """The 64 -> 128 -> 64 -> 1 MLP (FP32); ``batch`` names a dynamic batch dimension or fixes it."""
     nodes, inits, last = [], [], "features"
     for i, (w, b) in enumerate(mlp_weights(seed)):
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -75,8 +75,8 @@ def mlp_model(seed: int = 0) -> bytes:
         if i < 2:
             nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
         last = out
-    return _model(nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 64])],
-                  [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])], inits, "mlp")
+    return _model(nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 64])],
+                  [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], inits, "mlp")
 
 
 def mlp_reference(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -166,6 +166,18 @@ class ServerProcess:
             except orjson.JSONDecodeError:
                 lines.append({"raw": raw.decode("utf-8", "replace")})
         return lines
+
+    def wait_for_lines(self, predicate, timeout: float = 5.0) -> list[dict]:
+        """The log lines matching ``predicate`` once there is one (request lines are written in
+        batches, a fraction of a second after the request)."""
+        found: list[dict] = []
+
+        def match() -> bool:
+            found[:] = [line for line in self.log_lines() if predicate(line)]
+            return bool(found)
+
+        wait_until(match, timeout, "a matching log line")
+        return found
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,

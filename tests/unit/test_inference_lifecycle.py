@@ -65,7 +65,8 @@ def test_workers_share_the_port_and_aggregate_metrics(repo, tmp_path):
         before = _requests_total(srv.port)
         for _ in range(40):  # a new connection each, spread over both workers by the kernel
             assert post_json(srv.port, "/v2/models/mlp/infer", GOOD)[0] == 200
-        assert _requests_total(srv.port) - before == 40
+        # Each worker adds its counts to the shared series a fraction of a second later.
+        wait_until(lambda: _requests_total(srv.port) - before == 40, 5, "40 requests counted")
         assert {line["pid"] for line in srv.log_lines() if line.get("msg") == "listening"} == {w.pid for w in workers}
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(15) == 0
@@ -95,13 +96,13 @@ def test_environment_variables_configure_the_server(repo, tmp_path):
         lines = srv.log_lines()
         assert any(line.get("msg") == "listening" and line.get("loop") == "asyncio" for line in lines)
         # At debug level every request has its line.
-        assert any(line.get("msg") == "request" and line.get("status") == 200 for line in srv.log_lines())
+        srv.wait_for_lines(lambda line: line.get("msg") == "request" and line.get("status") == 200)
 
 
 def test_log_sampling_logs_successful_requests_at_info(repo, tmp_path):
     with run_server(["--model-repository", str(repo), "--log-sample", "1"], tmp_path / "server.log") as srv:
         post_json(srv.port, "/v2/models/mlp/infer", GOOD)
-        [line] = [ln for ln in srv.log_lines() if ln.get("msg") == "request" and ln.get("path") == "/v2/models/mlp/infer"]
+        [line] = srv.wait_for_lines(lambda ln: ln.get("msg") == "request" and ln.get("path") == "/v2/models/mlp/infer")
         assert line["level"] == "info" and line["model"] == "mlp" and line["duration_us"] > 0
 
 

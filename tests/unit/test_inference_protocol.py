@@ -343,6 +343,7 @@ def test_metrics_count_requests_latency_errors_and_model_state(server):
 
 def test_logs_are_json_lines_with_every_error(server):
     request(server.port, "GET", "/v2/models/log-probe")
+    server.wait_for_lines(lambda line: line.get("path") == "/v2/models/log-probe")
     lines = server.log_lines()
     assert all("raw" not in line for line in lines), [line for line in lines if "raw" in line][:3]
     assert {"listening", "model version ready", "model version failed"} <= {line["msg"] for line in lines}

@@ -43,6 +43,11 @@ def endpoint():
     server.stop()
 
 
+# What the catalog declares: the registry's own metadata is never what a download is checked against.
+CATALOG = {("mlp", "1"): sha256(mlp_model(0)), ("mlp", "2"): sha256(mlp_model(1)), ("text", "1"): sha256(text_model()),
+           ("tampered", "1"): sha256(mlp_model(0))}
+
+
 def client(url: str):
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -56,25 +61,25 @@ def test_registry_uri_is_checked():
 
 
 def test_sync_caches_verified_models_and_refuses_tampered_ones(endpoint, tmp_path):
-    result = sync("s3://models/fleet", tmp_path, client(endpoint))
+    result = sync("s3://models/fleet", tmp_path, client(endpoint), CATALOG)
     assert set(result.expected) == {("mlp", "1"), ("mlp", "2"), ("text", "1"), ("tampered", "1")}
-    assert result.expected[("mlp", "1")] == {"s3://models/fleet/mlp/1/model.onnx metadata": sha256(mlp_model(0))}
+    assert result.expected[("mlp", "1")] == {"--expect-sha256": sha256(mlp_model(0))}
     assert (tmp_path / "mlp" / "1" / "model.onnx").read_bytes() == mlp_model(0)
     assert (tmp_path / "mlp" / "2" / "config.yaml").read_text() == "intra_op_threads: 1\n"
     assert set(result.failures) == {("tampered", "1"), ("unsigned", "1")}
-    assert f"hashes to {sha256(mlp_model(2))}, its metadata says {sha256(mlp_model(0))}" in result.failures[("tampered", "1")]
-    assert "no valid 'sha256' metadata" in result.failures[("unsigned", "1")]
+    assert f"hashes to {sha256(mlp_model(2))}, the catalog expects {sha256(mlp_model(0))}" in result.failures[("tampered", "1")]
+    assert "the catalog gives no sha256 for unsigned:1" in result.failures[("unsigned", "1")]
     assert not (tmp_path / "tampered" / "1" / "model.onnx").exists()
     assert not (tmp_path / "unsigned" / "1" / "model.onnx").exists()
     assert not (tmp_path / "ignored").exists()
 
 
 def test_sync_keeps_a_good_cache_and_repairs_a_bad_one(endpoint, tmp_path):
-    sync("s3://models/fleet", tmp_path, client(endpoint))
+    sync("s3://models/fleet", tmp_path, client(endpoint), CATALOG)
     good, bad = tmp_path / "mlp" / "1" / "model.onnx", tmp_path / "mlp" / "2" / "model.onnx"
     good_inode = good.stat().st_ino
     bad.write_bytes(b"corrupted on disk")
-    sync("s3://models/fleet", tmp_path, client(endpoint))
+    sync("s3://models/fleet", tmp_path, client(endpoint), CATALOG)
     assert good.stat().st_ino == good_inode  # not downloaded again
     assert bad.read_bytes() == mlp_model(1)
 
@@ -84,7 +89,8 @@ def test_server_loads_from_the_registry_and_refuses_the_tampered_object(endpoint
     write_version(tmp_path / "cache", "retired", "1", mlp_model(0))
     args = ["--registry", "s3://models/fleet", "--s3-endpoint", endpoint, "--cache-dir", str(tmp_path / "cache"),
             "--model-repository", str(tmp_path / "unused"),
-            "--expect-sha256", f"text:1={sha256(b'not the text model')}"]
+            "--expect-sha256", f"text:1={sha256(b'not the text model')}",
+            *(f"--expect-sha256={m}:{v}={d}" for (m, v), d in CATALOG.items() if m != "text")]
     with run_server(args, tmp_path / "server.log", env=CREDENTIALS) as srv:
         status, meta = get_json(srv.port, "/v2/models/mlp")
         assert status == 200 and meta["version"] == "2" and meta["sha256"] == sha256(mlp_model(1))
@@ -92,8 +98,8 @@ def test_server_loads_from_the_registry_and_refuses_the_tampered_object(endpoint
             {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]})
         assert status == 200 and body["outputs"][0]["shape"] == [1, 1]
         for model, fragment in [("tampered", "refused s3://models/fleet/tampered/1/model.onnx: the download hashes"),
-                                ("unsigned", "no valid 'sha256' metadata"),
-                                ("text", "(--expect-sha256)")]:
+                                ("unsigned", "the catalog gives no sha256 for unsigned:1"),
+                                ("text", f"the catalog expects {sha256(b'not the text model')}")]:
             status, meta = get_json(srv.port, f"/v2/models/{model}/versions/1")
             assert status == 200 and meta["state"] == "FAILED" and fragment in meta["reason"], meta
             assert get_json(srv.port, f"/v2/models/{model}/versions/1/ready")[0] == 503
