@@ -9,7 +9,7 @@ from typing import Callable
 import pulumi
 
 from components.inventory import LoadedInventory, SecretRef, Site, expand_path
-from components.site import EdgeSite, SiteSettings
+from components.site import EdgeSite, SiteSettings, host_key, machine_ids
 
 # A workload deployer receives the inventory site and its component and deploys onto the
 # site's provider; the inference component plugs in here so the fleet does not depend on what
@@ -23,6 +23,7 @@ class FleetArgs:
     fleet_secret: pulumi.Output[str]
     dial_timeout_s: int = 60
     ready_timeout_s: int = 300
+    command_timeout_s: int | None = None  # None: each remote step's deadline derives from its own timeouts
     deployers: tuple[WorkloadDeployer, ...] = field(default_factory=tuple)
     probe_servers: bool = False
 
@@ -72,6 +73,14 @@ class EdgeFleet(pulumi.ComponentResource):
             for message in probe_servers(args.inventory):
                 pulumi.log.warn(message, resource=self)
         self.sites = {}
+        # Machine ids over the whole fleet: a host key pinned twice (a cloned image) anywhere
+        # falls back to name-based ids, so resource names can never collide across sites.
+        machines = machine_ids([(h.name, host_key(h, base)) for s in inv.sites for h in s.hosts])
+        for host, machine in machines.items():
+            if machine.endswith(f"-{host}"):
+                pulumi.log.warn(f"host {host!r}: its pinned SSH host key is pinned by another host too (a cloned "
+                                "image?); its resources are named by host name, so renaming it reinstalls it "
+                                "(fix: give every machine its own host key: ssh-keygen -A)", resource=self)
         for site in inv.sites:
             keys = {h.name: read_secret(h.ssh.private_key, base, config) for h in site.hosts if h.ssh.private_key}
             settings = SiteSettings(
@@ -83,6 +92,7 @@ class EdgeFleet(pulumi.ComponentResource):
                              if site.distribution.pull_secret else None),
                 dial_timeout_s=args.dial_timeout_s,
                 ready_timeout_s=args.ready_timeout_s,
+                machines=machines,
             )
             edge_site = EdgeSite(site.name, site, settings, pulumi.ResourceOptions(parent=self))
             for deploy in args.deployers:

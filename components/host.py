@@ -10,21 +10,75 @@ and the version.
 delete uninstalls. ``drain`` cordons and drains the node through the first server before an
 upgrade; ``node`` waits for the node to be ready and uncordons it after one, and on removal
 drains and deletes the node *before* ``install`` uninstalls (dependents are deleted first).
+
+Identity: the children are named by the machine (a fingerprint of its pinned SSH host key),
+not by its inventory name or position, so renaming a host, reordering the servers or a new
+address keeps every resource (aliases carry the names of earlier releases). Their triggers
+are the steady-state render with the host name and the bootstrap-only settings normalised
+(:func:`steady_node`): only a real change of what runs re-runs drain and install. Each
+install claims the machine (:data:`CLAIM_FILE`); an uninstall on a machine another resource
+has claimed since is a no-op. In prod the install and node resources are protected unless
+the host is marked ``decommission: true``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import pulumi
 from components import remote
 
 from components.distributions.common import Artifact as DistArtifact
-from components.distributions.common import Driver, NodeSpec
+from components.distributions.common import Driver, NodeSpec, q
+from components.distributions.k3s import NODE_NAME_MARK
 
 ARTIFACT_DIR = "/var/lib/edgefleet/artifacts"
+CLAIM_FILE = "/var/lib/edgefleet/owner"
+
+
+def machine_id(host_key: str) -> str:
+    """A short stable id of the machine behind a pinned SSH host key: the same across
+    renames, reorders and address changes; a reimaged host (new key) is a new machine."""
+    kind, blob = host_key.split()[:2]  # the comment is not part of the key
+    return "m-" + hashlib.sha256(f"{kind} {blob}".encode()).hexdigest()[:12]
+
+
+def steady_node(node: NodeSpec) -> NodeSpec:
+    """``node`` with what must not re-run anything normalised: the inventory name (the node
+    keeps the name it registered with), and the bootstrap-only join settings (first server
+    or joiner, the URL it joined through), which distributions read only until the node
+    has joined."""
+    first = node.role == "server"
+    return replace(node, host="node", first_server=first, server_url=None if first else "https://registration:6443")
+
+
+def reported_node_name(stdout: str | None) -> str | None:
+    """The node name an install reported (the one it registered with), if it reports one."""
+    found = re.findall(rf"^{NODE_NAME_MARK}([a-z0-9.-]+)$", stdout or "", re.M)
+    return found[-1] if found else None
+
+
+def claiming(script: str, claim: str) -> str:
+    """``script``, then the machine claimed by ``claim`` (written only when it succeeded)."""
+    return script + f"""install -d -m 0700 /var/lib/edgefleet
+printf '%s\\n' {q(claim)} >{CLAIM_FILE}
+"""
+
+
+def unless_claimed(script: str, claim: str, what: str) -> str:
+    """``script`` run only while the machine is still claimed by ``claim`` (or by nobody):
+    a machine another live resource has claimed since is left alone."""
+    return f"""#!/usr/bin/env bash
+set -euo pipefail
+owner="$(cat {CLAIM_FILE} 2>/dev/null || true)"
+if [[ -n "$owner" && "$owner" != {q(claim)} ]]; then
+  printf '%s\\n' "[$(hostname)] not running {what}: this machine is managed as $owner now, not as {claim}" >&2
+  exit 0
+fi
+""" + script + f"rm -f -- {CLAIM_FILE}\n"
 
 
 @dataclass(frozen=True)
@@ -47,19 +101,20 @@ class SshTarget:
 
 @dataclass(frozen=True)
 class LocalArtifact:
-    """An artifact as the program ships it: a local file with its expected digest."""
+    """An artifact as the program ships it: a local file (for an https source, its verified
+    download in the cache) with its expected digest, uploaded to ``remote_path``."""
 
     name: str
     path: str
     sha256: str
+    url: str | None = None  # the https source the file was downloaded from
 
     def remote_path(self) -> str:
         return str(PurePosixPath(ARTIFACT_DIR) / f"{self.sha256[:16]}-{PurePosixPath(self.path).name}")
 
     def for_driver(self) -> DistArtifact:
-        # Local files are uploaded to remote_path first; URLs are fetched by the host itself.
-        src = self.path if self.path.startswith("https://") else self.remote_path()
-        return DistArtifact(name=self.name, url_or_path=src, sha256=self.sha256, dest=self.remote_path())
+        return DistArtifact(name=self.name, url_or_path=self.url or self.remote_path(), sha256=self.sha256,
+                            dest=self.remote_path())
 
 
 @dataclass(frozen=True)
@@ -68,10 +123,14 @@ class EdgeHostArgs:
     driver: Driver
     target: SshTarget
     artifacts: tuple[LocalArtifact, ...]
-    token: pulumi.Output[str]
+    environment: dict[str, pulumi.Input[str]]  # the install's secrets (join tokens), by variable
     version: str
+    machine: str  # stable machine id (see machine_id): names the children
+    claim: str  # what the install writes to CLAIM_FILE
     first_server: "EdgeHost | None" = None  # None: this host is the first server
     ready_timeout_s: int = 300
+    protect: bool = False  # refuse to delete (uninstall, remove the node) until decommissioned
+    legacy_name: str | None = None  # the component name children were named after before
 
 
 def digest(*parts: str) -> str:
@@ -104,91 +163,104 @@ class EdgeHost(pulumi.ComponentResource):
                 "hostKey": args.target.host_key,
                 "role": node.role,
                 "arch": node.arch,
+                "machine": args.machine,
             },
             opts,
         )
-        child = pulumi.ResourceOptions(parent=self)
         conn = args.target.connection()
         driver = args.driver
         dist_artifacts = [a.for_driver() for a in args.artifacts]
+        machine = args.machine
+
+        def opts_for(step: str, protect: bool = False, **kw) -> pulumi.ResourceOptions:
+            aliases = [pulumi.Alias(name=f"{args.legacy_name}-{step}")] if args.legacy_name else None
+            return pulumi.ResourceOptions(parent=self, aliases=aliases, protect=protect, **kw)
 
         label = f"site {node.site!r} host {node.host!r} ({args.target.address})"
         uploads = [
             remote.CopyToRemote(
-                f"{name}-upload-{a.name}",
+                f"{machine}-upload-{a.name}",
                 connection=conn,
                 source=a.path,
                 remote_path=a.remote_path(),
                 label=label,
                 triggers=[a.sha256],
-                opts=child,
+                opts=opts_for(f"upload-{a.name}"),
             )
             for a in args.artifacts
-            if not a.path.startswith("https://")
         ]
 
         install_script = driver.render_install(node, dist_artifacts, ready_timeout_s=args.ready_timeout_s)
-        # A change of version, artifact or rendered config re-runs install in place (the
-        # script restarts the service only when something it wrote changed).
-        install_trigger = [args.version, *(a.sha256 for a in args.artifacts), digest(install_script)]
+        steady = driver.render_install(steady_node(node), dist_artifacts, ready_timeout_s=args.ready_timeout_s)
+        # A change of version, artifact or steady-state config re-runs install in place (the
+        # script restarts the service only when something it wrote changed); a rename, a
+        # reorder or a new registration address re-runs nothing.
+        install_trigger = [args.version, *(a.sha256 for a in args.artifacts), digest(steady)]
 
         first = args.first_server
         server_conn = first.target.connection() if first else conn
-        server_label = first.label if first else label
+        # Node operations run on the first server but concern this host: named after both.
+        server_label = f"{label} via {first.label}" if first else label
         after_first = [first.install] if first else []
         # Cordon and drain through the first server before this node is upgraded. The first
         # server itself is not drained through its own API: restarting K3s leaves running pods
         # in place, and a first server whose API is down could not drain anything.
         drain = remote.Command(
-            f"{name}-drain",
+            f"{machine}-drain",
             connection=server_conn,
             label=server_label,
             create="true\n",
             update=driver.render_drain(node.host, timeout_s=args.ready_timeout_s) if first else "true\n",
             triggers=install_trigger,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after_first or None),
+            opts=opts_for("drain", depends_on=after_first or None),
         )
+        installed = claiming(install_script, args.claim)
         self.install = remote.Command(
-            f"{name}-install",
+            f"{machine}-install",
             connection=conn,
             label=label,
-            create=install_script,
-            update=install_script,
-            delete=driver.render_uninstall(node),
-            environment={driver.token_env: args.token},
+            create=installed,
+            update=installed,
+            delete=unless_claimed(driver.render_uninstall(node), args.claim, "the uninstall"),
+            environment=dict(args.environment),
             triggers=install_trigger,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*uploads, drain, *after_first]),
+            opts=opts_for("install", args.protect, depends_on=[*uploads, drain, *after_first]),
         )
+        # Node operations address the node by the name it registered with (reported by the
+        # install), which an inventory rename does not change.
+        registered = self.install.stdout.apply(lambda out: reported_node_name(out) or node.host)
+        timeout = args.ready_timeout_s
         # Ready and uncordoned after install/upgrade; drained and deleted before uninstall.
-        ready = driver.render_node_ready(node, timeout_s=args.ready_timeout_s)
+        ready = registered.apply(lambda n: driver.render_node_ready(replace(node, host=n), timeout_s=timeout))
         self.node_ready = remote.Command(
-            f"{name}-node",
+            f"{machine}-node",
             connection=server_conn,
             label=server_label,
             create=ready,
             update=ready,
             # Removing the first server removes the site: there is no cluster to leave.
-            delete=driver.render_remove_node(node.host, timeout_s=args.ready_timeout_s) if first else None,
+            delete=registered.apply(lambda n: driver.render_remove_node(n, timeout_s=timeout)) if first else None,
             triggers=install_trigger,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
+            opts=opts_for("node", args.protect, depends_on=[self.install]),
         )
+        self.machine = machine
         self.label = label
         self.target = args.target
         self.install_trigger = install_trigger
 
         self.kubeconfig = None
         if node.role == "server":
-            # The admin kubeconfig (CA and client certificate) outlives restarts and upgrades:
-            # fetched once per server address, so an upgrade never makes the site's provider
-            # (and everything deployed through it) look replaced.
+            # The admin kubeconfig (CA and client certificate) outlives restarts, upgrades and
+            # address changes: fetched once per machine, so none of them makes the site's
+            # provider (and everything deployed through it) look replaced.
             fetch = remote.Command(
-                f"{name}-kubeconfig",
+                f"{machine}-kubeconfig",
                 connection=conn,
                 label=label,
                 create=driver.render_fetch_kubeconfig(node),
                 triggers=[args.target.address],
                 secret_stdout=True,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.node_ready]),
+                opts=opts_for("kubeconfig", depends_on=[self.node_ready]),
             )
             self.kubeconfig = pulumi.Output.secret(fetch.stdout)
 

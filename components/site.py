@@ -23,9 +23,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.distributions import driver_for
-from components.distributions.common import DistributionError, Driver, NodeSpec
+from components.distributions.common import DistributionError, Driver, NodeSpec, combine_facts
 from components import remote, simulated
-from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget
+from components.artifact_cache import DownloadError, cache_path, fetch
+from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget, machine_id
 from components.inventory import Host, Site, artifact_sha256, expand_path
 
 
@@ -38,6 +39,17 @@ class SiteSettings:
     pull_secret: pulumi.Output[str] | None = None  # MicroShift's pull secret (secret), if the site has one
     dial_timeout_s: int = 60
     ready_timeout_s: int = 300
+    # Host name -> machine id, computed over the whole fleet (see machine_ids); None: this site's.
+    machines: dict[str, str] | None = None
+
+
+def machine_ids(hosts: list[tuple[str, str]]) -> dict[str, str]:
+    """Host name -> the id its resources are named by, for (host name, pinned host key)
+    pairs. A key pinned by several hosts (a cloned image) cannot tell them apart: those
+    hosts fall back to ids that include their name (a rename of one of them is a new machine)."""
+    ids = {name: machine_id(key) for name, key in hosts}
+    shared = {i for i in ids.values() if list(ids.values()).count(i) > 1}
+    return {name: f"{i}-{name}" if i in shared else i for name, i in ids.items()}
 
 
 def join_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str]:
@@ -45,6 +57,13 @@ def join_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str
     across runs, different for every site, never stored in plain text."""
     return pulumi.Output.secret(
         fleet_secret.apply(lambda s: hmac.new(s.encode(), f"edgefleet/join/{site}".encode(), hashlib.sha256).hexdigest())
+    )
+
+
+def agent_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str]:
+    """The site's agent token (K3s): joins agents only, never a server."""
+    return pulumi.Output.secret(
+        fleet_secret.apply(lambda s: hmac.new(s.encode(), f"edgefleet/agent-join/{site}".encode(), hashlib.sha256).hexdigest())
     )
 
 
@@ -106,7 +125,16 @@ def check_site(site: Site, base: Path) -> list[str]:
 
 
 def site_props(site: Site, environment: str, base: Path) -> dict:
-    """The site as the policy pack sees it (contract: policies/rules/edge.py)."""
+    """The site as the policy pack sees it (contract: policies/rules/edge.py). The install
+    facts are what the driver renders for each node (config files and command line),
+    combined so that a fact holds only if it holds on every node; a site the driver cannot
+    render holds none."""
+    driver = driver_for(site.distribution.name)
+    hosts = ordered_hosts(site)
+    try:
+        facts = combine_facts([driver.install_facts(node_spec(site, h, hosts[0])) for h in hosts])
+    except DistributionError:
+        facts = combine_facts([])
     return {
         "site": site.name,
         "topology": site.topology,
@@ -114,13 +142,8 @@ def site_props(site: Site, environment: str, base: Path) -> dict:
         "distribution": site.distribution.name,
         "version": site.distribution.version,
         "channel": None,
-        "install": {
-            "secretsEncryption": True,
-            "auditLog": True,
-            "anonymousAuth": False,
-            "protectKernelDefaults": site.distribution.protect_kernel_defaults,
-            "kubeconfigMode": "0600",
-        },
+        "install": facts,
+        "registryMirrors": {registry: list(endpoints) for registry, endpoints in sorted(site.registry_mirrors.items())},
         "artifacts": [
             {"name": a.name, "source": a.source, "sha256": artifact_sha256(a, base)} for a in site.artifacts
         ],
@@ -144,11 +167,42 @@ def local_artifacts(site: Site, host: Host, base: Path) -> tuple[LocalArtifact, 
     return tuple(
         LocalArtifact(
             name=a.name,
-            path=a.source if a.source.startswith("https://") else str(expand_path(a.source, base)),
+            path=(str(cache_path(a.source, artifact_sha256(a, base) or "")) if a.source.startswith("https://")
+                  else str(expand_path(a.source, base))),
             sha256=artifact_sha256(a, base) or "",
+            url=a.source if a.source.startswith("https://") else None,
         )
         for a in chosen
     )
+
+
+def download_artifacts(site: Site, base: Path) -> None:
+    """Download and verify the site's https artifacts into the cache (before an update
+    uploads them); the first failure stops the program, naming site, artifact and URL."""
+    for a in site.artifacts:
+        if a.source.startswith("https://"):
+            try:
+                fetch(a.source, artifact_sha256(a, base) or "", what=f"site {site.name!r} artifact {a.name!r} ({a.arch})")
+            except DownloadError as exc:
+                raise pulumi.RunError(str(exc)) from None
+
+
+def k3s_environments(site: Site, settings: SiteSettings, ca_sha256: pulumi.Output[str] | None) -> dict[str, dict[str, pulumi.Output[str]]]:
+    """K3s install secrets by role: the first server holds the server and agent tokens;
+    joining servers the server token and the agent token, agents only the agent token, both
+    in the secure form that checks the cluster CA (``ca_sha256``, read on the first server)."""
+    from components.distributions.k3s import AGENT_TOKEN_ENV, TOKEN_ENV, secure_token
+
+    server = join_token(settings.fleet_secret, site.name)
+    agent = agent_token(settings.fleet_secret, site.name)
+    envs: dict[str, dict[str, pulumi.Output[str]]] = {"first": {TOKEN_ENV: server, AGENT_TOKEN_ENV: agent}}
+    if ca_sha256 is not None:
+        def secure(user: str, token: pulumi.Output[str]) -> pulumi.Output[str]:
+            return pulumi.Output.secret(pulumi.Output.all(ca_sha256, token).apply(
+                lambda v: secure_token(v[0].strip(), user, v[1])))
+        envs["server"] = {TOKEN_ENV: secure("server", server), AGENT_TOKEN_ENV: agent}
+        envs["agent"] = {TOKEN_ENV: secure("node", agent)}
+    return envs
 
 
 class EdgeSite(pulumi.ComponentResource):
@@ -164,11 +218,24 @@ class EdgeSite(pulumi.ComponentResource):
         token = site_secret(site, settings)
         hosts = ordered_hosts(site)
         first = hosts[0]
+        base = settings.inventory_dir
+        machines = settings.machines or machine_ids([(h.name, host_key(h, base)) for h in site.hosts])
+        if not pulumi.runtime.is_dry_run():
+            download_artifacts(site, base)
+        k3s = site.distribution.name == "k3s"
+        envs = k3s_environments(site, settings, None) if k3s else {}
         self.hosts: dict[str, EdgeHost] = {}
         previous: EdgeHost | None = None
         for host in hosts:
             node = node_spec(site, host, first)
             first_host = self.hosts.get(first.name)  # None while the first server itself is built
+            if k3s and first_host is not None and "agent" not in envs:
+                envs = k3s_environments(site, settings, self._cluster_ca(name, first_host, node_spec(site, first, first)))
+            if k3s:
+                environment = envs["first" if first_host is None else host.role]
+            else:
+                environment = {driver.token_env: self._minted_token(name, node, driver, first_host, machines[host.name])
+                               or token}
             target = SshTarget(
                 address=host.address,
                 port=host.ssh.port,
@@ -184,10 +251,15 @@ class EdgeSite(pulumi.ComponentResource):
                     driver=driver,
                     target=target,
                     artifacts=local_artifacts(site, host, settings.inventory_dir),
-                    token=self._minted_token(name, node, driver, first_host) or token,
+                    environment=environment,
                     version=site.distribution.version,
+                    machine=machines[host.name],
+                    claim=f"{pulumi.get_stack()}/{machines[host.name]}",
                     first_server=first_host,
                     ready_timeout_s=settings.ready_timeout_s,
+                    # Prod refuses to uninstall or remove a node unless the change says so.
+                    protect=settings.environment == "prod" and not host.decommission,
+                    legacy_name=f"{name}-{host.name}",
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=[previous.node_ready] if previous else None),
             )
@@ -197,7 +269,10 @@ class EdgeSite(pulumi.ComponentResource):
         first_host = self.hosts[first.name]
         ready: list[pulumi.Resource] = [previous.node_ready] if previous else []
         if site.simulated_nodes is not None:
-            ready.append(self._simulated_nodes(name, site, first_host, settings, ready))
+            # kwok stays on one server whatever the inventory order: the one with the lowest
+            # machine id (a reorder or a rename does not move it).
+            kwok_host = min((self.hosts[h.name] for h in site.servers), key=lambda e: e.machine)
+            ready.append(self._simulated_nodes(name, site, kwok_host, settings, ready))
 
         api = site.registration_address or first.address
         assert first_host.kubeconfig is not None
@@ -207,30 +282,57 @@ class EdgeSite(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            enable_server_side_apply=True,
+            # The site's API moves with the first server or the registration address; it is
+            # still the same cluster, so the provider (and every object deployed through it)
+            # is updated, never replaced.
+            cluster_identifier=f"edgefleet-site-{site.name}",
+            # pulumi-kubernetes 4.25 turns a create into an upsert under server-side apply: a
+            # renamed resource would adopt the live object and the old one's delete would then
+            # remove it. Client-side apply fails the create instead ("already exists").
+            enable_server_side_apply=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=ready or None),
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})
 
-    def _minted_token(self, name: str, node: NodeSpec, driver: Driver, first: EdgeHost | None) -> pulumi.Output[str] | None:
+    def _cluster_ca(self, name: str, first: EdgeHost, node: NodeSpec) -> pulumi.Output[str]:
+        """The sha256 of the cluster CA, read on the first server (K3s joiners check it); read
+        again when another machine becomes the first server (the same cluster keeps its CA,
+        so nothing else changes; a rebuilt one has a new CA)."""
+        from components.distributions.k3s import render_ca_hash
+
+        script = render_ca_hash(node)
+        read = remote.Command(
+            f"{name}-cluster-ca",
+            connection=first.target.connection(),
+            label=first.label,
+            create=script,
+            update=script,
+            triggers=[first.machine],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready]),
+        )
+        return read.stdout.apply(lambda out: (out or "").strip())
+
+    def _minted_token(self, name: str, node: NodeSpec, driver: Driver, first: EdgeHost | None,
+                      machine: str) -> pulumi.Output[str] | None:
         """A join token the first server mints for ``node`` (k0s), kept as a secret; None when
         the distribution joins with the site's shared token."""
         script = driver.render_join_token(node)
         if script is None or first is None:
             return None
         mint = remote.Command(
-            f"{name}-{node.host}-join-token",
+            f"{machine}-join-token",
             connection=first.target.connection(),
             label=first.label,
             create=script,
             secret_stdout=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready],
+                                        aliases=[pulumi.Alias(name=f"{name}-{node.host}-join-token")]),
         )
         return pulumi.Output.secret(mint.stdout.apply(lambda out: (out or "").strip()))
 
     def _simulated_nodes(self, name: str, site: Site, first: EdgeHost, settings: SiteSettings,
                          after: list[pulumi.Resource]) -> pulumi.Resource:
-        """kwok on the first server, registering the site's simulated worker nodes."""
+        """kwok on a server of the site (``first``), registering the site's simulated worker nodes."""
         from components.distributions.k3s import KUBECONFIG, KUBECTL_FN
 
         sim = site.simulated_nodes
@@ -241,7 +343,8 @@ class EdgeSite(pulumi.ComponentResource):
         conn = first.target.connection()
         upload = remote.CopyToRemote(
             f"{name}-kwok-upload", connection=conn, source=art.path, remote_path=art.remote_path(),
-            label=first.label, triggers=[art.sha256], opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            label=first.label, triggers=[art.sha256, first.machine],  # moved to another server: copied there
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
         )
         host = first.target.address
         stages = expand_path(sim.stages, base).read_text()

@@ -8,6 +8,7 @@ uses a prod-like inventory whose hosts are on loopback."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,7 +77,9 @@ def test_dev_preview_with_the_pack_shows_every_site(dev: Pulumi):
     assert all(counts.values()), counts
     assert counts["lab-ha"] > counts["lab-gw"], "three servers and more workloads than the gateway"
     for host in ("single-1", "ha-1", "ha-2", "ha-3", "gw-1"):
-        assert f"-{host}-install" in out.stdout
+        assert re.search(rf"edge:host:EdgeHost\s+lab-[a-z]+-{host}\s", out.stdout), host
+    # A host's steps are named by its machine (pinned host key), not by its inventory name.
+    assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == 5
 
 
 def test_prod_preview_with_mandatory_pack_passes_offline(prod: Pulumi):
@@ -86,7 +89,8 @@ def test_prod_preview_with_mandatory_pack_passes_offline(prod: Pulumi):
     for site in inv["sites"]:
         assert f"edge:site:EdgeSite {site['name']} " in " ".join(out.stdout.split())
         for host in site["hosts"]:
-            assert f"{site['name']}-{host['name']}-install" in out.stdout
+            assert f"edge:host:EdgeHost {site['name']}-{host['name']} " in " ".join(out.stdout.split())
+    assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == sum(len(s["hosts"]) for s in inv["sites"])
 
 
 def test_invalid_inventory_fails_preview_clearly_with_nothing_registered(dev: Pulumi):

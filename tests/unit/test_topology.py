@@ -21,7 +21,8 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 from components.fleet import EdgeFleet, FleetArgs, read_secret
 from components.inventory import LoadedInventory, Site, load_inventory
 from components.program import DEV_PASSPHRASE, build_fleet
-from components.site import EdgeSite, SiteSettings, check_site, join_token, node_spec, ordered_hosts
+from components.site import (EdgeSite, SiteSettings, check_site, host_key, join_token, machine_ids, node_spec,
+                             ordered_hosts)
 from policies.engine import evaluate
 from policies.model import Resource
 from tests.unit.test_inventory import ARTIFACTS, HOST_KEY, INVENTORIES, PRIVATE_KEY, REPO, lab_files
@@ -29,6 +30,7 @@ from tests.unit.test_inventory import ARTIFACTS, HOST_KEY, INVENTORIES, PRIVATE_
 DYNAMIC = "pulumi-python:dynamic:Resource"
 COMMAND, COPY = "edgefleet:remote:Command", "edgefleet:remote:CopyToRemote"
 FLEET_SECRET = "unit-fleet-secret"
+CA_SHA256 = "ca" * 32  # what the mocked first server reports as the sha256 of its cluster CA
 # What `k3s kubectl config view --raw` prints on a fresh server: it names the loopback address.
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -59,6 +61,9 @@ class Registered:
     parent: str  # name of the parent resource
     depends_on: frozenset[str]  # names of the resources it waits for
     secret_outputs: frozenset[str]
+    real_name: str = ""  # the registered name; ``name`` is its alias when it has exactly one
+    aliases: frozenset[str] = frozenset()
+    protect: bool = False
 
     @property
     def kind(self) -> str | None:
@@ -86,6 +91,8 @@ class Mocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == DYNAMIC and args.inputs.get("kind") == COMMAND and args.name.endswith("-kubeconfig"):
             outputs["stdout"] = KUBECONFIG
+        if args.typ == DYNAMIC and args.inputs.get("kind") == COMMAND and args.name.endswith("-cluster-ca"):
+            outputs["stdout"] = CA_SHA256 + "\n"
         return f"{args.name}_id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
@@ -125,12 +132,14 @@ class Run:
         return [r for r in self.registered if r.kind == COMMAND]
 
 
-def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret_keys: tuple[str, ...] = ()) -> Run:
-    """``program`` under mocks (project ``edgefleet``): what it registered and what it returned."""
+def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret_keys: tuple[str, ...] = (),
+        preview: bool = False) -> Run:
+    """``program`` under mocks (project ``edgefleet``): what it registered and what it returned.
+    ``preview``: as in `pulumi preview` (nothing is downloaded)."""
     asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = Mocks()
     monitor = Monitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="edgefleet", stack="unit", preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project="edgefleet", stack="unit", preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config({f"edgefleet:{k}": v for k, v in (config or {}).items()},
                                   [f"edgefleet:{k}" for k in secret_keys])
     result: dict[str, Any] = {}
@@ -140,10 +149,17 @@ def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret
         return pulumi.Output.from_input(program()).apply(lambda v: result.setdefault("value", v))
 
     program_test()
+    requests = [r for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
+    aliases = {r.name: frozenset([*(a.spec.name for a in r.aliases if a.spec.name), *(_name(u) for u in r.aliasURNs)])
+               for r in requests}
+    # Resources named by machine carry their earlier name as an alias: tests speak of them by
+    # that name (site-host-step), and check the machine names themselves separately.
+    shown = {name: next(iter(a)) if len(a) == 1 else name for name, a in aliases.items()}
     registered = [
-        Registered(r.type, r.name, mocks.inputs[r.name], _name(r.parent),
-                   frozenset(_name(u) for u in r.dependencies), frozenset(r.additionalSecretOutputs))
-        for r in monitor.requests if r.type != "pulumi:pulumi:Stack"
+        Registered(r.type, shown[r.name], mocks.inputs[r.name], shown.get(_name(r.parent), _name(r.parent)),
+                   frozenset(shown.get(_name(u), _name(u)) for u in r.dependencies),
+                   frozenset(r.additionalSecretOutputs), r.name, aliases[r.name], r.protect)
+        for r in requests
     ]
     return Run(registered, result.get("value"))
 
@@ -155,6 +171,8 @@ def site_outputs(site: EdgeSite) -> pulumi.Output[dict[str, Any]]:
 
 def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
     """One EdgeSite per site, as EdgeFleet builds them; returns each site's outputs by name."""
+    machines = machine_ids([(h.name, host_key(h, loaded.base)) for s in sites for h in s.hosts])
+
     def program() -> Any:
         config = pulumi.Config()
         outs = {}
@@ -164,6 +182,7 @@ def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
                 inventory_dir=loaded.base,
                 fleet_secret=pulumi.Output.secret(FLEET_SECRET),
                 private_keys={h.name: read_secret(h.ssh.private_key, loaded.base, config) for h in site.hosts},
+                machines=machines,
             )
             outs[site.name] = site_outputs(EdgeSite(site.name, site, settings))
         return outs
@@ -173,7 +192,7 @@ def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LoadedInventory:
     """inventories/lab.yaml with its key, host key, artifact and kwok files in place."""
-    monkeypatch.setenv("UNIT_DIR", str(lab_files(tmp_path / "files")))
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(lab_files(tmp_path / "files")))
     return load_inventory(INVENTORIES / "lab.yaml")
 
 
@@ -184,7 +203,7 @@ def lab_site(lab: LoadedInventory, name: str) -> Site:
 
 def put_files(script: str) -> dict[str, str]:
     """The files an install script writes (``put_file PATH MODE <<'EOF'`` blocks)."""
-    found = re.findall(r"^put_file (\S+) \d+ <<'(EDGEFLEET_EOF_*)'\n(.*?)^\2$", script, re.M | re.S)
+    found = re.findall(r"^put_(?:file|config) (\S+) \d+ <<'(EDGEFLEET_EOF_*)'\n(.*?)^\2$", script, re.M | re.S)
     return {path: body for path, _, body in found}
 
 
@@ -233,7 +252,7 @@ def test_single_node_site_registers_the_lifecycle_of_its_host(lab: LoadedInvento
     # The artifact goes to a path named by its digest; labels name site and host for errors.
     upload = r.get(f"{host}-upload-k3s").inputs
     assert upload["remote_path"] == f"/var/lib/edgefleet/artifacts/{sha(ARTIFACTS['k3s'])[:16]}-k3s"
-    assert upload["source"] == str(Path(lab.resolve("${UNIT_DIR}/toolchain/k3s")))
+    assert upload["source"] == str(Path(lab.resolve("${EDGEFLEET_CACHE}/toolchain/k3s")))
     assert r.get(f"{host}-install").inputs["label"] == "site 'lab-single' host 'single-1' (10.213.7.11)"
     cfg = k3s_config(r, "lab-single", "single-1")
     assert "server" not in cfg and "cluster-init" not in cfg
@@ -283,10 +302,13 @@ def test_ha_servers_join_the_first_one_after_another_then_agents(lab: LoadedInve
     assert r.get("lab-ha-ha-2").depends_on == {"lab-ha-ha-1-node"}
     assert r.get("lab-ha-ha-3").depends_on == {"lab-ha-ha-2-node"}
     assert r.get("lab-ha-ha-agent").depends_on == {"lab-ha-ha-3-node"}
-    # ...and every joiner's install and drain wait for the first server's install.
+    # ...and every joiner's install and drain wait for the first server's install (and its
+    # cluster CA digest, which the joiner's token carries).
+    assert r.get("lab-ha-cluster-ca").depends_on == {"lab-ha-ha-1-node"}
+    assert r.get("lab-ha-cluster-ca").plain("connection")["host"] == "10.213.7.21"
     for host in ("ha-2", "ha-3", "ha-agent"):
         assert r.get(f"lab-ha-{host}-install").depends_on == {
-            f"lab-ha-{host}-upload-k3s", f"lab-ha-{host}-drain", "lab-ha-ha-1-install"}
+            f"lab-ha-{host}-upload-k3s", f"lab-ha-{host}-drain", "lab-ha-ha-1-install", "lab-ha-cluster-ca"}
         assert r.get(f"lab-ha-{host}-drain").depends_on == {"lab-ha-ha-1-install"}
         # Drain and node readiness go through the first server's API.
         assert r.get(f"lab-ha-{host}-drain").plain("connection")["host"] == "10.213.7.21"
@@ -340,17 +362,35 @@ def test_gateway_runs_the_reduced_component_set_bound_to_its_address(lab: Loaded
 def test_join_token_is_a_secret_per_site_and_never_plain(lab: LoadedInventory) -> None:
     sites = [lab_site(lab, n) for n in ("lab-single", "lab-ha", "lab-gw")]
     r = build_sites(lab, *sites)
-    tokens = {s.name: hmac.new(FLEET_SECRET.encode(), f"edgefleet/join/{s.name}".encode(), hashlib.sha256).hexdigest()
-              for s in sites}
-    assert len(set(tokens.values())) == 3
+    def hmac_hex(purpose: str, site: str) -> str:
+        return hmac.new(FLEET_SECRET.encode(), f"edgefleet/{purpose}/{site}".encode(), hashlib.sha256).hexdigest()
+
+    tokens = {s.name: hmac_hex("join", s.name) for s in sites}
+    agent_tokens = {s.name: hmac_hex("agent-join", s.name) for s in sites}
+    assert len(set(tokens.values()) | set(agent_tokens.values())) == 6
     installs = [c for c in r.commands() if c.name.endswith("-install")]
     assert len(installs) == 1 + 4 + 1
+    first = {"lab-single-single-1-install", "lab-ha-ha-1-install", "lab-gw-gw-1-install"}
     for install in installs:
         assert is_rpc_secret(install.inputs["environment"]), install.name
         site = r.get(install.parent).inputs["site"]
-        assert install.plain("environment") == {"K3S_TOKEN": tokens[site]}
+        env = install.plain("environment")
+        if install.name in first:
+            # The first server initialises the cluster with both tokens (no CA exists yet).
+            assert env == {"K3S_TOKEN": tokens[site], "K3S_AGENT_TOKEN": agent_tokens[site]}, install.name
+        elif install.name == "lab-ha-ha-agent-install":
+            # An agent holds only the agent token, in the form that checks the cluster CA.
+            assert env == {"K3S_TOKEN": f"K10{CA_SHA256}::node:{agent_tokens[site]}"}
+            assert not [v for v in env.values() if tokens[site] in v]
+            files = put_files(install.inputs["create"])
+            assert not [f for f, body in files.items() if tokens[site] in body]
+            assert "agent-token-file" not in k3s_config(r, "lab-ha", "ha-agent")
+        else:
+            assert env == {"K3S_TOKEN": f"K10{CA_SHA256}::server:{tokens[site]}",
+                           "K3S_AGENT_TOKEN": agent_tokens[site]}, install.name
+    assert k3s_config(r, "lab-ha", "ha-2")["agent-token-file"] == "/etc/rancher/k3s/agent-token"
     plain = [s for res in r.registered for s in plain_strings(res.inputs)]
-    for secret in [*tokens.values(), FLEET_SECRET, PRIVATE_KEY]:
+    for secret in [*tokens.values(), *agent_tokens.values(), FLEET_SECRET, PRIVATE_KEY]:
         assert not [s for s in plain if secret in s]
     # The engine keeps credentials and environment out of the state in plain text, too.
     for res in r.registered:
@@ -394,7 +434,7 @@ def test_site_component_carries_the_policy_contract(lab: LoadedInventory) -> Non
     assert props["install"] == {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
                                 "protectKernelDefaults": True, "kubeconfigMode": "0600"}
     # The source as the inventory writes it; the digest read from the checksums file.
-    assert props["artifacts"] == [{"name": "k3s", "source": "${UNIT_DIR}/toolchain/k3s", "sha256": sha(ARTIFACTS["k3s"])}]
+    assert props["artifacts"] == [{"name": "k3s", "source": "${EDGEFLEET_CACHE}/toolchain/k3s", "sha256": sha(ARTIFACTS["k3s"])}]
     assert props["hosts"] == [{"name": h, "address": a, "hostKey": f"{HOST_KEY} root@{h}"} for h, a in (
         ("ha-agent", "10.213.7.24"), ("ha-1", "10.213.7.21"), ("ha-2", "10.213.7.22"), ("ha-3", "10.213.7.23"))]
     assert r.get("lab-ha-ha-2").inputs["hostKey"] == f"{HOST_KEY} root@ha-2"
@@ -483,7 +523,7 @@ def test_program_refuses_a_stack_without_a_fleet_secret(tmp_path: Path) -> None:
 def test_program_refuses_the_dev_passphrase_for_prod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
     message = build_program_error(tmp_path, BASE, stack="prod", fleetSecret="s")
-    assert message.startswith("the prod stack must not use the public dev passphrase (fix: ")
+    assert message.startswith("Pulumi.prod.yaml: PULUMI_CONFIG_PASSPHRASE: the public dev passphrase cannot protect")
 
 
 # --- the whole prod fleet -------------------------------------------------------------------------------
@@ -496,7 +536,7 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
     r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
-            secret_keys=("sshKeyFleet", "microshiftPullSecret"))
+            secret_keys=("sshKeyFleet", "microshiftPullSecret"), preview=True)
     sites = loaded.inventory.sites
     assert sorted(x.name for x in r.registered if x.type == "edge:site:EdgeSite") == sorted(s.name for s in sites)
     assert all(r.get(s.name).parent == "fleet" for s in sites)
@@ -504,12 +544,19 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     assert installs == {f"{s.name}-{h.name}-install" for s in sites for h in s.hosts}
     envs = {c.name: set(c.plain("environment")) for c in r.commands() if c.name.endswith("-install")}
     assert envs["store-0307-st0307-1-install"] == {"K0S_TOKEN"}
-    assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN"}
+    assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN", "K3S_AGENT_TOKEN"}
+    assert envs["plant-hamburg-ham-gpu-1-install"] == {"K3S_TOKEN"}
     # MicroShift reads the site's pull secret (a config secret), never a join token.
     tower = r.get("tower-sud-04-ts04-gw-install")
     assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {"MICROSHIFT_PULL_SECRET": PULL_SECRET}
-    # https artifacts are fetched by the host itself: nothing to upload.
-    assert not [x for x in r.registered if x.kind == COPY]
+    # https artifacts are uploaded from their verified download in the cache.
+    uploads = {x.name: x.inputs for x in r.registered if x.kind == COPY}
+    assert uploads["plant-hamburg-ham-cp-1-upload-k3s"]["source"].endswith(
+        f"/artifacts/{loaded.inventory.sites[0].artifacts[0].sha256}/k3s")
+    assert len(uploads) == sum(len([a for a in s.artifacts if a.arch == (h.arch or "amd64")]) for s in sites for h in s.hosts)
+    # Prod: what would uninstall a host or remove its node is protected.
+    assert {x.name.rsplit("-", 1)[1] for x in r.registered if x.protect} == {"install", "node"}
+    assert len([x for x in r.registered if x.protect]) == 2 * sum(len(s.hosts) for s in sites)
     assert {name: out["secret"] for name, out in r.value.items()} == {s.name: True for s in sites}
     assert yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"] == "https://10.20.0.10:6443"
     assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or PULL_SECRET in s]
@@ -533,7 +580,8 @@ sites:
 """
 
 
-def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: Path) -> None:
+def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("components.site.download_artifacts", lambda site, base: None)  # not about downloads
     path = tmp_path / "k0s.yaml"
     path.write_text(K0S_HA % {"sha": "5c" * 32, "hk": HOST_KEY})
     loaded = load_inventory(path)
