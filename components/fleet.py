@@ -92,6 +92,11 @@ class EdgeFleet(pulumi.ComponentResource):
                              if site.distribution.pull_secret else None),
                 dial_timeout_s=args.dial_timeout_s,
                 ready_timeout_s=args.ready_timeout_s,
+                command_timeout_s=args.command_timeout_s,
+                # A passphrase file ends with a newline that is not part of the passphrase.
+                private_key_passphrases={h.name: read_secret(h.ssh.private_key_passphrase, base, config)
+                                         .apply(lambda s: s.rstrip("\r\n"))
+                                         for h in site.hosts if h.ssh.private_key_passphrase},
                 machines=machines,
             )
             edge_site = EdgeSite(site.name, site, settings, pulumi.ResourceOptions(parent=self))

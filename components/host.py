@@ -91,12 +91,20 @@ class SshTarget:
     private_key: pulumi.Output[str]
     host_key: str
     dial_timeout_s: int = 60
+    command_timeout_s: int | None = None  # None: each step's deadline derives from its own waits
+    private_key_passphrase: pulumi.Output[str] | None = None  # secret, for an encrypted key
 
     def connection(self) -> dict:
         # Bounded reachability: an unreachable host fails the update within dial_timeout_s,
         # naming the site and host, instead of hanging.
         return remote.connection(self.address, self.port, self.user, self.private_key, self.host_key,
-                                 dial_timeout_s=self.dial_timeout_s)
+                                 dial_timeout_s=self.dial_timeout_s,
+                                 private_key_passphrase=self.private_key_passphrase)
+
+    def deadline(self, script_timeout_s: int) -> int:
+        """How long one remote step may run once connected: the stack's setting, or twice the
+        script's own bound on its waits plus a margin (a host that drops mid-step fails it)."""
+        return self.command_timeout_s or remote.step_deadline(script_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,7 @@ class EdgeHost(pulumi.ComponentResource):
                 remote_path=a.remote_path(),
                 label=label,
                 triggers=[a.sha256],
+                timeout_s=args.target.command_timeout_s,  # None: bounded by the file's size
                 opts=opts_for(f"upload-{a.name}"),
             )
             for a in args.artifacts
@@ -212,6 +221,7 @@ class EdgeHost(pulumi.ComponentResource):
             create="true\n",
             update=driver.render_drain(node.host, timeout_s=args.ready_timeout_s) if first else "true\n",
             triggers=install_trigger,
+            timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("drain", depends_on=after_first or None),
         )
         installed = claiming(install_script, args.claim)
@@ -224,6 +234,7 @@ class EdgeHost(pulumi.ComponentResource):
             delete=unless_claimed(driver.render_uninstall(node), args.claim, "the uninstall"),
             environment=dict(args.environment),
             triggers=install_trigger,
+            timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("install", args.protect, depends_on=[*uploads, drain, *after_first]),
         )
         # Node operations address the node by the name it registered with (reported by the
@@ -241,9 +252,11 @@ class EdgeHost(pulumi.ComponentResource):
             # Removing the first server removes the site: there is no cluster to leave.
             delete=registered.apply(lambda n: driver.render_remove_node(n, timeout_s=timeout)) if first else None,
             triggers=install_trigger,
+            timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("node", args.protect, depends_on=[self.install]),
         )
         self.machine = machine
+        self.step_timeout_s = args.target.deadline(args.ready_timeout_s)  # for steps others run on this host
         self.label = label
         self.target = args.target
         self.install_trigger = install_trigger
@@ -260,6 +273,7 @@ class EdgeHost(pulumi.ComponentResource):
                 create=driver.render_fetch_kubeconfig(node),
                 triggers=[args.target.address],
                 secret_stdout=True,
+                timeout_s=args.target.deadline(args.ready_timeout_s),
                 opts=opts_for("kubeconfig", depends_on=[self.node_ready]),
             )
             self.kubeconfig = pulumi.Output.secret(fetch.stdout)

@@ -238,6 +238,7 @@ class Ssh(_Model):
     user: str = "root"
     port: int = Field(22, ge=1, le=65535)
     private_key: SecretRef | None = None
+    private_key_passphrase: SecretRef | None = None  # for an encrypted private key
     host_key: str | None = None
     host_key_file: str | None = None
 
@@ -468,6 +469,12 @@ class Site(_Model):
     workloads: list[Workload] = []
     simulated_nodes: SimulatedNodes | None = None
     hosts: Annotated[list[Host], Field(min_length=1)]
+    # Rollouts skip a paused site or one in maintenance and report it (the fleet orchestrator).
+    paused: bool = False
+    maintenance: bool = False
+    labels: dict[str, str] = {}  # selectors for fleet commands (Kubernetes label syntax)
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: Host._labels(v)))
 
     @field_validator("name")
     @classmethod
@@ -523,9 +530,75 @@ class Site(_Model):
         return LATENCY_BUDGET_MS[self.latency_class]
 
 
+AMOUNT = re.compile(r"(?P<n>[0-9]{1,6})(?P<pct>%?)")
+DURATION = re.compile(r"(?P<n>[0-9]{1,6})(?P<unit>[smh])")
+DURATION_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def _amount(v: int | str, field: str, least: int) -> int | str:
+    """A count (int) or a percentage of the sites ("25%")."""
+    m = AMOUNT.fullmatch(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+    if m is None or int(m.group("n")) < least or (m.group("pct") and int(m.group("n")) > 100):
+        raise _custom("amount", f"{shown(str(v))} is not a count of at least {least} or a percentage",
+                      f"write a number such as {max(least, 1)} or a percentage such as '25%'")
+    return f"{int(m.group('n'))}%" if m.group("pct") else int(m.group("n"))
+
+
+def _duration(v: int | str, limit_s: int) -> int:
+    """Seconds, from a number or a duration such as '90s', '5m', '1h'."""
+    m = DURATION.fullmatch(v) if isinstance(v, str) else None
+    seconds = v if isinstance(v, int) and not isinstance(v, bool) else (
+        int(m.group("n")) * DURATION_S[m.group("unit")] if m else None)
+    if seconds is None or not 0 <= seconds <= limit_s:
+        raise _custom("duration", f"{shown(str(v))} is not a duration of at most {limit_s} s",
+                      "write seconds (90) or a duration such as '90s', '5m', '1h'")
+    return seconds
+
+
+class Rollout(_Model):
+    """How fleet commands roll a change out (the shape of Open Cluster Management's progressive
+    strategy): waves in order (each site's ``wave``), at most ``max_concurrency`` sites of a
+    wave at once, and the rollout stops once more than ``max_failures`` sites failed (per wave,
+    or over the whole rollout with ``failure_scope: rollout``); a mandatory wave (the canary
+    wave 0 by default) tolerates no failure. A site counts as done once its update succeeded and
+    its health gate held for ``min_success_time``; a site not done within ``progress_deadline``
+    failed. Percentages are of the wave's sites (or of the rollout's with scope rollout):
+    concurrency rounds up (at least 1), failures round down."""
+
+    max_concurrency: int | str = "25%"
+    max_failures: int | str = 0
+    failure_scope: Literal["wave", "rollout"] = "wave"
+    mandatory_waves: list[int] = [0]
+    min_success_time: int | str = 0
+    progress_deadline: int | str = 1800
+    preflight_timeout: int | str = 10  # dial budget that classifies a site offline (at most 60 s)
+    health_gate: bool = True
+
+    _concurrency = field_validator("max_concurrency")(classmethod(lambda cls, v: _amount(v, "max_concurrency", 1)))
+    _failures = field_validator("max_failures")(classmethod(lambda cls, v: _amount(v, "max_failures", 0)))
+    _soak = field_validator("min_success_time")(classmethod(lambda cls, v: _duration(v, 24 * 3600)))
+    _deadline = field_validator("progress_deadline")(classmethod(lambda cls, v: _duration(v, 24 * 3600)))
+    _preflight = field_validator("preflight_timeout")(classmethod(lambda cls, v: _duration(v, 60)))
+
+    @field_validator("mandatory_waves")
+    @classmethod
+    def _waves(cls, v: list[int]) -> list[int]:
+        if any(w < 0 or w > 100 for w in v):
+            raise _custom("wave", f"{v} names a wave outside 0..100", "list waves between 0 and 100, e.g. [0]")
+        return sorted(set(v))
+
+    @field_validator("progress_deadline", "preflight_timeout")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise _custom("duration", "must be at least 1 s", "give a deadline such as '30m' (progress) or 10 (preflight)")
+        return v
+
+
 class Inventory(_Model):
     fleet: str
     environment: Literal["dev", "prod"]
+    rollout: Rollout = Rollout()
     sites: Annotated[list[Site], Field(min_length=1)]
 
     @field_validator("fleet")
@@ -658,6 +731,8 @@ def _file_checks(inv: Inventory, base: Path) -> list[tuple[str, str]]:
             at = f"sites[{i}].hosts[{j}].ssh"
             problems += _private_file(host.ssh.private_key, base, f"{at}.private_key.file",
                                       "create the key or point to it; for the lab run `lab/lab keys`")
+            problems += _private_file(host.ssh.private_key_passphrase, base, f"{at}.private_key_passphrase.file",
+                                      "write the key's passphrase there, or use `{config: KEY}`")
             if host.ssh.host_key_file is not None:
                 written = host.ssh.host_key_file
                 p = expand_path(written, base)
@@ -718,6 +793,19 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml when PyYAML was built with it (a large inventory
+    parses several times faster). libyaml words syntax errors more tersely, so a document it
+    refuses is parsed again by the pure-Python parser, whose error names the offending token."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return yaml.safe_load(text)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - CSafeLoader is the safe loader
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
 def load_inventory(path: str | Path, *, check_files: bool = True) -> LoadedInventory:
     """Load and validate an inventory file; raise :class:`InventoryError` with every problem."""
     path = Path(path)
@@ -727,7 +815,7 @@ def load_inventory(path: str | Path, *, check_files: bool = True) -> LoadedInven
     except OSError as exc:
         raise InventoryError([f"{shown}: cannot read the inventory: {exc.strerror} (fix: check the `edgefleet:inventory` config value)"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -39,6 +39,8 @@ class SiteSettings:
     pull_secret: pulumi.Output[str] | None = None  # MicroShift's pull secret (secret), if the site has one
     dial_timeout_s: int = 60
     ready_timeout_s: int = 300
+    command_timeout_s: int | None = None  # None: each remote step's deadline derives from its own waits
+    private_key_passphrases: dict[str, pulumi.Output[str]] | None = None  # host name -> passphrase (secret)
     # Host name -> machine id, computed over the whole fleet (see machine_ids); None: this site's.
     machines: dict[str, str] | None = None
 
@@ -243,6 +245,8 @@ class EdgeSite(pulumi.ComponentResource):
                 private_key=settings.private_keys[host.name],
                 host_key=host_key(host, settings.inventory_dir),
                 dial_timeout_s=settings.dial_timeout_s,
+                command_timeout_s=settings.command_timeout_s,
+                private_key_passphrase=(settings.private_key_passphrases or {}).get(host.name),
             )
             edge_host = EdgeHost(
                 f"{name}-{host.name}",
@@ -308,6 +312,7 @@ class EdgeSite(pulumi.ComponentResource):
             create=script,
             update=script,
             triggers=[first.machine],
+            timeout_s=first.step_timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready]),
         )
         return read.stdout.apply(lambda out: (out or "").strip())
@@ -325,6 +330,7 @@ class EdgeSite(pulumi.ComponentResource):
             label=first.label,
             create=script,
             secret_stdout=True,
+            timeout_s=first.step_timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready],
                                         aliases=[pulumi.Alias(name=f"{name}-{node.host}-join-token")]),
         )
@@ -344,6 +350,7 @@ class EdgeSite(pulumi.ComponentResource):
         upload = remote.CopyToRemote(
             f"{name}-kwok-upload", connection=conn, source=art.path, remote_path=art.remote_path(),
             label=first.label, triggers=[art.sha256, first.machine],  # moved to another server: copied there
+            timeout_s=settings.command_timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=after),
         )
         host = first.target.address
@@ -360,5 +367,6 @@ class EdgeSite(pulumi.ComponentResource):
             # Re-run (idempotent start) whenever the first server's install re-runs: after a
             # restart of the host, kwok comes back with K3s.
             triggers=[art.sha256, sim.count, *first.install_trigger],
+            timeout_s=first.step_timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[upload, *after]),
         )

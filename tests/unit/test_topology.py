@@ -18,6 +18,7 @@ import yaml
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
+from components import remote
 from components.fleet import EdgeFleet, FleetArgs, read_secret
 from components.inventory import LoadedInventory, Site, load_inventory
 from components.program import DEV_PASSPHRASE, build_fleet
@@ -627,3 +628,33 @@ def test_servers_and_agents_take_their_own_flags_and_kernel_protection_is_report
     assert props["install"]["protectKernelDefaults"] is False
     names = [f.rule.name for f in evaluate([Resource("edge:site:EdgeSite", "lab-ha", props)]).findings]
     assert names == ["edge-protect-kernel-defaults"]
+
+
+def test_stack_settings_reach_every_remote_step(tmp_path: Path) -> None:
+    """The stack's command deadline bounds every remote step, and an encrypted key's
+    passphrase (a config secret) reaches every connection as a secret."""
+    raw = yaml.safe_load((REPO / "sites" / "prod.yaml").read_text())
+    raw["defaults"]["ssh"]["private_key_passphrase"] = {"config": "sshKeyPassphrase"}
+    inv = tmp_path / "prod.yaml"
+    inv.write_text(yaml.safe_dump(raw, sort_keys=False))
+    loaded = load_inventory(inv)
+
+    def program() -> Any:
+        EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET),
+                                     command_timeout_s=900))
+
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET, "sshKeyPassphrase": "pass phrase"},
+            secret_keys=("sshKeyFleet", "microshiftPullSecret", "sshKeyPassphrase"), preview=True)
+    steps = [x for x in r.registered if x.kind in (COMMAND, COPY)]
+    assert steps and {x.inputs["timeout"] for x in steps} == {900}
+    for x in steps:
+        conn = x.inputs["connection"]
+        assert is_rpc_secret(conn), x.name
+        assert unwrap_rpc_secret(conn)["privateKeyPassphrase"] == "pass phrase", x.name
+
+
+def test_without_a_stack_deadline_each_step_derives_its_own(lab: LoadedInventory) -> None:
+    r = build_sites(lab, lab_site(lab, "lab-ha"))
+    install = r.get("lab-ha-ha-1-install")
+    assert install.inputs["timeout"] == remote.step_deadline(300)
+    assert all(x.inputs.get("timeout") is None for x in r.registered if x.kind == COPY), "uploads: bounded by size"
