@@ -33,7 +33,7 @@ down:
 	lab/lab down
 
 test: bootstrap
-	$(PYTEST) tests
+	scripts/test
 
 test-unit: bootstrap
 	$(PYTEST) tests/unit tests/policy

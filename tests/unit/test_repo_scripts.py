@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SHELLCHECK = REPO / ".venv/bin/shellcheck"
 SCRIPTS = ["scripts/bootstrap", "scripts/stack", "scripts/recover", "scripts/env.sh", "scripts/tools.sh", "lab/lab",
-           ".ci/run"]
+           ".ci/run", "scripts/test"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
