@@ -14,6 +14,7 @@ before agents, and stops at the first failure with the rest of the cluster still
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ def agent_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[st
     return pulumi.Output.secret(
         fleet_secret.apply(lambda s: hmac.new(s.encode(), f"edgefleet/agent-join/{site}".encode(), hashlib.sha256).hexdigest())
     )
+
+
+def encryption_key(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str]:
+    """The site's Secrets encryption key (k0s): 32 bytes, base64, derived from the fleet
+    secret like the join token, so it is never stored in plain text."""
+    return pulumi.Output.secret(fleet_secret.apply(lambda s: base64.b64encode(
+        hmac.new(s.encode(), f"edgefleet/secrets-encryption/{site}".encode(), hashlib.sha256).digest()).decode()))
 
 
 def site_secret(site: Site, settings: SiteSettings) -> pulumi.Output[str]:
@@ -238,6 +246,9 @@ class EdgeSite(pulumi.ComponentResource):
             else:
                 environment = {driver.token_env: self._minted_token(name, node, driver, first_host, machines[host.name])
                                or token}
+                if site.distribution.name == "k0s" and host.role == "server":
+                    from components.distributions.k0s import ENCRYPTION_KEY_ENV
+                    environment[ENCRYPTION_KEY_ENV] = encryption_key(settings.fleet_secret, site.name)
             target = SshTarget(
                 address=host.address,
                 port=host.ssh.port,

@@ -72,11 +72,27 @@ GATEWAY_PROFILE = "edgefleet-gateway"
 JOIN_TOKEN_EXPIRY = "1h"
 # k0s writes the admin kubeconfig itself; the install narrows it to root once the API is up.
 ADMIN_KUBECONFIG_MODE = "0600"
-# kube-apiserver flags k0s passes through (spec.api.extraArgs). Audit logging and Secrets
-# encryption are not rendered: k0s runs the API server as an unprivileged user and has no
-# setting of its own for either, so the edge-audit-log and edge-secrets-encryption rules
-# fail for k0s sites (install_facts reports them as off).
-API_EXTRA_ARGS = {"anonymous-auth": "false"}
+# Secrets encryption and the audit log go through spec.api.extraArgs (as Mirantis MKE 4k
+# does on k0s). The key reaches a controller's install in $K0S_ENCRYPTION_KEY (base64 of 32
+# bytes), never in the script or on a command line; the install writes the configuration
+# for the unprivileged user k0s runs kube-apiserver as.
+ENCRYPTION_KEY_ENV = "K0S_ENCRYPTION_KEY"
+APISERVER_USER = "kube-apiserver"
+ENCRYPTION_KEY_PLACEHOLDER = "@K0S_ENCRYPTION_KEY@"
+AUDIT_POLICY_FILE = f"{CONFIG_DIR}/audit-policy.yaml"
+AUDIT_LOG_LIMITS = {"audit-log-maxage": "30", "audit-log-maxbackup": "10", "audit-log-maxsize": "100"}
+# Metadata only for Secrets, ConfigMaps and tokens (their bodies must not reach the log),
+# request bodies for other writes, nothing for the noisy read-only health endpoints.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/livez*", "/readyz*", "/version"]},
+        {"level": "Metadata", "resources": [{"group": "", "resources": ["secrets", "configmaps", "serviceaccounts/token"]},
+                                            {"group": "authentication.k8s.io", "resources": ["tokenreviews"]}]},
+        {"level": "Request", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "Metadata"},
+    ],
+}
 # k0s bundles containerd 2 (configuration version 3) from 1.36 on.
 CONTAINERD_V2_MINOR = 36
 
@@ -102,6 +118,34 @@ def validate(node: NodeSpec) -> None:
     check_node(node, "k0s")
 
 
+def encryption_config_path(node: NodeSpec) -> str:
+    return f"{data_dir(node)}/encryption.cfg"
+
+
+def audit_log_path(node: NodeSpec) -> str:
+    return f"{data_dir(node)}/audit/audit.log"
+
+
+def api_extra_args(node: NodeSpec) -> dict[str, str]:
+    """kube-apiserver flags k0s passes through (``spec.api.extraArgs``)."""
+    return {"anonymous-auth": "false", "encryption-provider-config": encryption_config_path(node),
+            "audit-policy-file": AUDIT_POLICY_FILE, "audit-log-path": audit_log_path(node), **AUDIT_LOG_LIMITS}
+
+
+def render_encryption_config() -> str:
+    """The EncryptionConfiguration with the key left as a placeholder the install fills in
+    from ``$K0S_ENCRYPTION_KEY``. Secrets written before encryption stay readable (identity
+    is the last provider) and are encrypted on their next write."""
+    return yaml_text({"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
+                      "resources": [{"resources": ["secrets"], "providers": [
+                          {"secretbox": {"keys": [{"name": "edgefleet", "secret": ENCRYPTION_KEY_PLACEHOLDER}]}},
+                          {"identity": {}}]}]})
+
+
+def render_audit_policy() -> str:
+    return yaml_text(AUDIT_POLICY)
+
+
 def render_config(node: NodeSpec) -> str:
     """``/etc/k0s/k0s.yaml``: the ClusterConfig of a controller."""
     validate(node)
@@ -110,7 +154,7 @@ def render_config(node: NodeSpec) -> str:
                                 "render the configuration of a controller")
     spec: dict[str, object] = {
         "api": {"address": node.address, "port": 6443, "k0sApiPort": 9443,
-                "sans": list(dict.fromkeys([node.address, *node.tls_sans])), "extraArgs": dict(API_EXTRA_ARGS)},
+                "sans": list(dict.fromkeys([node.address, *node.tls_sans])), "extraArgs": api_extra_args(node)},
         "network": {"provider": "kuberouter", "podCIDR": node.cluster_cidr, "serviceCIDR": node.service_cidr,
                     "clusterDomain": "cluster.local"},
         # Etcd on every controller of an HA site; a single controller keeps state in kine's
@@ -139,8 +183,10 @@ def install_facts(node: NodeSpec) -> dict[str, object]:
     facts: dict[str, object] = {}
     if is_controller(node):
         api = yaml.safe_load(render_config(node))["spec"]["api"].get("extraArgs") or {}
-        facts["secretsEncryption"] = bool(api.get("encryption-provider-config"))
-        facts["auditLog"] = bool(api.get("audit-log-path")) and bool(api.get("audit-policy-file"))
+        files = config_files(node)
+        facts["secretsEncryption"] = (api.get("encryption-provider-config") == encryption_config_path(node)
+                                      and _encrypts_secrets(render_encryption_config()))
+        facts["auditLog"] = (bool(api.get("audit-log-path")) and api.get("audit-policy-file") in files)
         facts["anonymousAuth"] = str(api.get("anonymous-auth", "true")).lower() != "false"
         facts["kubeconfigMode"] = ADMIN_KUBECONFIG_MODE if _kubeconfig_mode_line(node) else None
     if has_worker(node):
@@ -149,6 +195,15 @@ def install_facts(node: NodeSpec) -> dict[str, object]:
         words = kubelet[-1].split() if kubelet else []
         facts["protectKernelDefaults"] = "--protect-kernel-defaults=true" in words
     return facts
+
+
+def _encrypts_secrets(config: str) -> bool:
+    """The first provider for ``secrets`` (the one that writes) is a real cipher."""
+    for res in yaml.safe_load(config).get("resources") or []:
+        if "secrets" in res.get("resources", []):
+            first = (res.get("providers") or [{}])[0]
+            return bool(first) and "identity" not in first
+    return False
 
 
 def _kubeconfig_mode_line(node: NodeSpec) -> str:
@@ -169,6 +224,7 @@ def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
     files: dict[str, tuple[str, int]] = {}
     if is_controller(node):
         files[CONFIG_FILE] = (render_config(node), 0o600)
+        files[AUDIT_POLICY_FILE] = (render_audit_policy(), 0o644)
     if has_worker(node):
         for registry, endpoints in sorted(node.registry_mirrors.items()):
             files[f"{CERTS_DIR}/{registry}/hosts.toml"] = (render_registry_hosts(registry, endpoints), 0o644)
@@ -270,6 +326,47 @@ put_file {REGISTRY_DROPIN} 0644 < <(printf 'version = %s\\n\\n[plugins."%s".regi
 """
 
 
+def _api_user_lines(node: NodeSpec) -> str:
+    """The user k0s runs kube-apiserver as, created as ``k0s install`` creates it (k0s starts
+    the API server as root only when that user is missing), and the directory it logs to."""
+    audit_dir = audit_log_path(node).rsplit("/", 1)[0]
+    return f"""if ! id -u {APISERVER_USER} >/dev/null 2>&1; then
+  if command -v useradd >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir {q(data_dir(node))} --shell /sbin/nologin {APISERVER_USER}
+  else
+    adduser -S -D -H -h {q(data_dir(node))} -s /sbin/nologin {APISERVER_USER}
+  fi
+  log "created the {APISERVER_USER} user"
+fi
+install -d -m 0700 -o {APISERVER_USER} -- {q(audit_dir)}
+"""
+
+
+def _encryption_lines(node: NodeSpec) -> str:
+    """Write the EncryptionConfiguration from ``$K0S_ENCRYPTION_KEY`` (0600, owned by the API
+    server's user). A key that differs from the one in place is refused unless the file on
+    the host already lists it: replacing the key outright would leave every Secret written
+    under the old one unreadable."""
+    path = q(encryption_config_path(node))
+    template = render_encryption_config()
+    return f"""encryption_template={q(template)}
+if [[ -n "${{{ENCRYPTION_KEY_ENV}:-}}" ]]; then
+  encryption_config="${{encryption_template//{ENCRYPTION_KEY_PLACEHOLDER}/${ENCRYPTION_KEY_ENV}}}"
+  if [[ -s {path} ]]; then
+    encryption_current="$(<{path})"
+    if [[ "$encryption_current" != *"${ENCRYPTION_KEY_ENV}"* ]]; then
+      die "the Secrets encryption key of this site changed and {encryption_config_path(node)} does not list the new key (fix: rotate the key as the README says: add the new key to that file on every controller first)"
+    fi
+  fi
+  put_file {path} 0600 < <(printf '%s' "$encryption_config")
+  unset encryption_config encryption_current
+elif [[ ! -s {path} ]]; then
+  die "{ENCRYPTION_KEY_ENV} is not set and {encryption_config_path(node)} does not exist (fix: pass {ENCRYPTION_KEY_ENV} in the remote command's environment)"
+fi
+chown {APISERVER_USER}:root -- {path}
+"""
+
+
 _INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait", "kubelet_health")
 
 
@@ -289,6 +386,8 @@ def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeo
         body += sysctl_lines()
     for path, (content, mode) in config_files(node).items():
         body += heredoc_file(path, content, mode)
+    if is_controller(node):
+        body += _api_user_lines(node) + _encryption_lines(node)
     if has_worker(node) and node.registry_mirrors:
         body += _containerd_dropin_lines()
     elif has_worker(node):

@@ -60,7 +60,6 @@ def prod(tmp_path: Path) -> Pulumi:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     p.run("config", "set", "--secret", "sshKeyFleet", "--stack", "prod", input=key.read_text())
-    p.run("config", "set", "--secret", "microshiftPullSecret", "--stack", "prod", input='{"auths": {"quay.io": {"auth": "dGVzdA=="}}}')
     p.run("config", "set", "inferenceImage", "registry.edgefleet.local/edgefleet/inference-server@sha256:" + "3c" * 32, "--stack", "prod")
     return p
 
@@ -106,7 +105,7 @@ def test_invalid_inventory_fails_preview_clearly_with_nothing_registered(dev: Pu
 def test_prod_refuses_the_dev_passphrase(prod: Pulumi):
     env = {**prod.env, "PULUMI_CONFIG_PASSPHRASE": "edgefleet-dev-lab-only"}
     out = stack_cmd(prod.cwd, env, "prod", "preview")
-    assert out.returncode == 2 and "refusing to use the public dev passphrase" in out.stderr
+    assert out.returncode == 2 and "refusing the public dev passphrase for stack prod" in out.stderr
 
 
 def test_violation_blocks_prod_and_warns_in_dev(prod: Pulumi, dev: Pulumi):

@@ -73,10 +73,22 @@ def test_k3s_renders_every_setting_the_rules_check() -> None:
     assert failing(props("k3s")) == set()
 
 
-def test_k0s_renders_anonymous_auth_off_and_the_kubeconfig_mode_but_not_encryption_or_audit() -> None:
-    cfg = yaml.safe_load(k0s.render_config(k0s_node()))
-    assert cfg["spec"]["api"]["extraArgs"] == {"anonymous-auth": "false"}
-    assert failing(props("k0s")) == {"edge-secrets-encryption", "edge-audit-log"}
+def test_k0s_renders_every_setting_the_rules_check() -> None:
+    args = yaml.safe_load(k0s.render_config(k0s_node()))["spec"]["api"]["extraArgs"]
+    assert args["anonymous-auth"] == "false"
+    assert args["encryption-provider-config"] == "/var/lib/k0s/encryption.cfg"
+    assert args["audit-policy-file"] == k0s.AUDIT_POLICY_FILE and args["audit-log-path"]
+    assert props("k0s")["install"] == {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
+                                       "kubeconfigMode": "0600", "protectKernelDefaults": True}
+    assert failing(props("k0s")) == set()
+
+
+def test_a_k0s_encryption_config_that_writes_in_plain_text_fails_the_encryption_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "edge-secrets-encryption" not in failing(props("k0s"))
+    cfg = yaml.safe_load(k0s.render_encryption_config())
+    cfg["resources"][0]["providers"].reverse()  # identity first: Secrets are stored as they are
+    monkeypatch.setattr(k0s, "render_encryption_config", lambda: yaml.safe_dump(cfg))
+    assert failing(props("k0s")) == {"edge-secrets-encryption"}
 
 
 def test_microshift_renders_audit_and_the_kubeconfig_mode_but_not_encryption_or_anonymous_auth() -> None:
@@ -121,6 +133,10 @@ def without_api_arg(prefix: str) -> Callable[[dict[str, Any], NodeSpec], None]:
     return change
 
 
+def without_k0s_arg(name: str) -> Callable[[dict[str, Any], NodeSpec], None]:
+    return lambda cfg, node: cfg["spec"]["api"]["extraArgs"].pop(name)
+
+
 def without(key: str) -> Callable[[dict[str, Any], NodeSpec], None]:
     return lambda cfg, node: cfg.pop(key, None)
 
@@ -131,7 +147,10 @@ LACKING = [
     ("k3s", k3s, without_api_arg("anonymous-auth="), "edge-anonymous-auth-off"),
     ("k3s", k3s, without("write-kubeconfig-mode"), "edge-kubeconfig-mode"),
     ("k3s", k3s, without("protect-kernel-defaults"), "edge-protect-kernel-defaults"),
-    ("k0s", k0s, lambda cfg, node: cfg["spec"]["api"].pop("extraArgs"), "edge-anonymous-auth-off"),
+    ("k0s", k0s, without_k0s_arg("anonymous-auth"), "edge-anonymous-auth-off"),
+    ("k0s", k0s, without_k0s_arg("encryption-provider-config"), "edge-secrets-encryption"),
+    ("k0s", k0s, without_k0s_arg("audit-log-path"), "edge-audit-log"),
+    ("k0s", k0s, without_k0s_arg("audit-policy-file"), "edge-audit-log"),
     ("microshift", microshift, lambda cfg, node: cfg["apiServer"].pop("auditLog"), "edge-audit-log"),
     ("microshift", microshift, lambda cfg, node: cfg.pop("kubelet"), "edge-protect-kernel-defaults"),
 ]

@@ -4,13 +4,14 @@ role, join tokens minted on the first controller, containerd mirror configuratio
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import tomllib
 
 import pytest
 import yaml
 
 from components.distributions import k0s
-from components.distributions.common import Artifact, DistributionError, NodeSpec
+from components.distributions.common import LIB, Artifact, DistributionError, NodeSpec
 
 # ClusterConfig fields (docs/configuration.md of k0sproject/k0s); None = free-form below.
 SCHEMA: dict = {
@@ -179,3 +180,78 @@ def test_worker_kernel_protection_follows_the_node() -> None:
     # A controller without a worker runs no kubelet: nothing to protect.
     controller = dataclasses.replace(HA_FIRST, disable_agent=True)
     assert k0s.SYSCTL_FILE not in k0s.config_files(controller)
+
+
+# --- Secrets encryption and the audit log ----------------------------------------------------------
+
+KEY = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy0wMTIzNDU2Nzg="
+OTHER_KEY = "b3RoZXIta2V5LW9mLTMyLWJ5dGVzLTAxMjM0NTY3ODk="
+
+
+def run_encryption_block(tmp_path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The install's encryption step under bash, with ownership changes recorded instead of made."""
+    node = dataclasses.replace(SINGLE, data_dir=str(tmp_path))
+    script = ("set -euo pipefail\nHOST=ctl-1\n" + LIB["log"] + LIB["files"]
+              + 'chown() { printf "%s\\n" "$*" >>"$CHOWNS"; }\n' + k0s._encryption_lines(node))
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "CHOWNS": str(tmp_path / "chowns"), **env})
+
+
+def test_controller_config_encrypts_secrets_and_writes_the_audit_log() -> None:
+    args = yaml.safe_load(k0s.render_config(SINGLE))["spec"]["api"]["extraArgs"]
+    assert args["encryption-provider-config"] == "/var/lib/k0s/encryption.cfg"
+    assert args["audit-policy-file"] == k0s.AUDIT_POLICY_FILE
+    assert args["audit-log-path"].startswith("/var/lib/k0s/")
+    assert {"audit-log-maxage", "audit-log-maxbackup", "audit-log-maxsize"} <= set(args)
+    policy = yaml.safe_load(k0s.config_files(SINGLE)[k0s.AUDIT_POLICY_FILE][0])
+    assert policy["kind"] == "Policy" and policy["rules"]
+    # Secret bodies never reach the audit log.
+    secrets = [r for r in policy["rules"] if any("secrets" in g["resources"] for g in r.get("resources", []))]
+    assert secrets and secrets[0]["level"] == "Metadata"
+    assert policy["rules"].index(secrets[0]) < next(i for i, r in enumerate(policy["rules"]) if r["level"] == "Request")
+    provider = yaml.safe_load(k0s.render_encryption_config())["resources"][0]
+    assert provider["resources"] == ["secrets"] and "secretbox" in provider["providers"][0]
+    assert k0s.AUDIT_POLICY_FILE not in k0s.config_files(WORKER)
+
+
+def test_the_key_comes_from_the_environment_only_and_is_readable_by_the_api_server_only(tmp_path) -> None:
+    script = k0s.render_install(SINGLE, ARTS[:2])
+    assert KEY not in script and "$K0S_ENCRYPTION_KEY" in script
+    assert "K0S_ENCRYPTION_KEY" not in k0s.render_install(WORKER, ARTS[:2])
+    done = run_encryption_block(tmp_path, {"K0S_ENCRYPTION_KEY": KEY})
+    assert done.returncode == 0, done.stderr
+    cfg_file = tmp_path / "encryption.cfg"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    assert cfg["resources"][0]["providers"][0]["secretbox"]["keys"][0]["secret"] == KEY
+    assert oct(cfg_file.stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "chowns").read_text() == f"kube-apiserver:root -- {cfg_file}\n"
+    assert KEY not in done.stderr
+    # A re-run without the key keeps the file.
+    again = run_encryption_block(tmp_path, {})
+    assert again.returncode == 0, again.stderr
+    assert yaml.safe_load(cfg_file.read_text()) == cfg
+
+
+def test_a_changed_key_is_refused_until_the_host_lists_it(tmp_path) -> None:
+    assert run_encryption_block(tmp_path, {"K0S_ENCRYPTION_KEY": KEY}).returncode == 0
+    cfg_file = tmp_path / "encryption.cfg"
+    before = cfg_file.read_text()
+    refused = run_encryption_block(tmp_path, {"K0S_ENCRYPTION_KEY": OTHER_KEY})
+    assert refused.returncode != 0 and "add the new key" in refused.stderr and OTHER_KEY not in refused.stderr
+    assert cfg_file.read_text() == before
+    # The operator added the new key on the host (rotation, step one): the install proceeds.
+    cfg_file.write_text(before + f"# next key: {OTHER_KEY}\n")
+    assert run_encryption_block(tmp_path, {"K0S_ENCRYPTION_KEY": OTHER_KEY}).returncode == 0
+    assert OTHER_KEY in cfg_file.read_text() and KEY not in cfg_file.read_text()
+
+
+def test_a_first_install_without_the_key_stops(tmp_path) -> None:
+    done = run_encryption_block(tmp_path, {})
+    assert done.returncode != 0 and "K0S_ENCRYPTION_KEY is not set" in done.stderr
+
+
+def test_the_install_creates_the_api_server_user_before_handing_it_the_files() -> None:
+    script = k0s.render_install(SINGLE, ARTS[:2])
+    user = script.index("id -u kube-apiserver")
+    assert user < script.index("chown kube-apiserver:root -- /var/lib/k0s/encryption.cfg") < script.rindex("\nsvc_apply\n")
+    assert "install -d -m 0700 -o kube-apiserver -- /var/lib/k0s/audit" in script

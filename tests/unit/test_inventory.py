@@ -329,12 +329,21 @@ def test_shipped_prod_inventory_loads_with_file_checks() -> None:
     assert (inv.fleet, inv.environment) == ("acme-edge", "prod")
     assert {s.name: s.topology for s in inv.sites} == {
         "plant-hamburg": "ha", "plant-lyon": "ha", "store-0114": "single-node", "store-0232": "single-node",
-        "store-0307": "single-node", "tower-nord-17": "gateway", "tower-sud-04": "gateway"}
+        "store-0307": "single-node", "tower-nord-17": "gateway"}
     # defaults.ssh reached every host; host keys are pinned inline and artifacts are https.
     hosts = [h for s in inv.sites for h in s.hosts]
     assert all(h.ssh.user == "edgeops" and h.ssh.private_key and h.ssh.private_key.config == "sshKeyFleet" for h in hosts)
     assert all(h.ssh.host_key and h.ssh.host_key.startswith("ssh-ed25519 ") for h in hosts)
     assert all(a.source.startswith("https://") and a.sha256 for s in inv.sites for a in s.artifacts)
+
+
+def test_shipped_microshift_example_is_a_dev_inventory() -> None:
+    """MicroShift cannot pass the prod baseline (no Secrets encryption, anonymous auth on):
+    its example lives in a dev inventory of its own."""
+    inv = load_inventory(REPO / "sites" / "examples" / "microshift.yaml").inventory
+    assert inv.environment == "dev"
+    assert [(s.name, s.distribution.name, s.topology) for s in inv.sites] == [("tower-sud-04", "microshift", "gateway")]
+    assert inv.sites[0].distribution.pull_secret.config == "microshiftPullSecret"
 
 
 def test_shipped_dev_inventory_is_valid_data() -> None:

@@ -4,6 +4,7 @@ rendered node configuration, and that secrets stay secret."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import re
@@ -455,7 +456,8 @@ def test_policy_pack_flags_a_site_component_that_breaks_the_contract(lab: Loaded
 # --- checks before anything is registered -----------------------------------------------------------
 
 def test_every_shipped_and_test_site_can_be_installed(lab: LoadedInventory) -> None:
-    for loaded in (load_inventory(REPO / "sites" / "prod.yaml"), load_inventory(INVENTORIES / "base.yaml"), lab):
+    shipped = [load_inventory(REPO / "sites" / "prod.yaml"), load_inventory(REPO / "sites" / "examples" / "microshift.yaml")]
+    for loaded in (*shipped, load_inventory(INVENTORIES / "base.yaml"), lab):
         assert {s.name: check_site(s, loaded.base) for s in loaded.inventory.sites} == {
             s.name: [] for s in loaded.inventory.sites}
 
@@ -536,20 +538,23 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
         fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
-    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
-            secret_keys=("sshKeyFleet", "microshiftPullSecret"), preview=True)
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",), preview=True)
     sites = loaded.inventory.sites
     assert sorted(x.name for x in r.registered if x.type == "edge:site:EdgeSite") == sorted(s.name for s in sites)
     assert all(r.get(s.name).parent == "fleet" for s in sites)
     installs = {c.name for c in r.commands() if c.name.endswith("-install")}
     assert installs == {f"{s.name}-{h.name}-install" for s in sites for h in s.hosts}
     envs = {c.name: set(c.plain("environment")) for c in r.commands() if c.name.endswith("-install")}
-    assert envs["store-0307-st0307-1-install"] == {"K0S_TOKEN"}
+    assert envs["store-0307-st0307-1-install"] == {"K0S_TOKEN", "K0S_ENCRYPTION_KEY"}
     assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN", "K3S_AGENT_TOKEN"}
     assert envs["plant-hamburg-ham-gpu-1-install"] == {"K3S_TOKEN"}
-    # MicroShift reads the site's pull secret (a config secret), never a join token.
-    tower = r.get("tower-sud-04-ts04-gw-install")
-    assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {"MICROSHIFT_PULL_SECRET": PULL_SECRET}
+    # k0s's Secrets encryption key: 32 bytes derived from the fleet secret for this site only.
+    store = r.get("store-0307-st0307-1-install")
+    assert is_rpc_secret(store.inputs["environment"])
+    key = store.plain("environment")["K0S_ENCRYPTION_KEY"]
+    assert key == base64.b64encode(hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/store-0307",
+                                            hashlib.sha256).digest()).decode()
+    assert len(base64.b64decode(key)) == 32 and key not in store.inputs["create"]
     # https artifacts are uploaded from their verified download in the cache.
     uploads = {x.name: x.inputs for x in r.registered if x.kind == COPY}
     assert uploads["plant-hamburg-ham-cp-1-upload-k3s"]["source"].endswith(
@@ -560,7 +565,29 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     assert len([x for x in r.registered if x.protect]) == 2 * sum(len(s.hosts) for s in sites)
     assert {name: out["secret"] for name, out in r.value.items()} == {s.name: True for s in sites}
     assert yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"] == "https://10.20.0.10:6443"
+    assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or key in s]
+    # Every prod site passes the mandatory pack.
+    props = [Resource("edge:site:EdgeSite", s.name, r.get(s.name).inputs) for s in sites]
+    assert [f.rule.name for f in evaluate(props).findings] == []
+
+
+def test_microshift_example_installs_with_the_pull_secret_only() -> None:
+    loaded = load_inventory(REPO / "sites" / "examples" / "microshift.yaml")
+
+    def program() -> Any:
+        fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
+        return {name: site_outputs(site) for name, site in fleet.sites.items()}
+
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
+            secret_keys=("sshKeyFleet", "microshiftPullSecret"), preview=True)
+    # MicroShift reads the site's pull secret (a config secret), never a join token.
+    tower = r.get("tower-sud-04-ts04-gw-install")
+    assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {"MICROSHIFT_PULL_SECRET": PULL_SECRET}
     assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or PULL_SECRET in s]
+    # Dev only: the prod baseline refuses what MicroShift cannot configure.
+    names = {f.rule.name for f in evaluate([Resource("edge:site:EdgeSite", "tower-sud-04",
+                                                     {**r.get("tower-sud-04").inputs, "environment": "prod"})]).findings}
+    assert {"edge-secrets-encryption", "edge-anonymous-auth-off"} <= names
 
 
 K0S_HA = """
@@ -603,11 +630,15 @@ def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: P
         install = r.get(f"depot-{host}-install")
         assert is_rpc_secret(install.inputs["environment"])
         # Under mocks a command's stdout echoes nothing: the minted token is what the joiner reads.
-        assert set(install.plain("environment")) == {"K0S_TOKEN"}
-        assert install.plain("environment")["K0S_TOKEN"] != hmac.new(
-            FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()
+        env = install.plain("environment")
+        assert set(env) == ({"K0S_TOKEN", "K0S_ENCRYPTION_KEY"} if role == "controller" else {"K0S_TOKEN"})
+        assert env["K0S_TOKEN"] != hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()
+    # Every controller encrypts Secrets with the same site key; workers never see it.
+    key = base64.b64encode(hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/depot", hashlib.sha256).digest()).decode()
+    assert {r.get(f"depot-{h}-install").plain("environment")["K0S_ENCRYPTION_KEY"] for h in ("c2", "c3")} == {key}
     assert r.get("depot-c1-install").plain("environment") == {
-        "K0S_TOKEN": hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()}
+        "K0S_TOKEN": hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest(),
+        "K0S_ENCRYPTION_KEY": key}
 
 
 def test_servers_and_agents_take_their_own_flags_and_kernel_protection_is_reported(lab: LoadedInventory) -> None:
@@ -643,8 +674,8 @@ def test_stack_settings_reach_every_remote_step(tmp_path: Path) -> None:
         EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET),
                                      command_timeout_s=900))
 
-    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET, "sshKeyPassphrase": "pass phrase"},
-            secret_keys=("sshKeyFleet", "microshiftPullSecret", "sshKeyPassphrase"), preview=True)
+    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "sshKeyPassphrase": "pass phrase"},
+            secret_keys=("sshKeyFleet", "sshKeyPassphrase"), preview=True)
     steps = [x for x in r.registered if x.kind in (COMMAND, COPY)]
     assert steps and {x.inputs["timeout"] for x in steps} == {900}
     for x in steps:
