@@ -7,13 +7,14 @@ an invalid inventory never leaves a half-applied change.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pulumi
 
 from components.fleet import EdgeFleet, FleetArgs
-from components.inventory import InventoryError, load_inventory
+from components.inventory import InventoryError, LoadedInventory, load_inventory
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEV_PASSPHRASE = "edgefleet-dev-lab-only"
@@ -47,6 +48,21 @@ def check_passphrase(stack: str, environment: str) -> None:
             )
 
 
+def select_site(inventory: LoadedInventory, site: str, stack: str, inventory_path: str) -> LoadedInventory:
+    """The inventory reduced to the one site a site stack (``edgefleet:site``) manages; the
+    whole inventory when the stack names no site. Resources keep the names they have in a
+    whole-fleet stack, so a site moves between the two by state alone (``python -m fleet migrate``)."""
+    if not site:
+        return inventory
+    chosen = [s for s in inventory.inventory.sites if s.name == site]
+    if not chosen:
+        raise pulumi.RunError(
+            f"Pulumi.{stack}.yaml: config edgefleet:site: {site!r} is not a site of {inventory_path} "
+            "(fix: name one of its sites, or remove the key to manage the whole inventory)"
+        )
+    return dataclasses.replace(inventory, inventory=inventory.inventory.model_copy(update={"sites": chosen}))
+
+
 def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
     """Everything the stack manages; returns the stack outputs."""
     inventory_path = config.get("inventory")
@@ -57,6 +73,13 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
     except InventoryError as exc:
         raise pulumi.RunError("invalid inventory:\n" + str(exc)) from None
     check_passphrase(stack, inventory.inventory.environment)
+    site = config.get("site") or ""
+    if not site and config.get_bool("siteStacks"):
+        raise pulumi.RunError(
+            f"Pulumi.{stack}.yaml: config edgefleet:siteStacks: the sites of stack {stack!r} are managed as site stacks "
+            f"({stack}.<site>) (fix: run `python -m fleet up --stack {stack}`; this stack only holds their shared config)"
+        )
+    inventory = select_site(inventory, site, stack, inventory_path)
 
     from components.site import check_site
 

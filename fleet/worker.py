@@ -1,0 +1,240 @@
+"""One operation on one site stack, in its own process (``python -m fleet.worker``).
+
+The fleet command starts one worker per site and operation, so that a site past its progress
+deadline can be stopped as a whole (SIGINT lets the engine cancel cleanly, SIGKILL follows a
+grace period) without touching the others. The request arrives as JSON on stdin; the result
+leaves as one JSON line on stdout; the engine's own output goes to the site's log file.
+Secrets (the kubeconfig output) stay in this process.
+
+If the fleet command dies, its workers are told (PR_SET_PDEATHSIG) and take their engine
+process group down with them, as a crash would: the next fleet run recovers those stacks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from fleet import health
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: a crashed fleet command leaves its workers running to completion
+
+    def stop(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        finally:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _stack(req: dict[str, Any], create: bool) -> auto.Stack:
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=req["repo"],
+        pulumi_command=auto.PulumiCommand(skip_version_check=True),
+    )
+    if create:
+        return auto.create_or_select_stack(req["stack"], work_dir=req["repo"], opts=opts)
+    return auto.select_stack(req["stack"], work_dir=req["repo"], opts=opts)
+
+
+def _pending(stack: auto.Stack) -> int:
+    deployment = stack.export_stack().deployment or {}
+    return len(deployment.get("pending_operations") or [])
+
+
+def _changes(summary: dict[str, int] | None) -> int:
+    return sum(n for op, n in (summary or {}).items() if op != "same")
+
+
+def _last_update(stack: auto.Stack) -> auto.UpdateSummary | None:
+    history = stack.history(page_size=1, page=1)
+    return history[0] if history else None
+
+
+def _recover(stack: auto.Stack, log, took_over: bool) -> list[str]:
+    """What scripts/recover does: drop a dead run's lock (only when the fleet lock of this site
+    was taken over from a dead run: a live lock may be someone's update), clear pending
+    operations."""
+    notes = []
+    if took_over:
+        try:
+            stack.cancel()
+            notes.append("removed the lock a dead run left")
+        except auto.CommandError:
+            pass  # no lock to remove
+    pending = _pending(stack)
+    if pending:
+        stack.refresh(clear_pending_creates=True, message="fleet: recover an interrupted update",
+                      on_output=log, color="never")
+        notes.append(f"cleared {pending} pending operation(s) of an interrupted update")
+    return notes
+
+
+def _gate(stack: auto.Stack, req: dict[str, Any], soak: bool, deadline: float) -> str | None:
+    gate = req.get("health") or {}
+    if not gate.get("enabled"):
+        return None
+    outputs = stack.outputs()
+    key = f"kubeconfig-{req['site']}"
+    if key not in outputs or not outputs[key].value:
+        return f"health gate: the stack has no {key} output to reach the site's API with"
+    get = health.getter_from_kubeconfig(str(outputs[key].value))
+    return health.hold(lambda: health.problems(get), float(gate.get("soak_s", 0)) if soak else 0.0, deadline)
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    op = req["op"]
+    started = time.monotonic()
+    deadline = started + float(req.get("deadline_s") or 1800)
+    log_path = Path(req["log"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log_file:
+        def log(line: str) -> None:
+            log_file.write(line if line.endswith("\n") else line + "\n")
+            log_file.flush()
+
+        log(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {op} {req['stack']}")
+        policy = req.get("policy") or {}
+        packs = {"policy_packs": [policy["pack"]], "policy_pack_configs": [policy["config"]]} if policy else {}
+        try:
+            if op in ("drift", "unlock"):
+                try:
+                    stack = _stack(req, create=False)
+                except auto.StackNotFoundError:
+                    return {"status": "absent", "reason": "the site stack does not exist yet"}
+                if op == "unlock":
+                    stack.cancel()
+                    return {"status": "succeeded"}
+                drifted: list[dict[str, str]] = []
+
+                def on_event(event: auto.events.EngineEvent) -> None:
+                    meta = getattr(event.res_outputs_event, "metadata", None) if event.res_outputs_event else None
+                    if meta is not None and (meta.op not in (auto.events.OpType.SAME,) and
+                                             (meta.op != auto.events.OpType.REFRESH or meta.diffs)):
+                        drifted.append({"urn": meta.urn, "type": meta.type, "op": str(meta.op.value),
+                                        "diffs": list(meta.diffs or [])})
+
+                result = stack.preview_refresh(on_output=log, on_event=on_event, color="never")
+                return {"status": "drifted" if drifted or _changes(result.change_summary) else "in-sync",
+                        "changes": _changes(result.change_summary), "resources": drifted}
+            if op == "status":
+                try:
+                    stack = _stack(req, create=False)
+                except auto.StackNotFoundError:
+                    return {"status": "absent"}
+                return {"status": "succeeded", **stack_status(stack, req)}
+            stack = _stack(req, create=op in ("up", "preview"))
+            notes = _recover(stack, log, bool(req.get("recover"))) if op in ("up", "refresh", "destroy") else []
+            if op == "preview":
+                result = stack.preview(on_output=log, color="never", refresh=req.get("refresh") or None, **packs)
+                return {"status": "succeeded", "changes": _changes(result.change_summary),
+                        "summary": dict(result.change_summary or {}), "notes": notes}
+            if op == "up":
+                last = _last_update(stack)
+                if (not req.get("force") and not req.get("refresh") and last is not None and last.kind == "update"
+                        and last.result == "succeeded" and req["message"] in (last.message or "")):
+                    reason = _gate(stack, req, soak=False, deadline=deadline)
+                    return {"status": "failed" if reason else "unchanged", "reason": reason or "", "notes": notes,
+                            "changes": 0, "already": True}
+                result = stack.up(message=req["message"], on_output=log, color="never",
+                                  refresh=req.get("refresh") or None, **packs)
+                changes = _changes(result.summary.resource_changes)
+                reason = _gate(stack, req, soak=changes > 0, deadline=deadline)
+                return {"status": "failed" if reason else ("succeeded" if changes else "unchanged"),
+                        "reason": reason or "", "changes": changes, "notes": notes,
+                        "summary": dict(result.summary.resource_changes or {})}
+            if op == "refresh":
+                result = stack.refresh(message=req["message"], on_output=log, color="never")
+                return {"status": "succeeded", "changes": _changes(result.summary.resource_changes), "notes": notes}
+            if op == "destroy":
+                result = stack.destroy(message=req["message"], on_output=log, color="never")
+                return {"status": "succeeded", "changes": _changes(result.summary.resource_changes), "notes": notes}
+            return {"status": "failed", "reason": f"unknown operation {op!r}"}
+        except auto.CommandError as exc:
+            log(str(exc))
+            return {"status": "failed", "reason": engine_error(str(exc))}
+
+
+REVISION = re.compile(r"\brev=([0-9a-f]{16})\b")
+
+
+def stack_status(stack: auto.Stack, req: dict[str, Any]) -> dict[str, Any]:
+    """The last update (and the last successful one) from the stack's history; the policy
+    findings of its current state under the stack's enforcement file."""
+    out: dict[str, Any] = {}
+    history = stack.history(page_size=20, page=1)
+    if history:
+        last = history[0]
+        out["last"] = _update_dict(last)
+        ok = next((u for u in history if u.kind == "update" and u.result == "succeeded"), None)
+        if ok is not None:
+            out["last_ok"] = _update_dict(ok)
+    policy = req.get("policy")
+    if policy:
+        from policies.engine import evaluate, load_settings
+        from policies.sources import resources_from_stack_export
+
+        deployment = stack.export_stack()
+        resources, _ = resources_from_stack_export({"version": deployment.version, "deployment": deployment.deployment},
+                                                   req["stack"])
+        report = evaluate(resources, load_settings(policy["config"]))
+        counted = [f for f in report.findings if not f.exempt]
+        out["policy"] = {"mandatory": sum(f.level == "mandatory" for f in counted),
+                         "advisory": sum(f.level == "advisory" for f in counted)}
+    return out
+
+
+def _update_dict(u: auto.UpdateSummary) -> dict[str, Any]:
+    m = REVISION.search(u.message or "")
+    return {"kind": u.kind, "result": u.result, "start": u.start_time.isoformat() if u.start_time else None,
+            "end": u.end_time.isoformat() if u.end_time else None,
+            "duration_s": (u.end_time - u.start_time).total_seconds() if u.end_time and u.start_time else None,
+            "revision": m.group(1) if m else None}
+
+
+def engine_error(text: str) -> str:
+    """The lines of an engine failure that say why (diagnostics), not the command echo."""
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith(("code:", "stdout:", "stderr:", "Previewing", "Updating", "View Live", "Resources:",
+                                  "Duration:", "Type ", "+ ", "~ ", "- ", "@ ", "pulumi:pulumi:Stack", "Outputs:",
+                                  "Destroying", "Refreshing", "cmd:")):
+            continue
+        if "error" in s.lower() or "fix:" in s or "failed" in s.lower() or "locked" in s.lower():
+            keep.append(s)
+    text = " | ".join(dict.fromkeys(keep)) or "the engine failed (see the site's log)"
+    return text[:600]
+
+
+def main() -> int:
+    _die_with_parent()
+    # At a deadline the fleet command interrupts the whole process group: the engine cancels
+    # cleanly while this process waits for it and reports, instead of dying first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    req = json.loads(sys.stdin.read())
+    out = run(req)
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
