@@ -5,10 +5,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTEST ?= .venv/bin/python -m pytest
 
-.PHONY: help bootstrap up down preview test test-unit test-integration audit lab-up lab-down lab-status bench
+.PHONY: help bootstrap up down preview test test-unit test-integration lint audit lab-up lab-down lab-status bench
 
 help:
-	@echo "make up | make test | make preview STACK=prod | make down | make audit | make bench"
+	@echo "make up | make test | make lint | make preview STACK=prod | make down | make audit | make bench"
 
 bootstrap:
 	scripts/bootstrap
@@ -22,7 +22,12 @@ lab-down:
 lab-status:
 	lab/lab status
 
+# The lab hosts are claimed by the dev stack while it is up: the lab tests refuse to run
+# (they would reinstall the same hosts) until `make down` releases them.
+LAB_CLAIM = $${EDGEFLEET_LAB_DIR:-$${EDGEFLEET_CACHE:-$$HOME/.cache/edgefleet}/lab}/dev-stack
+
 up: lab-up
+	printf '%s\n' "$(CURDIR) (make up, $$(date -u +%FT%TZ))" >"$(LAB_CLAIM)"
 	scripts/stack dev up --yes
 
 preview: bootstrap
@@ -31,6 +36,7 @@ preview: bootstrap
 down:
 	-scripts/stack dev destroy --yes
 	lab/lab down
+	rm -f "$(LAB_CLAIM)"
 
 test: bootstrap
 	scripts/test
@@ -40,6 +46,11 @@ test-unit: bootstrap
 
 test-integration: bootstrap
 	$(PYTEST) -m integration tests/integration
+
+# ruff and mypy only (make test runs them too): needs just the Python environment.
+lint:
+	scripts/bootstrap venv
+	scripts/lint
 
 audit: bootstrap
 	.venv/bin/python -m policies.audit --help

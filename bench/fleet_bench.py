@@ -34,16 +34,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.preview_bench import (  # noqa: E402
-    CLI_DIR, POLICY_CONFIG, STACK, VERSIONS, Run, cpu_by_process, fleet_project, floor_project, inventory, linear_fit,
+from bench.preview_bench import (
+    POLICY_CONFIG,
+    STACK,
+    Run,
+    cpu_by_process,
+    fleet_project,
+    floor_project,
+    inventory,
+    linear_fit,
 )
+from fleet.toolchain import cli_dir, versions
 
+CLI_DIR = cli_dir()
+VERSIONS = versions()
 RESULTS = REPO / "bench" / "results"
 INVENTORY_SITES = 3500
 TARGETS = {"load_s": 5.0, "load_over_libyaml": 3.0, "plan_s": 1.0, "site_stack_over_floor": 2.0}
@@ -66,19 +77,30 @@ def measure_inventory(tmp: Path, repeats: int) -> dict:
     path = tmp / "sites-3500.yaml"
     path.write_text(yaml.safe_dump(inventory(INVENTORY_SITES, True), sort_keys=False))
     text = path.read_text()
-    libyaml_s, libyaml_runs = timed(lambda: yaml.load(text, Loader=yaml.CSafeLoader), repeats)  # noqa: S506
+    libyaml_s, libyaml_runs = timed(lambda: yaml.load(text, Loader=yaml.CSafeLoader), repeats)
     load_s, load_runs = timed(lambda: load_inventory(path), repeats)
     pure_s, _ = timed(lambda: yaml.safe_load(text), 1)
     loaded = load_inventory(path)
     catalog = REPO / "models/catalog.yaml"
     plan_s, plan_runs = timed(lambda: build_plan(loaded, "prod", models=catalog_versions(loaded, catalog)), repeats)
     plan = build_plan(loaded, "prod", models=catalog_versions(loaded, catalog))
-    row = {"sites": INVENTORY_SITES, "bytes": len(text.encode()), "libyaml_parse_s": libyaml_s, "load_validate_s": load_s,
-           "load_over_libyaml": load_s / libyaml_s, "pure_python_parse_s": pure_s, "plan_s": plan_s,
-           "waves": [len(w.sites) for w in plan.waves],
-           "runs": {"libyaml": libyaml_runs, "load": load_runs, "plan": plan_runs}}
-    print(f"inventory {INVENTORY_SITES} sites ({row['bytes'] / 1e6:.1f} MB): libyaml parse {libyaml_s:.2f} s, load+validate "
-          f"{load_s:.2f} s ({row['load_over_libyaml']:.2f}x), pure-Python parse {pure_s:.2f} s, plan {plan_s:.3f} s", flush=True)
+    row: dict[str, Any] = {
+        "sites": INVENTORY_SITES,
+        "bytes": len(text.encode()),
+        "libyaml_parse_s": libyaml_s,
+        "load_validate_s": load_s,
+        "load_over_libyaml": load_s / libyaml_s,
+        "pure_python_parse_s": pure_s,
+        "plan_s": plan_s,
+        "waves": [len(w.sites) for w in plan.waves],
+        "runs": {"libyaml": libyaml_runs, "load": load_runs, "plan": plan_runs},
+    }
+    print(
+        f"inventory {INVENTORY_SITES} sites ({row['bytes'] / 1e6:.1f} MB): libyaml parse {libyaml_s:.2f} s, "
+        f"load+validate {load_s:.2f} s ({row['load_over_libyaml']:.2f}x), pure-Python parse {pure_s:.2f} s, "
+        f"plan {plan_s:.3f} s",
+        flush=True,
+    )
     return row
 
 
@@ -92,13 +114,25 @@ def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 36
     proc = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout)
     wall, cpu = time.perf_counter() - start, child_cpu() - before
     if proc.returncode not in (0,):
-        raise RuntimeError(f"{' '.join(args[:6])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(args[:6])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return Run(wall, cpu)
 
 
 def fleet_cmd(project, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fleet", *args, "--stack", STACK, "--project-dir", str(project.cwd),
-            "--log-dir", str(project.cwd.parent / "fleet-logs")]
+    return [
+        sys.executable,
+        "-m",
+        "fleet",
+        *args,
+        "--stack",
+        STACK,
+        "--project-dir",
+        str(project.cwd),
+        "--log-dir",
+        str(project.cwd.parent / "fleet-logs"),
+    ]
 
 
 def median_run(runs: list[Run]) -> tuple[float, float]:
@@ -118,20 +152,41 @@ def measure_fixed(project, floor, repeats: int) -> dict:
     env = project.env
     run_cmd(fleet_cmd(project, "preview"), REPO, env)  # creates bench.site-0000 (untimed)
     site_stack = f"{STACK}.site-0000"
-    direct = [run_cmd(["pulumi", "preview", "--non-interactive", "--stack", site_stack, *PACK], project.cwd, env) for _ in range(repeats)]
-    bare = [run_cmd(["pulumi", "preview", "--non-interactive", "--stack", site_stack], project.cwd, env) for _ in range(repeats)]
+    direct = [
+        run_cmd(["pulumi", "preview", "--non-interactive", "--stack", site_stack, *PACK], project.cwd, env)
+        for _ in range(repeats)
+    ]
+    bare = [
+        run_cmd(["pulumi", "preview", "--non-interactive", "--stack", site_stack], project.cwd, env)
+        for _ in range(repeats)
+    ]
     via_fleet = [run_cmd(fleet_cmd(project, "preview"), REPO, env) for _ in range(repeats)]
     floor.pulumi("config", "set", "resources", "1", "--stack", STACK)
     floor_runs = [floor.preview() for _ in range(repeats)]
     cpu_site = survey_cpu(["pulumi", "preview", "--non-interactive", "--stack", site_stack, *PACK], project.cwd, env)
     cpu_floor = survey_cpu(["pulumi", "preview", "--non-interactive", "--stack", STACK], floor.cwd, floor.env)
     (dw, dc), (bw, bc), (vw, vc), (fw, fc) = map(median_run, (direct, bare, via_fleet, floor_runs))
-    row = {"site_stack_wall_s": dw, "site_stack_cpu_s": dc, "site_stack_no_pack_wall_s": bw, "site_stack_no_pack_cpu_s": bc,
-           "via_fleet_wall_s": vw, "via_fleet_cpu_s": vc, "floor_wall_s": fw, "floor_cpu_s": fc,
-           "ratio_wall": dw / fw, "ratio_cpu": dc / fc, "ratio_no_pack_wall": bw / fw,
-           "cpu_by_process": cpu_site, "floor_cpu_by_process": cpu_floor, "runs": repeats}
-    print(f"one site stack: {dw:.2f} s wall / {dc:.2f} s CPU with the pack ({bw:.2f} s without), via fleet {vw:.2f} s; "
-          f"floor {fw:.2f} s / {fc:.2f} s: {dw / fw:.2f}x wall ({bw / fw:.2f}x without the pack)", flush=True)
+    row: dict[str, Any] = {
+        "site_stack_wall_s": dw,
+        "site_stack_cpu_s": dc,
+        "site_stack_no_pack_wall_s": bw,
+        "site_stack_no_pack_cpu_s": bc,
+        "via_fleet_wall_s": vw,
+        "via_fleet_cpu_s": vc,
+        "floor_wall_s": fw,
+        "floor_cpu_s": fc,
+        "ratio_wall": dw / fw,
+        "ratio_cpu": dc / fc,
+        "ratio_no_pack_wall": bw / fw,
+        "cpu_by_process": cpu_site,
+        "floor_cpu_by_process": cpu_floor,
+        "runs": repeats,
+    }
+    print(
+        f"one site stack: {dw:.2f} s wall / {dc:.2f} s CPU with the pack ({bw:.2f} s without), via fleet {vw:.2f} s; "
+        f"floor {fw:.2f} s / {fc:.2f} s: {dw / fw:.2f}x wall ({bw / fw:.2f}x without the pack)",
+        flush=True,
+    )
     print(f"  CPU by process: {cpu_site} | floor: {cpu_floor}", flush=True)
     return row
 
@@ -165,13 +220,21 @@ def extrapolate(rows: list[dict], fixed: dict, cpus: int) -> dict:
     per_site_cpu = max(best[n][2] / n for n in best) if best else None
     single = [(r["sites"], r["single_stack"]["wall_s"]) for r in rows if "single_stack" in r]
     single_fit = linear_fit([float(n) for n, _ in single], [w for _, w in single]) if len(single) >= 3 else None
-    out = {"per_site_wall_s_at_best_concurrency": per_site_wall, "per_site_cpu_s": per_site_cpu, "fit_wall": fit_wall,
-           "single_stack_fit": single_fit, "cpus_per_runner": cpus, "runners": {}}
+    out: dict[str, Any] = {
+        "per_site_wall_s_at_best_concurrency": per_site_wall,
+        "per_site_cpu_s": per_site_cpu,
+        "fit_wall": fit_wall,
+        "single_stack_fit": single_fit,
+        "cpus_per_runner": cpus,
+        "runners": {},
+    }
     for k in (1, 10, 50):
         if per_site_wall is not None:
             out["runners"][str(k)] = {"site_stacks_wall_min": INVENTORY_SITES * per_site_wall / k / 60}
     if single_fit is not None:
-        out["single_stack_3500_wall_min"] = (single_fit["intercept_s"] + single_fit["slope_s_per_site"] * INVENTORY_SITES) / 60
+        out["single_stack_3500_wall_min"] = (
+            single_fit["intercept_s"] + single_fit["slope_s_per_site"] * INVENTORY_SITES
+        ) / 60
     return out
 
 
@@ -196,7 +259,7 @@ def plot(result: dict, path: Path) -> None:
     for i, kind in enumerate(kinds):
         vals = [fixed["cpu_by_process"].get(kind, 0.0), fixed["floor_cpu_by_process"].get(kind, 0.0)]
         ax2.bar(["1-site stack", "1-resource floor"], vals, bottom=bottom, color=f"C{i}", label=kind)
-        bottom = [b + v for b, v in zip(bottom, vals)]
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax2.set(ylabel="CPU seconds", title=f"fixed cost: {fixed['ratio_wall']:.2f}x the floor (wall)")
     ax2.legend(fontsize=7)
     for c in sorted({c for r in result["previews"] for c in r["site_stacks"]}, key=int):
@@ -217,13 +280,19 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point of parts 1 and 2 (median)")
     parser.add_argument("--skip-single-above", type=int, default=10_000, help="no single-stack preview above this N")
-    parser.add_argument("--max-concurrency-only-above", type=int, default=10_000,
-                        help="above this N, only the highest concurrency (a long point; the lower ones scale from it)")
+    parser.add_argument(
+        "--max-concurrency-only-above",
+        type=int,
+        default=10_000,
+        help="above this N, only the highest concurrency (a long point; the lower ones scale from it)",
+    )
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     concurrencies = sorted({int(c) for c in args.concurrency.split(",")})
     if not (CLI_DIR / "pulumi").exists():
-        print(f"fleet_bench: the Pulumi toolchain is missing at {CLI_DIR} (fix: run scripts/bootstrap)", file=sys.stderr)
+        print(
+            f"fleet_bench: the Pulumi toolchain is missing at {CLI_DIR} (fix: run scripts/bootstrap)", file=sys.stderr
+        )
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp_dir:
@@ -244,8 +313,12 @@ def main() -> int:
             previews.append(measure_n(project, n, cs, n <= args.skip_single_above))
     result = {
         "benchmark": "fleet operations: inventory load and plan, site stack fixed cost, N site stacks vs one stack",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": os.getloadavg()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": os.getloadavg(),
+        },
         "toolchain": {"pulumi": VERSIONS["PULUMI_VERSION"], "pulumi_kubernetes": VERSIONS["PULUMI_KUBERNETES_VERSION"]},
         "targets": TARGETS,
         "within_target": {

@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,11 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from inference.runtime import create_session  # noqa: E402
+from components.contract import cache_dir
+from inference.runtime import create_session
 
 RESULTS = REPO / "bench" / "results"
-CACHE = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet"))
+CACHE = cache_dir()
 KSERVE_VENV = CACHE / "bench-venv-kserve"
 KSERVE_PINS = ["kserve==0.21.0", "onnxruntime==1.32.0", "numpy==2.4.6"]
 CONCURRENCY = (1, 8, 32)
@@ -68,8 +70,13 @@ MODEL, VERSION = "mlp", "1"
 PATH = f"/v2/models/{MODEL}/infer"
 OURS, FLOOR2 = "edge-infer", "floor2-bare"
 # Throughput at c=8 and p50 at c=1 are ratios to floor 2 in the same round.
-TARGETS = {"throughput_vs_floor2_c8": 0.6, "throughput_aim_c8": 0.85, "p50_vs_floor2_c1": 1.25,
-           "rss_mb_per_worker": 80.0, "errors": 0}
+TARGETS = {
+    "throughput_vs_floor2_c8": 0.6,
+    "throughput_aim_c8": 0.85,
+    "p50_vs_floor2_c1": 1.25,
+    "rss_mb_per_worker": 80.0,
+    "errors": 0,
+}
 SERVER_CPU, CLIENT_CPU = 1, 0
 
 WRK_SCRIPT = """
@@ -86,7 +93,7 @@ done = function(summary, latency, requests)
 end
 """
 
-KSERVE_MODEL = '''
+KSERVE_MODEL = """
 import sys
 
 import onnxruntime as ort
@@ -121,10 +128,11 @@ class OnnxModel(Model):
 if __name__ == "__main__":
     model_path, port = sys.argv[1], int(sys.argv[2])
     ModelServer(http_port=port, enable_grpc=False, workers=1).start([OnnxModel("mlp", model_path)])
-'''
+"""
 
 
 # --- floor 2: the bare handler (run in its own process with --bare-server) ----------------------
+
 
 def bare_server(model_path: str, port: int) -> None:
     import httptools
@@ -153,11 +161,19 @@ def bare_server(model_path: str, port: int) -> None:
             tensor = orjson.loads(b"".join(self.body))["inputs"][0]
             features = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
             (score,) = session.run(None, {tensor["name"]: features})
-            body = orjson.dumps({"model_name": MODEL, "model_version": VERSION, "outputs": [
-                {"name": "score", "datatype": "FP32", "shape": list(score.shape), "data": score.ravel()}]},
-                option=orjson.OPT_SERIALIZE_NUMPY)
-            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(body), body))
+            body = orjson.dumps(
+                {
+                    "model_name": MODEL,
+                    "model_version": VERSION,
+                    "outputs": [
+                        {"name": "score", "datatype": "FP32", "shape": list(score.shape), "data": score.ravel()}
+                    ],
+                },
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
 
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(Bare, "127.0.0.1", port)
@@ -170,6 +186,7 @@ def bare_server(model_path: str, port: int) -> None:
 
 
 # --- measurement ---------------------------------------------------------------------------
+
 
 def floor1(model: bytes, body: bytes, seconds: float) -> dict:
     session = create_session(model)
@@ -185,8 +202,13 @@ def floor1(model: bytes, body: bytes, seconds: float) -> dict:
         latencies.append(time.perf_counter_ns() - t0)
     elapsed = time.perf_counter() - start
     lat = np.array(latencies) / 1000
-    return {"name": "floor1-session-run", "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
-            "p50_us": round(float(np.percentile(lat, 50)), 1), "p99_us": round(float(np.percentile(lat, 99)), 1)}
+    return {
+        "name": "floor1-session-run",
+        "requests": len(latencies),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_us": round(float(np.percentile(lat, 50)), 1),
+        "p99_us": round(float(np.percentile(lat, 99)), 1),
+    }
 
 
 def free_port() -> int:
@@ -208,6 +230,7 @@ class BenchError(Exception):
 def listeners(port: int) -> dict[int | None, str]:
     """Processes with a TCP socket listening on ``port``: pid (None if not visible) -> command."""
     import psutil
+
     found: dict[int | None, str] = {}
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
@@ -230,8 +253,10 @@ def ensure_port_free(port: int) -> None:
                 taken = {None: str(exc)}
     if taken:
         who = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in taken.items())
-        raise BenchError(f"port {port} is already in use ({who}); a server left there would share "
-                         f"the load (fix: stop it, or pass another --port)")
+        raise BenchError(
+            f"port {port} is already in use ({who}); a server left there would share "
+            f"the load (fix: stop it, or pass another --port)"
+        )
 
 
 def wait_ready(port: int, proc: subprocess.Popen, body: bytes, expected: float, timeout: float = 120.0) -> None:
@@ -242,8 +267,9 @@ def wait_ready(port: int, proc: subprocess.Popen, body: bytes, expected: float, 
         if proc.poll() is not None:
             raise BenchError(f"server on port {port} exited with {proc.returncode} before it was ready")
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=body,
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{PATH}", data=body, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     answer = orjson.loads(r.read())
@@ -259,10 +285,26 @@ def wait_ready(port: int, proc: subprocess.Popen, body: bytes, expected: float, 
 
 
 def run_wrk(port: int, concurrency: int, seconds: int, script: Path, body_path: Path) -> dict:
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script),
-           f"http://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body_path)},
-                         preexec_fn=pinned(CLIENT_CPU), timeout=seconds + 60, check=True).stdout
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, seconds)}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{PATH}",
+    ]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body_path)},
+        preexec_fn=pinned(CLIENT_CPU),
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_RESULT "))
     result = json.loads(line.removeprefix("WRK_RESULT "))
     result["rps"] = round(result["requests"] / (result["duration_us"] / 1e6), 1)
@@ -272,8 +314,16 @@ def run_wrk(port: int, concurrency: int, seconds: int, script: Path, body_path: 
 class Server:
     """One HTTP server under test, started pinned to the server CPU (unless ``pin`` is False)."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path, cwd: Path = REPO,
-                 pin: bool = True, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        log: Path,
+        cwd: Path = REPO,
+        pin: bool = True,
+        env: dict | None = None,
+    ) -> None:
         self.name, self.cmd, self.port, self.log, self.cwd, self.pin = name, cmd, port, log, cwd, pin
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -282,13 +332,25 @@ class Server:
         ensure_port_free(self.port)
         print(f"  {self.name}: starting on port {self.port}", flush=True)
         with self.log.open("wb") as log_file:
-            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log_file,
-                                         stderr=subprocess.STDOUT,
-                                         preexec_fn=pinned(SERVER_CPU) if self.pin else None)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pinned(SERVER_CPU) if self.pin else None,
+            )
+
+    @property
+    def running(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.proc
 
     def processes(self) -> list:
         import psutil
-        proc = psutil.Process(self.proc.pid)
+
+        proc = psutil.Process(self.running.pid)
         return [proc, *proc.children(recursive=True)]
 
     def workers(self) -> int:
@@ -318,8 +380,15 @@ class Server:
                 self.proc.wait()
 
 
-def measure(servers: list[Server], concurrency: tuple[int, ...], seconds: int, rounds: int, script: Path,
-            body_path: Path, expected: float) -> tuple[list[dict], dict[str, int], list[float]]:
+def measure(
+    servers: list[Server],
+    concurrency: tuple[int, ...],
+    seconds: int,
+    rounds: int,
+    script: Path,
+    body_path: Path,
+    expected: float,
+) -> tuple[list[dict], dict[str, int], list[float]]:
     """Interleave the servers: every round loads each server at each concurrency in turn, so a
     slow spell of this shared machine hits them all alike. Returns the points (a point holds
     the runs of every round), the workers counted per server and the load average per round."""
@@ -330,7 +399,7 @@ def measure(servers: list[Server], concurrency: tuple[int, ...], seconds: int, r
         for server in servers:
             server.start()
         for server in servers:
-            wait_ready(server.port, server.proc, body_path.read_bytes(), expected)
+            wait_ready(server.port, server.running, body_path.read_bytes(), expected)
             workers[server.name] = server.workers()
             print(f"  {server.name}: {workers[server.name]} process(es) listening", flush=True)
             run_wrk(server.port, 8, 2, script, body_path)  # warm-up
@@ -341,13 +410,18 @@ def measure(servers: list[Server], concurrency: tuple[int, ...], seconds: int, r
                 for server in servers:
                     cpu = server.cpu_seconds()
                     result = run_wrk(server.port, c, per_round, script, body_path)
-                    result["cpu_us_per_request"] = round((server.cpu_seconds() - cpu) / max(1, result["requests"]) * 1e6, 1)
+                    result["cpu_us_per_request"] = round(
+                        (server.cpu_seconds() - cpu) / max(1, result["requests"]) * 1e6, 1
+                    )
                     result["rss_mb"], result["rss_mb_per_worker"] = server.rss_mb()
                     samples.setdefault((server.name, c), []).append(result)
-                    print(f"  round {r + 1}/{rounds} {server.name} c={c}: {result['rps']:.0f} req/s, "
-                          f"p50 {result['p50_us']} us, p99 {result['p99_us']} us, "
-                          f"{result['cpu_us_per_request']} CPU-us/req, RSS {result['rss_mb']} MB, "
-                          f"errors {result['non2xx'] + result['socket_errors']}", flush=True)
+                    print(
+                        f"  round {r + 1}/{rounds} {server.name} c={c}: {result['rps']:.0f} req/s, "
+                        f"p50 {result['p50_us']} us, p99 {result['p99_us']} us, "
+                        f"{result['cpu_us_per_request']} CPU-us/req, RSS {result['rss_mb']} MB, "
+                        f"errors {result['non2xx'] + result['socket_errors']}",
+                        flush=True,
+                    )
         for server in servers:  # nothing joined the port while it was loaded
             if server.workers() != workers[server.name]:
                 raise BenchError(f"{server.name}: the number of processes listening on port {server.port} changed")
@@ -376,21 +450,29 @@ def kserve_python() -> Path:
     marker = KSERVE_VENV / "pins.txt"
     if not (python.exists() and marker.exists() and marker.read_text().split() == KSERVE_PINS):
         print(f"  creating {KSERVE_VENV} with {' '.join(KSERVE_PINS)}", flush=True)
-        for cmd in ([os.environ.get("EDGEFLEET_PYTHON", "python3.11"), "-m", "venv", "--clear", str(KSERVE_VENV)],
-                    [str(python), "-m", "pip", "install", "--quiet", *KSERVE_PINS]):
+        for cmd in (
+            [os.environ.get("EDGEFLEET_PYTHON", "python3.11"), "-m", "venv", "--clear", str(KSERVE_VENV)],
+            [str(python), "-m", "pip", "install", "--quiet", *KSERVE_PINS],
+        ):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} exited with {done.returncode}: "
-                                   f"{(done.stderr or done.stdout).strip()[-2000:]}")
+                raise RuntimeError(
+                    f"{' '.join(cmd)} exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}"
+                )
         marker.write_text("\n".join(KSERVE_PINS) + "\n")
     return python
 
 
 # --- report --------------------------------------------------------------------------------
 
+
 def spread(values: list[float]) -> dict:
-    return {"min": round(min(values), 3), "median": round(float(np.median(values)), 3),
-            "max": round(max(values), 3), "per_round": [round(v, 3) for v in values]}
+    return {
+        "min": round(min(values), 3),
+        "median": round(float(np.median(values)), 3),
+        "max": round(max(values), 3),
+        "per_round": [round(v, 3) for v in values],
+    }
 
 
 def point(report: dict, name: str, c: int) -> dict | None:
@@ -402,11 +484,11 @@ def ratios(report: dict, name: str) -> dict:
     out: dict = {}
     c8, b8 = point(report, name, 8), point(report, FLOOR2, 8)
     if c8 and b8:
-        out["throughput_c8"] = spread([a / b for a, b in zip(c8["rps_per_round"], b8["rps_per_round"])])
+        out["throughput_c8"] = spread([a / b for a, b in zip(c8["rps_per_round"], b8["rps_per_round"], strict=True)])
         out["cpu_per_request_c8"] = round(c8["cpu_us_per_request"] / b8["cpu_us_per_request"], 3)
     c1, b1 = point(report, name, 1), point(report, FLOOR2, 1)
     if c1 and b1:
-        out["p50_c1"] = spread([a / b for a, b in zip(c1["p50_us_per_round"], b1["p50_us_per_round"])])
+        out["p50_c1"] = spread([a / b for a, b in zip(c1["p50_us_per_round"], b1["p50_us_per_round"], strict=True)])
     return out
 
 
@@ -415,26 +497,39 @@ def evaluate(report: dict) -> dict:
     r = report["ratios"][OURS]
     errors = sum(p["non2xx"] + p["socket_errors"] for p in ours)
     rss = max(p["rss_mb_per_worker"] for p in ours)
-    targets = {"rss_mb_per_worker": {"value": rss, "target": f"<= {TARGETS['rss_mb_per_worker']}",
-                                     "met": rss <= TARGETS["rss_mb_per_worker"]},
-               "errors": {"value": errors, "target": "0", "met": errors == 0}}
+    targets = {
+        "rss_mb_per_worker": {
+            "value": rss,
+            "target": f"<= {TARGETS['rss_mb_per_worker']}",
+            "met": rss <= TARGETS["rss_mb_per_worker"],
+        },
+        "errors": {"value": errors, "target": "0", "met": errors == 0},
+    }
     if "throughput_c8" in r:
         value = r["throughput_c8"]["median"]
         targets["throughput_vs_floor2_c8"] = {
-            "value": value, "spread": [r["throughput_c8"]["min"], r["throughput_c8"]["max"]],
+            "value": value,
+            "spread": [r["throughput_c8"]["min"], r["throughput_c8"]["max"]],
             "target": f">= {TARGETS['throughput_vs_floor2_c8']} (aim {TARGETS['throughput_aim_c8']})",
-            "met": value >= TARGETS["throughput_vs_floor2_c8"]}
-    if "p50_c1" in r:
+            "met": value >= TARGETS["throughput_vs_floor2_c8"],
+        }
+    ours_c1, floor_c1 = point(report, OURS, 1), point(report, FLOOR2, 1)
+    if "p50_c1" in r and ours_c1 and floor_c1:
         value = r["p50_c1"]["median"]
         targets["p50_vs_floor2_c1"] = {
-            "value": value, "spread": [r["p50_c1"]["min"], r["p50_c1"]["max"]],
-            "p50_us": point(report, OURS, 1)["p50_us"], "floor2_p50_us": point(report, FLOOR2, 1)["p50_us"],
-            "target": f"<= {TARGETS['p50_vs_floor2_c1']}", "met": value <= TARGETS["p50_vs_floor2_c1"]}
+            "value": value,
+            "spread": [r["p50_c1"]["min"], r["p50_c1"]["max"]],
+            "p50_us": ours_c1["p50_us"],
+            "floor2_p50_us": floor_c1["p50_us"],
+            "target": f"<= {TARGETS['p50_vs_floor2_c1']}",
+            "met": value <= TARGETS["p50_vs_floor2_c1"],
+        }
     return targets
 
 
 def plot(report: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -445,9 +540,10 @@ def plot(report: dict, path: Path) -> None:
         pts = [p for p in report["points"] if p["name"] == name]
         c = [p["concurrency"] for p in pts]
         ax_rps.plot(c, [p["rps"] for p in pts], marker="o", label=f"{name} ({pts[0]['workers']} worker(s))")
-        line, = ax_lat.plot(c, [p["p50_us"] for p in pts], marker="o", label=f"{name} p50")
-        ax_lat.plot(c, [p["p99_us"] for p in pts], marker="x", linestyle="--", color=line.get_color(),
-                    label=f"{name} p99")
+        (line,) = ax_lat.plot(c, [p["p50_us"] for p in pts], marker="o", label=f"{name} p50")
+        ax_lat.plot(
+            c, [p["p99_us"] for p in pts], marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99"
+        )
     ax_rps.axhline(report["floor1"]["rps"], color="grey", linestyle=":", label="floor 1 (session.run in process)")
     ax_rps.set(title="Throughput (median of rounds)", ylabel="requests/s", yscale="log")
     ax_lat.set(title="Latency (median of rounds)", ylabel="microseconds", yscale="log")
@@ -475,8 +571,10 @@ def plot(report: dict, path: Path) -> None:
     ax_rss.axhline(TARGETS["rss_mb_per_worker"], color="red", linestyle=":", label="target per worker")
     ax_rss.set(title="RSS of the largest serving process", ylabel="MB")
     ax_rss.legend(fontsize=8)
-    fig.suptitle(f"MLP 64-128-64-1 FP32, batch 1, loopback, {report['duration_s']} s per point "
-                 f"in {report['rounds']} interleaved rounds")
+    fig.suptitle(
+        f"MLP 64-128-64-1 FP32, batch 1, loopback, {report['duration_s']} s per point "
+        f"in {report['rounds']} interleaved rounds"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -505,16 +603,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per load point (over all rounds)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point (median reported)")
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
-                        help="wrk connections per point, comma-separated (1 and 8 are the targets')")
-    parser.add_argument("--port", type=int, default=0,
-                        help="first port of the servers (one each, consecutive); default: free ports")
-    parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME=DIR[,ARG...]",
-                        help="also measure the server of another source tree DIR, with extra server "
-                             "arguments ARG (repeatable)")
+    parser.add_argument(
+        "--concurrency",
+        default=",".join(map(str, CONCURRENCY)),
+        help="wrk connections per point, comma-separated (1 and 8 are the targets')",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="first port of the servers (one each, consecutive); default: free ports"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="NAME=DIR[,ARG...]",
+        help="also measure the server of another source tree DIR, with extra server arguments ARG (repeatable)",
+    )
     parser.add_argument("--skip-kserve", action="store_true", help="do not measure the KServe peer")
-    parser.add_argument("--skip-extra", action="store_true",
-                        help="measure only floor 2, edge-infer and the variants")
+    parser.add_argument("--skip-extra", action="store_true", help="measure only floor 2, edge-infer and the variants")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for inference.json/png")
     parser.add_argument("--bare-server", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -540,20 +646,31 @@ def main() -> int:
 
 def run(args: argparse.Namespace, concurrency: tuple[int, ...]) -> dict:
     # Imported here, not at the top: the bare server process must not carry onnx in its RSS.
-    from tests.unit.inference_fixtures import mlp_model
+    from models.synthetic import mlp_model
 
     model = mlp_model(0)
     rng = np.random.default_rng(7)
     features = rng.standard_normal(64).astype(np.float32)
-    body = orjson.dumps({"id": "bench", "inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32",
-                                                     "data": features.tolist()}]})
+    body = orjson.dumps(
+        {
+            "id": "bench",
+            "inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "data": features.tolist()}],
+        }
+    )
     expected = float(create_session(model).run(None, {"features": features.reshape(1, 64)})[0][0, 0])
     report: dict = {
-        "model": "MLP 64-128-64-1 FP32 (tests/unit/inference_fixtures.py mlp_model(0))", "batch": 1,
-        "request_bytes": len(body), "duration_s": args.duration, "rounds": args.rounds,
+        "model": "MLP 64-128-64-1 FP32 (models/synthetic.py mlp_model(0))",
+        "batch": 1,
+        "request_bytes": len(body),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
         "concurrency": list(concurrency),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("[")[0].strip(),
         "points": [],
     }
@@ -571,38 +688,81 @@ def run(args: argparse.Namespace, concurrency: tuple[int, ...]) -> dict:
         print(f"  {report['floor1']}", flush=True)
 
         py, models = sys.executable, str(tmp_path / "models")
-        ours = [py, "-m", "inference", "--model-repository", models, "--host", "127.0.0.1",
-                "--log-sample", "1", "--metrics-dir", str(tmp_path / "metrics")]
+        ours = [
+            py,
+            "-m",
+            "inference",
+            "--model-repository",
+            models,
+            "--host",
+            "127.0.0.1",
+            "--log-sample",
+            "1",
+            "--metrics-dir",
+            str(tmp_path / "metrics"),
+        ]
+
+        def ours_with(*flags: str) -> Callable[[int], list[str]]:
+            return lambda port: [*ours, "--port", str(port), *flags]
+
         # name -> (command for a port, source tree, pinned to one CPU)
-        commands = {
-            FLOOR2: (lambda port: [py, __file__, "--bare-server", str(model_dir / "model.onnx"), str(port)], REPO, True),
-            OURS: (lambda port: [*ours, "--port", str(port)], REPO, True),
+        commands: dict[str, tuple[Callable[[int], list[str]], Path, bool]] = {
+            FLOOR2: (
+                lambda port: [py, __file__, "--bare-server", str(model_dir / "model.onnx"), str(port)],
+                REPO,
+                True,
+            ),
+            OURS: (ours_with(), REPO, True),
         }
         for name, tree, extra in args.variant:
-            commands[name] = (lambda port, extra=extra: [*ours, "--port", str(port), *extra], tree, True)
+            commands[name] = (ours_with(*extra), tree, True)
         if not args.skip_extra:
-            commands[f"{OURS}-asyncio-loop"] = (lambda port: [*ours, "--port", str(port), "--loop", "asyncio"], REPO, True)
-            commands[f"{OURS}-log-every-request"] = (lambda port: [*ours, "--port", str(port), "--log-rate", "0"], REPO, True)
-            commands[f"{OURS}-2-workers"] = (lambda port: [*ours, "--port", str(port), "--workers", "2"], REPO, False)
+            commands[f"{OURS}-asyncio-loop"] = (ours_with("--loop", "asyncio"), REPO, True)
+            commands[f"{OURS}-log-every-request"] = (ours_with("--log-rate", "0"), REPO, True)
+            commands[f"{OURS}-2-workers"] = (ours_with("--workers", "2"), REPO, False)
         if not args.skip_kserve:
             try:
                 kpy = kserve_python()
                 (tmp_path / "kserve_model.py").write_text(KSERVE_MODEL)
-                commands[f"kserve-{KSERVE_PINS[0].split('==')[1]}"] = (lambda port: [
-                    str(kpy), str(tmp_path / "kserve_model.py"), str(model_dir / "model.onnx"), str(port)], REPO, True)
+                commands[f"kserve-{KSERVE_PINS[0].split('==')[1]}"] = (
+                    lambda port: [
+                        str(kpy),
+                        str(tmp_path / "kserve_model.py"),
+                        str(model_dir / "model.onnx"),
+                        str(port),
+                    ],
+                    REPO,
+                    True,
+                )
             except (OSError, RuntimeError) as exc:
                 report["kserve_error"] = str(exc)
                 print(f"  kserve unavailable: {report['kserve_error']}", flush=True)
         servers = []
         for i, (name, (command, tree, pin)) in enumerate(commands.items()):
             port = args.port + i if args.port else free_port()
-            servers.append(Server(name, command(port), port, tmp_path / f"{name}.log", cwd=tree, pin=pin,
-                                  env={"PYTHONPATH": str(tree)}))
-        report["servers"] = {s.name: {"source": str(s.cwd), "pinned_to_one_cpu": s.pin,
-                                      "command": " ".join(s.cmd[1:]).replace(tmp, "$TMP")} for s in servers}
+            servers.append(
+                Server(
+                    name,
+                    command(port),
+                    port,
+                    tmp_path / f"{name}.log",
+                    cwd=tree,
+                    pin=pin,
+                    env={"PYTHONPATH": str(tree)},
+                )
+            )
+        report["servers"] = {
+            s.name: {
+                "source": str(s.cwd),
+                "pinned_to_one_cpu": s.pin,
+                "command": " ".join(s.cmd[1:]).replace(tmp, "$TMP"),
+            }
+            for s in servers
+        }
         print("HTTP servers (wrk), interleaved", flush=True)
         report["points"], workers, report["machine"]["loadavg_per_round"] = measure(
-            servers, concurrency, args.duration, args.rounds, script, body_path, expected)
+            servers, concurrency, args.duration, args.rounds, script, body_path, expected
+        )
         for name, count in workers.items():
             report["servers"][name]["workers"] = count
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -45,15 +46,25 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.inference_bench import CLIENT_CPU, SERVER_CPU, WRK_SCRIPT, pinned  # noqa: E402  (same wrk settings)
-from components.inventory import LATENCY_BUDGET_MS  # noqa: E402
-from components.monitoring import agent, core, rules  # noqa: E402
+from bench.inference_bench import CLIENT_CPU, SERVER_CPU, WRK_SCRIPT, pinned  # the same wrk settings
+from components.contract import LATENCY_BUDGET_MS
+from components.monitoring import agent, core, rules
 
 RESULTS = REPO / "bench" / "results"
 MODEL, VERSION = "predictive-maintenance", "2"
-BODY = orjson.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                                  "data": [1.0, 2.0, 1.5, 3.0, 2.5, 40.0, 5.0, 1500.0]}]})
-SITE = dict(site="lab-a", wave=1, hardware_class="x86-edge", latency_class="control")
+BODY = orjson.dumps(
+    {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": [1, 8],
+                "datatype": "FP32",
+                "data": [1.0, 2.0, 1.5, 3.0, 2.5, 40.0, 5.0, 1500.0],
+            }
+        ]
+    }
+)
+SITE: dict[str, Any] = {"site": "lab-a", "wave": 1, "hardware_class": "x86-edge", "latency_class": "control"}
 
 
 def free_port() -> int:
@@ -63,7 +74,7 @@ def free_port() -> int:
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
 
 
@@ -77,7 +88,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.5):
                 return value
         except RuntimeError:
             raise
-        except Exception as exc:  # noqa: BLE001 (the process is still starting)
+        except Exception as exc:  # the process is still starting
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not within {timeout:g} s (last error: {last})")
@@ -95,13 +106,20 @@ class Proc:
     proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO,
-                                     start_new_session=True, preexec_fn=None if self.cpu is None else pinned(self.cpu))
+        proc = self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=None if self.cpu is None else pinned(self.cpu),
+        )
 
         def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); log: {self.log}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({proc.returncode}); log: {self.log}")
             return bool(http_get(self.ready_url))
+
         wait_until(ready, timeout, f"{self.name} ready")
 
     def stop(self) -> None:
@@ -114,11 +132,23 @@ class Proc:
             self.proc.kill()
             self.proc.wait(10)
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.proc.pid
+
     def stats(self) -> tuple[float, float]:
         """(RSS MiB, CPU seconds) of the process from /proc."""
-        pid = self.proc.pid
-        rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if ln.startswith("VmRSS:")) / 1024
+        pid = self.pid
+        rss = (
+            next(
+                int(ln.split()[1])
+                for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ln.startswith("VmRSS:")
+            )
+            / 1024
+        )
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return rss, cpu
@@ -134,34 +164,78 @@ class Stack:
         repo = work / "models" / MODEL / VERSION
         repo.mkdir(parents=True)
         shutil.copy(REPO / "models" / MODEL / VERSION / "model.onnx", repo / "model.onnx")
-        self.server = Proc("inference", [sys.executable, "-m", "inference", "--host", "127.0.0.1", "--port",
-                                         str(self.infer_port), "--model-repository", str(work / "models"),
-                                         "--cache-dir", str(work / "cache"), "--metrics-dir", str(work / "metrics")],
-                           work / "inference.log", f"http://127.0.0.1:{self.infer_port}/v2/health/ready", cpu=SERVER_CPU)
+        self.server = Proc(
+            "inference",
+            [
+                sys.executable,
+                "-m",
+                "inference",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.infer_port),
+                "--model-repository",
+                str(work / "models"),
+                "--cache-dir",
+                str(work / "cache"),
+                "--metrics-dir",
+                str(work / "metrics"),
+            ],
+            work / "inference.log",
+            f"http://127.0.0.1:{self.infer_port}/v2/health/ready",
+            cpu=SERVER_CPU,
+        )
         (work / "rules").mkdir()
         budgets = {k: v / 1000 for k, v in LATENCY_BUDGET_MS.items()}
-        files = core.core_files(core.CoreArgs(rules_dir=str(work / "rules"), evaluation_interval="5s",
-                                              self_target=f"127.0.0.1:{self.core_port}"),
-                                budgets, [rules.SiteExpectation(SITE["site"], SITE["latency_class"], {MODEL: [VERSION]})])
+        files = core.core_files(
+            core.CoreArgs(
+                rules_dir=str(work / "rules"), evaluation_interval="5s", self_target=f"127.0.0.1:{self.core_port}"
+            ),
+            budgets,
+            [rules.SiteExpectation(SITE["site"], SITE["latency_class"], {MODEL: [VERSION]})],
+        )
         (work / "core.yml").write_text(files.pop("prometheus.yml"))
         for path, text in files.items():
             Path(path).write_text(text)
-        self.core = Proc("core", ["prometheus", *core.core_flags(str(work / "core.yml"), str(work / "core-data"),
-                                                                 f"127.0.0.1:{self.core_port}")],
-                         work / "core.log", f"http://127.0.0.1:{self.core_port}/-/ready")
-        args = agent.AgentArgs(**SITE, image="unused", core=agent.CoreEndpoint("127.0.0.1", self.core_port),
-                               nodes={"n1": "127.0.0.1"}, scrape_namespaces=[MODEL])
+        self.core = Proc(
+            "core",
+            [
+                "prometheus",
+                *core.core_flags(str(work / "core.yml"), str(work / "core-data"), f"127.0.0.1:{self.core_port}"),
+            ],
+            work / "core.log",
+            f"http://127.0.0.1:{self.core_port}/-/ready",
+        )
+        args = agent.AgentArgs(
+            **SITE,
+            image="unused",
+            core=agent.CoreEndpoint("127.0.0.1", self.core_port),
+            nodes={"n1": "127.0.0.1"},
+            scrape_namespaces=[MODEL],
+        )
         cfg = agent.prometheus_config(args)
         # On loopback there is no cluster DNS and no kubelet: the server is a static target of
         # the inference job; global labels and remote write are the rendered ones.
         cfg["global"]["scrape_interval"] = cfg["global"]["scrape_timeout"] = scrape_interval
-        cfg["scrape_configs"] = [{"job_name": rules.INFER_JOB, "static_configs": [
-            {"targets": [f"127.0.0.1:{self.infer_port}"], "labels": {"namespace": MODEL}}]}]
+        cfg["scrape_configs"] = [
+            {
+                "job_name": rules.INFER_JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{self.infer_port}"], "labels": {"namespace": MODEL}}],
+            }
+        ]
         (work / "agent.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.profile = agent.PROFILES[profile]
-        self.agent = Proc("agent", ["prometheus", *agent.agent_flags(self.profile, str(work / "agent.yml"),
-                                                                     str(work / "agent-wal"), f"127.0.0.1:{self.agent_port}")],
-                          work / "agent.log", f"http://127.0.0.1:{self.agent_port}/-/ready")
+        self.agent = Proc(
+            "agent",
+            [
+                "prometheus",
+                *agent.agent_flags(
+                    self.profile, str(work / "agent.yml"), str(work / "agent-wal"), f"127.0.0.1:{self.agent_port}"
+                ),
+            ],
+            work / "agent.log",
+            f"http://127.0.0.1:{self.agent_port}/-/ready",
+        )
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
@@ -201,10 +275,11 @@ def load(port: int, rate: float) -> Iterator[dict[str, int]]:
         while not stop.wait(1 / rate):
             req = urllib.request.Request(url, data=BODY, headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 (loopback only)
+                with urllib.request.urlopen(req, timeout=5) as r:
                     counts["ok" if r.status == 200 else "failed"] += 1
             except OSError:
                 counts["failed"] += 1
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     try:
@@ -216,7 +291,7 @@ def load(port: int, rate: float) -> Iterator[dict[str, int]]:
 
 def largest_gap(timestamps: list[float], start: float, end: float) -> float:
     points = [start, *timestamps, end]
-    return max(b - a for a, b in zip(points, points[1:]))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 def outage(stack: Stack, seconds: float, interval_s: float) -> dict[str, Any]:
@@ -232,21 +307,43 @@ def outage(stack: Stack, seconds: float, interval_s: float) -> dict[str, Any]:
     def arrived() -> list[float] | None:
         got = stack.samples(selector, t0, t1)
         return got if len(got) >= expected - 1 else None
+
     started = time.monotonic()
     try:
         got = wait_until(arrived, 120 + seconds / 10, "outage samples at the core", interval=1)
     except TimeoutError:
         got = stack.samples(selector, t0, t1)
-    return {"outage_s": round(seconds, 1), "expected_samples": expected, "received_samples": len(got),
-            "lost_samples": max(0, expected - len(got)), "largest_gap_s": round(largest_gap(got, t0, t1), 2),
-            "replay_s": round(time.monotonic() - started, 1)}
+    return {
+        "outage_s": round(seconds, 1),
+        "expected_samples": expected,
+        "received_samples": len(got),
+        "lost_samples": max(0, expected - len(got)),
+        "largest_gap_s": round(largest_gap(got, t0, t1), 2),
+        "replay_s": round(time.monotonic() - started, 1),
+    }
 
 
 def run_wrk(port: int, seconds: int, script: Path, body: Path) -> float:
-    cmd = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-           f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body)},
-                         timeout=seconds + 30, check=True, preexec_fn=pinned(CLIENT_CPU)).stdout
+    cmd = [
+        "wrk",
+        "-t1",
+        "-c8",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
+    ]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body)},
+        timeout=seconds + 30,
+        check=True,
+        preexec_fn=pinned(CLIENT_CPU),
+    ).stdout
     r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRK_RESULT ")).removeprefix("WRK_RESULT "))
     return r["requests"] / (r["duration_us"] / 1e6)
 
@@ -257,9 +354,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     opts = ap.parse_args()
-    report: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(),
-                                       "prometheus": subprocess.run(["prometheus", "--version"], capture_output=True,
-                                                                    text=True).stdout.splitlines()[0]}}
+    report: dict[str, Any] = {
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "prometheus": subprocess.run(
+                ["prometheus", "--version"], capture_output=True, text=True
+            ).stdout.splitlines()[0],
+        }
+    }
     with tempfile.TemporaryDirectory(prefix="monitoring-bench-") as tmp:
         tmp_path = Path(tmp)
         script, body = tmp_path / "post.lua", tmp_path / "body.json"
@@ -271,26 +374,42 @@ def main() -> None:
             run_wrk(stack.infer_port, 2, script, body)
             alone, scraped = [], []
             for _ in range(opts.rounds):
-                os.kill(stack.agent.proc.pid, 19)
+                os.kill(stack.agent.pid, 19)
                 alone.append(run_wrk(stack.infer_port, opts.duration, script, body))
-                os.kill(stack.agent.proc.pid, 18)
+                os.kill(stack.agent.pid, 18)
                 scraped.append(run_wrk(stack.infer_port, opts.duration, script, body))
-            report["overhead"] = {"wrk": "-t1 -c8", "duration_s": opts.duration, "rounds": opts.rounds,
-                                  "scrape_interval_s": 5, "rps_alone": [round(x, 1) for x in alone],
-                                  "rps_scraped": [round(x, 1) for x in scraped],
-                                  "ratio_scraped_to_alone": round(statistics.median(scraped) / statistics.median(alone), 3),
-                                  "pinning": {"server_cpu": SERVER_CPU, "wrk_cpu": CLIENT_CPU, "agent_and_core": "unpinned"}}
+            report["overhead"] = {
+                "wrk": "-t1 -c8",
+                "duration_s": opts.duration,
+                "rounds": opts.rounds,
+                "scrape_interval_s": 5,
+                "rps_alone": [round(x, 1) for x in alone],
+                "rps_scraped": [round(x, 1) for x in scraped],
+                "ratio_scraped_to_alone": round(statistics.median(scraped) / statistics.median(alone), 3),
+                "pinning": {"server_cpu": SERVER_CPU, "wrk_cpu": CLIENT_CPU, "agent_and_core": "unpinned"},
+            }
             # Footprint under a steady load, scraping every 5 s.
-            rss0, cpu0 = stack.agent.stats()
+            _, cpu0 = stack.agent.stats()
             with load(stack.infer_port, 50):
                 time.sleep(60)
             rss1, cpu1 = stack.agent.stats()
-            series = len(orjson.loads(http_get(
-                f"http://127.0.0.1:{stack.core_port}/api/v1/series?match[]=" +
-                urllib.parse.quote(f'{{site="{SITE["site"]}"}}')))["data"])
-            report["footprint"] = {"scrape_interval_s": 5, "load_rps": 50, "window_s": 60, "rss_mib": round(rss1, 1),
-                                   "cpu_percent": round((cpu1 - cpu0) / 60 * 100, 2), "series": series,
-                                   "rss_budget_mib": {k: p.memory for k, p in agent.PROFILES.items()}}
+            series = len(
+                orjson.loads(
+                    http_get(
+                        f"http://127.0.0.1:{stack.core_port}/api/v1/series?match[]="
+                        + urllib.parse.quote(f'{{site="{SITE["site"]}"}}')
+                    )
+                )["data"]
+            )
+            report["footprint"] = {
+                "scrape_interval_s": 5,
+                "load_rps": 50,
+                "window_s": 60,
+                "rss_mib": round(rss1, 1),
+                "cpu_percent": round((cpu1 - cpu0) / 60 * 100, 2),
+                "series": series,
+                "rss_budget_mib": {k: p.memory for k, p in agent.PROFILES.items()},
+            }
         with running(tmp_path / "outage", scrape_interval="5s") as stack, load(stack.infer_port, 20):
             wait_until(lambda: stack.query(f'up{{site="{SITE["site"]}"}}'), 60, "first samples at the core")
             time.sleep(10)
@@ -313,11 +432,15 @@ def main() -> None:
 
 def plot(report: Mapping[str, Any]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     o = report["overhead"]
-    a.bar(["server alone", "scraped every 5 s"], [statistics.median(o["rps_alone"]), statistics.median(o["rps_scraped"])])
+    a.bar(
+        ["server alone", "scraped every 5 s"], [statistics.median(o["rps_alone"]), statistics.median(o["rps_scraped"])]
+    )
     a.set_ylabel("requests/s (wrk -t1 -c8, median)")
     a.set_title(f"Scrape + remote write overhead (ratio {o['ratio_scraped_to_alone']})")
     runs = report["outage_replay"]["runs"]

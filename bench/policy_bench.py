@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -35,15 +36,18 @@ DIGEST = "sha256:" + "5e" * 32
 
 
 def deployment(i: int, ns: str, bad: bool) -> dict:
-    container = {
+    container: dict[str, Any] = {
         "name": "server",
         "image": f"registry.edgefleet.local/inference/model-{i % 7}:1.{i % 5}.0@{DIGEST}",
         "ports": [{"name": "http", "containerPort": 8080}],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "env": [{"name": "MODEL_NAME", "value": f"model-{i}"}],
     }
     if bad:
@@ -52,14 +56,33 @@ def deployment(i: int, ns: str, bad: bool) -> dict:
         container["env"].append({"name": "API_TOKEN", "value": "not-a-real-token"})
     name = f"app-{i}"
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/version": "1.0.0",
-                                                               "app.kubernetes.io/part-of": "edgefleet"}},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-                 "template": {"metadata": {"labels": {"app.kubernetes.io/name": name}},
-                              "spec": {"automountServiceAccountToken": False,
-                                       "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-                                       "containers": [container]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/name": name,
+                "app.kubernetes.io/version": "1.0.0",
+                "app.kubernetes.io/part-of": "edgefleet",
+            },
+        },
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": name}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                },
+            },
+        },
     }
 
 
@@ -69,23 +92,62 @@ def manifests(n: int) -> list[dict]:
     out: list[dict] = []
     namespaces = [f"site-{k}" for k in range(50)]
     for ns in namespaces:
-        out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-        out.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "default-deny", "namespace": ns},
-                    "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "default-deny", "namespace": ns},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            }
+        )
     i = 0
     while len(out) < n:
         ns = namespaces[i % len(namespaces)]
         name = f"app-{i}"
         out.append(deployment(i, ns, bad=i % 4 == 0))
-        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-                    "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 80, "targetPort": "http"}]}})
-        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-config", "namespace": ns},
-                    "data": {"threshold": "0.6", "labels.txt": "\n".join(f"class-{k}" for k in range(20))}})
-        out.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": ns},
-                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}}})
-        out.append({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": name, "namespace": ns},
-                    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                             "minReplicas": 2, "maxReplicas": 6}})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 80, "targetPort": "http"}]},
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"{name}-config", "namespace": ns},
+                "data": {"threshold": "0.6", "labels.txt": "\n".join(f"class-{k}" for k in range(20))},
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}},
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    "minReplicas": 2,
+                    "maxReplicas": 6,
+                },
+            }
+        )
         i += 1
     return out[:n]
 
@@ -93,7 +155,9 @@ def manifests(n: int) -> list[dict]:
 def write_corpus(directory: Path, n: int) -> int:
     docs = manifests(n)
     for k in range(0, len(docs), PER_FILE):
-        (directory / f"part-{k // PER_FILE:04d}.yaml").write_text(yaml.safe_dump_all(docs[k:k + PER_FILE], sort_keys=False))
+        (directory / f"part-{k // PER_FILE:04d}.yaml").write_text(
+            yaml.safe_dump_all(docs[k : k + PER_FILE], sort_keys=False)
+        )
     return sum(f.stat().st_size for f in directory.iterdir())
 
 
@@ -104,11 +168,13 @@ def run_once(directory: Path) -> tuple[float, float, int]:
     # each measurement runs in its own intermediate process.
     probe = (
         "import resource, subprocess, sys;"
-        "p = subprocess.run([sys.executable, '-m', 'policies.audit', sys.argv[1], '--format', 'json', '-o', '/dev/null', '--fail-on', 'none']);"
+        "p = subprocess.run([sys.executable, '-m', 'policies.audit', sys.argv[1], '--format', 'json',"
+        " '-o', '/dev/null', '--fail-on', 'none']);"
         "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([sys.executable, "-c", probe, str(directory)], capture_output=True, text=True, cwd=REPO,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(directory)], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
+    )
     wall = time.perf_counter() - start
     status, maxrss_kb = out.stdout.split()
     return wall, int(maxrss_kb) / 1024, int(status)
@@ -130,16 +196,29 @@ def main() -> int:
         walls = [w for w, _, _ in runs]
         rss = [r for _, r, _ in runs]
         assert all(s == 0 for _, _, s in runs), "the audit failed"
-        rows.append({"manifests": n, "bytes": size_bytes, "runs": repeat, "wall_s_median": statistics.median(walls),
-                     "wall_s_max": max(walls), "rss_mb_max": max(rss)})
-        print(f"{n:>5} manifests ({size_bytes / 1e6:.1f} MB): median {statistics.median(walls):.3f} s, "
-              f"max {max(walls):.3f} s, peak RSS {max(rss):.0f} MB", flush=True)
+        rows.append(
+            {
+                "manifests": n,
+                "bytes": size_bytes,
+                "runs": repeat,
+                "wall_s_median": statistics.median(walls),
+                "wall_s_max": max(walls),
+                "rss_mb_max": max(rss),
+            }
+        )
+        print(
+            f"{n:>5} manifests ({size_bytes / 1e6:.1f} MB): median {statistics.median(walls):.3f} s, "
+            f"max {max(walls):.3f} s, peak RSS {max(rss):.0f} MB",
+            flush=True,
+        )
     at_1000 = next((r for r in rows if r["manifests"] == 1000), None)
     result = {
         "benchmark": "policies.audit over generated Kubernetes YAML (end to end, fresh interpreter, JSON report)",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "budget": {"manifests": 1000, "wall_s": BUDGET_SECONDS, "rss_mb": BUDGET_MB},
-        "within_budget": None if at_1000 is None else (at_1000["wall_s_max"] <= BUDGET_SECONDS and at_1000["rss_mb_max"] <= BUDGET_MB),
+        "within_budget": None
+        if at_1000 is None
+        else (at_1000["wall_s_max"] <= BUDGET_SECONDS and at_1000["rss_mb_max"] <= BUDGET_MB),
         "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

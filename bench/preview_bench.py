@@ -51,9 +51,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.integration.conftest import CLI_DIR, VERSIONS, pulumi_env  # noqa: E402
-from tests.integration.test_stacks import project_copy  # noqa: E402
+from fleet.toolchain import cli_dir, isolated_env, project_copy, versions
 
+CLI_DIR = cli_dir()
+VERSIONS = versions()
 RESULTS = REPO / "bench" / "results"
 STACK = "bench"
 PASSPHRASE = "preview-bench-passphrase"
@@ -81,8 +82,18 @@ def fake_host_key(host: str) -> str:
 
 def topology_of(i: int) -> str:
     """Half single-node, 30 % ha, 20 % gateways, interleaved so every prefix is mixed."""
-    return ("single-node", "ha", "single-node", "gateway", "single-node",
-            "ha", "single-node", "gateway", "single-node", "ha")[i % 10]
+    return (
+        "single-node",
+        "ha",
+        "single-node",
+        "gateway",
+        "single-node",
+        "ha",
+        "single-node",
+        "gateway",
+        "single-node",
+        "ha",
+    )[i % 10]
 
 
 def site(i: int) -> dict:
@@ -90,8 +101,15 @@ def site(i: int) -> dict:
     name = f"site-{i:04d}"
     net = f"10.{64 + i // 256}.{i % 256}"
     n_servers = 3 if topology == "ha" else 1
-    hosts = [{"name": f"{name}-{k + 1}", "address": f"{net}.{11 + k}", "role": "server",
-              "ssh": {"host_key": fake_host_key(f"{name}-{k + 1}")}} for k in range(n_servers)]
+    hosts = [
+        {
+            "name": f"{name}-{k + 1}",
+            "address": f"{net}.{11 + k}",
+            "role": "server",
+            "ssh": {"host_key": fake_host_key(f"{name}-{k + 1}")},
+        }
+        for k in range(n_servers)
+    ]
     base = f"https://artifacts.edge.example/k3s/{K3S_VERSION}"
     out: dict = {
         "name": name,
@@ -103,8 +121,12 @@ def site(i: int) -> dict:
         "wave": i % 4,
         "artifacts": [
             {"name": "k3s", "arch": "amd64", "source": f"{base}/k3s", "sha256": _digest("k3s", K3S_VERSION).hex()},
-            {"name": "k3s-airgap-images", "arch": "amd64", "source": f"{base}/k3s-airgap-images-amd64.tar.zst",
-             "sha256": _digest("images", K3S_VERSION).hex()},
+            {
+                "name": "k3s-airgap-images",
+                "arch": "amd64",
+                "source": f"{base}/k3s-airgap-images-amd64.tar.zst",
+                "sha256": _digest("images", K3S_VERSION).hex(),
+            },
         ],
         "hosts": hosts,
     }
@@ -119,8 +141,13 @@ def workload(s: dict) -> dict:
     if s["topology"] == "gateway":  # one replica, callers from its own namespace only
         return {"model": "predictive-maintenance", "version": "1", "replicas": 1}
     replicas = 2 if s["topology"] == "ha" else 1
-    return {"model": "predictive-maintenance", "version": "1", "replicas": replicas, "max_replicas": 2 * replicas,
-            "clients": ["line-control"]}
+    return {
+        "model": "predictive-maintenance",
+        "version": "1",
+        "replicas": replicas,
+        "max_replicas": 2 * replicas,
+        "clients": ["line-control"],
+    }
 
 
 def inventory(n: int, with_workloads: bool) -> dict:
@@ -129,9 +156,12 @@ def inventory(n: int, with_workloads: bool) -> dict:
     if with_workloads:
         for s in sites:
             s["workloads"] = [workload(s)]
-    return {"fleet": f"bench-{n}", "environment": "prod",
-            "defaults": {"ssh": {"user": "edgeops", "port": 22, "private_key": {"config": "sshKeyFleet"}}},
-            "sites": sites}
+    return {
+        "fleet": f"bench-{n}",
+        "environment": "prod",
+        "defaults": {"ssh": {"user": "edgeops", "port": 22, "private_key": {"config": "sshKeyFleet"}}},
+        "sites": sites,
+    }
 
 
 # --- running previews --------------------------------------------------------------------
@@ -197,7 +227,7 @@ class Project:
     @classmethod
     def create(cls, cwd: Path, state: Path, config: dict[str, str], secrets: dict[str, str]) -> Project:
         state.mkdir()
-        p = cls(cwd, pulumi_env(state, passphrase=PASSPHRASE))
+        p = cls(cwd, isolated_env(state, PASSPHRASE))
         p.pulumi("stack", "init", STACK, "--non-interactive")
         for key, value in config.items():
             p.pulumi("config", "set", key, value, "--stack", STACK)
@@ -206,19 +236,28 @@ class Project:
         return p
 
     def pulumi(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
-        proc = subprocess.run(["pulumi", *args], cwd=self.cwd, env=self.env, text=True, capture_output=True,
-                              input=input, timeout=timeout)
+        proc = subprocess.run(
+            ["pulumi", *args], cwd=self.cwd, env=self.env, text=True, capture_output=True, input=input, timeout=timeout
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"pulumi {' '.join(args[:3])} failed ({proc.returncode}) in {self.cwd}:\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"pulumi {' '.join(args[:3])} failed ({proc.returncode}) in {self.cwd}:\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+            )
         return proc.stdout
 
     def survey(self, *extra: str) -> tuple[int, dict[str, float]]:
         """Resources the preview would create and CPU seconds per process kind, from one
         `preview --json` (untimed: it also warms caches for the timed runs)."""
         with tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.Popen(["pulumi", "preview", "--non-interactive", "--json", "--stack", STACK, *extra],
-                                    cwd=self.cwd, env=self.env, text=True, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                ["pulumi", "preview", "--non-interactive", "--json", "--stack", STACK, *extra],
+                cwd=self.cwd,
+                env=self.env,
+                text=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 cpu = cpu_by_process(proc)
                 proc.wait(timeout=PREVIEW_TIMEOUT_S)
@@ -263,9 +302,15 @@ def fleet_project(tmp: Path) -> Project:
     # A fresh key no host trusts: previews only put it into the (secret) connection inputs.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
     return Project.create(
-        root, tmp / "state",
-        config={"inventory": "sites/bench.yaml", "policyConfig": POLICY_CONFIG, "inferenceImage": IMAGE,
-                "probeServers": "false", "validateModels": "true"},
+        root,
+        tmp / "state",
+        config={
+            "inventory": "sites/bench.yaml",
+            "policyConfig": POLICY_CONFIG,
+            "inferenceImage": IMAGE,
+            "probeServers": "false",
+            "validateModels": "true",
+        },
         secrets={"fleetSecret": "f" * 64, "sshKeyFleet": key.read_text()},
     )
 
@@ -273,8 +318,14 @@ def fleet_project(tmp: Path) -> Project:
 def floor_project(tmp: Path) -> Project:
     root = tmp / "floor"
     root.mkdir()
-    (root / "Pulumi.yaml").write_text(yaml.safe_dump({
-        "name": "preview-floor", "runtime": {"name": "python", "options": {"toolchain": "pip", "virtualenv": str(REPO / ".venv")}}}))
+    (root / "Pulumi.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "preview-floor",
+                "runtime": {"name": "python", "options": {"toolchain": "pip", "virtualenv": str(REPO / ".venv")}},
+            }
+        )
+    )
     (root / "__main__.py").write_text(FLOOR_PROGRAM)
     return Project.create(root, tmp / "floor-state", config={"resources": "0"}, secrets={})
 
@@ -293,8 +344,11 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
     predicted = np.polyval([slope, intercept], xs)
     ss_res = float(np.sum((np.asarray(ys) - predicted) ** 2))
     ss_tot = float(np.sum((np.asarray(ys) - np.mean(ys)) ** 2))
-    return {"slope_s_per_site": float(slope), "intercept_s": float(intercept),
-            "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0}
+    return {
+        "slope_s_per_site": float(slope),
+        "intercept_s": float(intercept),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0,
+    }
 
 
 def measure_size(n: int, fleet: Project, floor: Project, repeats: int, with_workloads: bool) -> dict:
@@ -308,12 +362,26 @@ def measure_size(n: int, fleet: Project, floor: Project, repeats: int, with_work
         program_runs.append(fleet.preview())
         floor_runs.append(floor.preview())
     (pw, pc), (fw, fc) = median(program_runs), median(floor_runs)
-    row = {"sites": n, "resources": resources, "floor_resources": floor_resources, "runs": repeats,
-           "program_wall_s": pw, "program_cpu_s": pc, "floor_wall_s": fw, "floor_cpu_s": fc,
-           "ratio_wall": pw / fw, "ratio_cpu": pc / fc,
-           "program_cpu_s_by_process": program_cpu, "floor_cpu_s_by_process": floor_cpu,
-           "program_wall_s_all": [r.wall_s for r in program_runs], "floor_wall_s_all": [r.wall_s for r in floor_runs]}
-    print(f"{n:>5} {resources:>9} {pw:>10.2f} {fw:>9.2f} {pw / fw:>7.2f} {pc:>10.2f} {fc:>9.2f} {pc / fc:>7.2f}", flush=True)
+    row = {
+        "sites": n,
+        "resources": resources,
+        "floor_resources": floor_resources,
+        "runs": repeats,
+        "program_wall_s": pw,
+        "program_cpu_s": pc,
+        "floor_wall_s": fw,
+        "floor_cpu_s": fc,
+        "ratio_wall": pw / fw,
+        "ratio_cpu": pc / fc,
+        "program_cpu_s_by_process": program_cpu,
+        "floor_cpu_s_by_process": floor_cpu,
+        "program_wall_s_all": [r.wall_s for r in program_runs],
+        "floor_wall_s_all": [r.wall_s for r in floor_runs],
+    }
+    print(
+        f"{n:>5} {resources:>9} {pw:>10.2f} {fw:>9.2f} {pw / fw:>7.2f} {pc:>10.2f} {fc:>9.2f} {pc / fc:>7.2f}",
+        flush=True,
+    )
     print(f"{'':>16}CPU s by process: {describe(program_cpu)} | floor: {describe(floor_cpu)}", flush=True)
     return row
 
@@ -332,9 +400,16 @@ def measure_policy(fleet: Project, repeats: int) -> dict:
         without.append(fleet.preview())
         with_pack.append(fleet.preview(*pack))
     (ww, wc), (pw, pc) = median(without), median(with_pack)
-    return {"without_pack_wall_s": ww, "with_pack_wall_s": pw, "ratio_wall": pw / ww,
-            "without_pack_cpu_s": wc, "with_pack_cpu_s": pc, "ratio_cpu": pc / wc, "runs": repeats,
-            "with_pack_cpu_s_by_process": cpu}
+    return {
+        "without_pack_wall_s": ww,
+        "with_pack_wall_s": pw,
+        "ratio_wall": pw / ww,
+        "without_pack_cpu_s": wc,
+        "with_pack_cpu_s": pc,
+        "ratio_cpu": pc / wc,
+        "runs": repeats,
+        "with_pack_cpu_s_by_process": cpu,
+    }
 
 
 def plot(rows: list[dict], fit: dict | None, policy: dict | None, path: Path) -> None:
@@ -349,10 +424,21 @@ def plot(rows: list[dict], fit: dict | None, policy: dict | None, path: Path) ->
     ax1.plot(n, [r["floor_wall_s"] for r in rows], "s-", label="floor (same resource count)")
     if fit:
         xs = [0, max(n)]
-        ax1.plot(xs, [fit["intercept_s"] + fit["slope_s_per_site"] * x for x in xs], ":", color="grey",
-                 label=f"fit {fit['slope_s_per_site']:.3f} s/site, R²={fit['r2']:.3f}")
+        ax1.plot(
+            xs,
+            [fit["intercept_s"] + fit["slope_s_per_site"] * x for x in xs],
+            ":",
+            color="grey",
+            label=f"fit {fit['slope_s_per_site']:.3f} s/site, R²={fit['r2']:.3f}",
+        )
     if policy:
-        ax1.plot([POLICY_SIZE], [policy["with_pack_wall_s"]], "^", color="red", label=f"with policy pack ({policy['ratio_wall']:.2f}x)")
+        ax1.plot(
+            [POLICY_SIZE],
+            [policy["with_pack_wall_s"]],
+            "^",
+            color="red",
+            label=f"with policy pack ({policy['ratio_wall']:.2f}x)",
+        )
     ax1.set(xlabel="sites", ylabel="preview wall time (s, median)", title="pulumi preview")
     ax1.legend(fontsize=8)
     ax2.plot(n, [r["ratio_wall"] for r in rows], "o-", label="wall")
@@ -367,11 +453,22 @@ def plot(rows: list[dict], fit: dict | None, policy: dict | None, path: Path) ->
         bottom = [0.0] * len(rows)
         for i, kind in enumerate(kinds):
             values = [r[key].get(kind, 0.0) for r in rows]
-            ax3.bar([x + offset for x in range(len(rows))], values, 0.38, bottom=bottom, color=f"C{i}", hatch=hatch,
-                    label=kind if offset < 0 else None)
-            bottom = [b + v for b, v in zip(bottom, values)]
+            ax3.bar(
+                [x + offset for x in range(len(rows))],
+                values,
+                0.38,
+                bottom=bottom,
+                color=f"C{i}",
+                hatch=hatch,
+                label=kind if offset < 0 else None,
+            )
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax3.set_xticks(range(len(rows)), labels)
-    ax3.set(xlabel="sites (left: program, right hatched: floor)", ylabel="CPU seconds (untimed run)", title="where the CPU goes")
+    ax3.set(
+        xlabel="sites (left: program, right hatched: floor)",
+        ylabel="CPU seconds (untimed run)",
+        title="where the CPU goes",
+    )
     ax3.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -394,7 +491,9 @@ def main() -> int:
     if not 1 <= args.repeats <= MAX_REPEATS:
         parser.error(f"--repeats: must be between 1 and {MAX_REPEATS}")
     if not (CLI_DIR / "pulumi").exists():
-        print(f"preview_bench: the Pulumi toolchain is missing at {CLI_DIR} (fix: run scripts/bootstrap)", file=sys.stderr)
+        print(
+            f"preview_bench: the Pulumi toolchain is missing at {CLI_DIR} (fix: run scripts/bootstrap)", file=sys.stderr
+        )
         return 2
 
     rows: list[dict] = []
@@ -403,29 +502,49 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="preview-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         fleet, floor = fleet_project(tmp), floor_project(tmp)
-        print(f"{'sites':>5} {'resources':>9} {'program_s':>10} {'floor_s':>9} {'ratio':>7} {'prog_cpu':>10} {'floor_cpu':>9} {'ratio':>7}")
+        print(
+            f"{'sites':>5} {'resources':>9} {'program_s':>10} {'floor_s':>9} {'ratio':>7} "
+            f"{'prog_cpu':>10} {'floor_cpu':>9} {'ratio':>7}"
+        )
         for n in sizes:
             rows.append(measure_size(n, fleet, floor, args.repeats, not args.no_workloads))
             if n == POLICY_SIZE and not args.no_policy:
                 policy = measure_policy(fleet, args.repeats)
-                print(f"policy pack at N={n}: {policy['with_pack_wall_s']:.2f} s vs {policy['without_pack_wall_s']:.2f} s "
-                      f"without = {policy['ratio_wall']:.2f}x wall, {policy['ratio_cpu']:.2f}x CPU", flush=True)
+                print(
+                    f"policy pack at N={n}: {policy['with_pack_wall_s']:.2f} s "
+                    f"vs {policy['without_pack_wall_s']:.2f} s without = {policy['ratio_wall']:.2f}x wall, "
+                    f"{policy['ratio_cpu']:.2f}x CPU",
+                    flush=True,
+                )
 
     xs = [float(r["sites"]) for r in rows]
     fit = linear_fit(xs, [r["program_wall_s"] for r in rows])
     floor_fit = linear_fit(xs, [r["floor_wall_s"] for r in rows])
     at_policy_size = next((r for r in rows if r["sites"] == POLICY_SIZE), None)
     result = {
-        "benchmark": "pulumi preview of the fleet program vs a flat ComponentResource program of the same resource count",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average": os.getloadavg()},
+        "benchmark": (
+            "pulumi preview of the fleet program vs a flat ComponentResource program of the same resource count"
+        ),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average": os.getloadavg(),
+        },
         "toolchain": {"pulumi": VERSIONS["PULUMI_VERSION"], "pulumi_kubernetes": VERSIONS["PULUMI_KUBERNETES_VERSION"]},
-        "inventory": {"topologies": "50% single-node, 30% ha (3 servers), 20% gateway; k3s " + K3S_VERSION,
-                      "workloads_per_site": 0 if args.no_workloads else 1, "validate_models": True},
+        "inventory": {
+            "topologies": "50% single-node, 30% ha (3 servers), 20% gateway; k3s " + K3S_VERSION,
+            "workloads_per_site": 0 if args.no_workloads else 1,
+            "validate_models": True,
+        },
         "targets": TARGETS,
         "within_target": {
-            "program_over_floor_at_100": None if at_policy_size is None else at_policy_size["ratio_wall"] <= TARGETS["program_over_floor_at_100"],
-            "pack_over_no_pack_at_100": None if policy is None else policy["ratio_wall"] <= TARGETS["pack_over_no_pack_at_100"],
+            "program_over_floor_at_100": None
+            if at_policy_size is None
+            else at_policy_size["ratio_wall"] <= TARGETS["program_over_floor_at_100"],
+            "pack_over_no_pack_at_100": None
+            if policy is None
+            else policy["ratio_wall"] <= TARGETS["pack_over_no_pack_at_100"],
         },
         "results": rows,
         "program_fit": fit,
@@ -434,9 +553,15 @@ def main() -> int:
         "elapsed_s": time.perf_counter() - started,
     }
     if fit:
-        print(f"program: {fit['slope_s_per_site'] * 1000:.1f} ms/site, intercept {fit['intercept_s']:.2f} s, R^2 {fit['r2']:.4f}")
+        print(
+            f"program: {fit['slope_s_per_site'] * 1000:.1f} ms/site, intercept {fit['intercept_s']:.2f} s, "
+            f"R^2 {fit['r2']:.4f}"
+        )
     if floor_fit:
-        print(f"floor:   {floor_fit['slope_s_per_site'] * 1000:.1f} ms/site, intercept {floor_fit['intercept_s']:.2f} s, R^2 {floor_fit['r2']:.4f}")
+        print(
+            f"floor:   {floor_fit['slope_s_per_site'] * 1000:.1f} ms/site, intercept {floor_fit['intercept_s']:.2f} s, "
+            f"R^2 {floor_fit['r2']:.4f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "preview.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, fit, policy, RESULTS / "preview.png")

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from components.inventory import _cache_dir
+from components.contract import cache_dir, file_sha256
 
 CA_BUNDLE_ENV = "EDGEFLEET_CA_BUNDLE"
 DEFAULT_TIMEOUT_S = 600
@@ -34,15 +34,7 @@ def cache_path(url: str, sha256: str) -> Path:
     """Where the verified download of ``url`` lives (the file keeps its published name, which
     carries its architecture and archive type)."""
     name = PurePosixPath(urlsplit(url).path).name or "artifact"
-    return Path(_cache_dir()) / "artifacts" / sha256 / name
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return cache_dir() / "artifacts" / sha256 / name
 
 
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -68,7 +60,7 @@ def fetch(url: str, sha256: str, *, what: str, timeout_s: float = DEFAULT_TIMEOU
     if not url.startswith("https://"):
         raise DownloadError(f"{what}: {url!r} is not an https URL (fix: publish the artifact over https)")
     if dest.is_file():
-        if _file_sha256(dest) == sha256:
+        if file_sha256(dest) == sha256:
             return dest
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
+from typing import Any
 
 import pulumi
-from components import remote
 
-from components.distributions.common import Artifact as DistArtifact
-from components.distributions.common import Driver, NodeSpec, q
-from components.distributions.k3s import NODE_NAME_MARK
+from components import remote
+from components.distributions import NODE_NAME_MARK, Driver, NodeSpec, UploadedArtifact
+from components.distributions.bash import q
 
 ARTIFACT_DIR = "/var/lib/edgefleet/artifacts"
 CLAIM_FILE = "/var/lib/edgefleet/owner"
@@ -63,22 +64,29 @@ def reported_node_name(stdout: str | None) -> str | None:
 
 def claiming(script: str, claim: str) -> str:
     """``script``, then the machine claimed by ``claim`` (written only when it succeeded)."""
-    return script + f"""install -d -m 0700 /var/lib/edgefleet
+    return (
+        script
+        + f"""install -d -m 0700 /var/lib/edgefleet
 printf '%s\\n' {q(claim)} >{CLAIM_FILE}
 """
+    )
 
 
 def unless_claimed(script: str, claim: str, what: str) -> str:
     """``script`` run only while the machine is still claimed by ``claim`` (or by nobody):
     a machine another live resource has claimed since is left alone."""
-    return f"""#!/usr/bin/env bash
+    return (
+        f"""#!/usr/bin/env bash
 set -euo pipefail
 owner="$(cat {CLAIM_FILE} 2>/dev/null || true)"
 if [[ -n "$owner" && "$owner" != {q(claim)} ]]; then
   printf '%s\\n' "[$(hostname)] not running {what}: this machine is managed as $owner now, not as {claim}" >&2
   exit 0
 fi
-""" + script + f"rm -f -- {CLAIM_FILE}\n"
+"""
+        + script
+        + f"rm -f -- {CLAIM_FILE}\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,12 +102,18 @@ class SshTarget:
     command_timeout_s: int | None = None  # None: each step's deadline derives from its own waits
     private_key_passphrase: pulumi.Output[str] | None = None  # secret, for an encrypted key
 
-    def connection(self) -> dict:
+    def connection(self) -> dict[str, Any]:
         # Bounded reachability: an unreachable host fails the update within dial_timeout_s,
         # naming the site and host, instead of hanging.
-        return remote.connection(self.address, self.port, self.user, self.private_key, self.host_key,
-                                 dial_timeout_s=self.dial_timeout_s,
-                                 private_key_passphrase=self.private_key_passphrase)
+        return remote.connection(
+            self.address,
+            self.port,
+            self.user,
+            self.private_key,
+            self.host_key,
+            dial_timeout_s=self.dial_timeout_s,
+            private_key_passphrase=self.private_key_passphrase,
+        )
 
     def deadline(self, script_timeout_s: int) -> int:
         """How long one remote step may run once connected: the stack's setting, or twice the
@@ -120,9 +134,10 @@ class LocalArtifact:
     def remote_path(self) -> str:
         return str(PurePosixPath(ARTIFACT_DIR) / f"{self.sha256[:16]}-{PurePosixPath(self.path).name}")
 
-    def for_driver(self) -> DistArtifact:
-        return DistArtifact(name=self.name, url_or_path=self.url or self.remote_path(), sha256=self.sha256,
-                            dest=self.remote_path())
+    def for_driver(self) -> UploadedArtifact:
+        return UploadedArtifact(
+            name=self.name, url_or_path=self.url or self.remote_path(), sha256=self.sha256, dest=self.remote_path()
+        )
 
 
 @dataclass(frozen=True)
@@ -131,14 +146,53 @@ class EdgeHostArgs:
     driver: Driver
     target: SshTarget
     artifacts: tuple[LocalArtifact, ...]
-    environment: dict[str, pulumi.Input[str]]  # the install's secrets (join tokens), by variable
+    environment: Mapping[str, pulumi.Input[str]]  # the install's secrets (join tokens), by variable
     version: str
     machine: str  # stable machine id (see machine_id): names the children
     claim: str  # what the install writes to CLAIM_FILE
-    first_server: "EdgeHost | None" = None  # None: this host is the first server
+    # The first server this host joined through (its node operations run there); None: this
+    # host is the first server.
+    joins_via: EdgeHost | None = None
     ready_timeout_s: int = 300
     protect: bool = False  # refuse to delete (uninstall, remove the node) until decommissioned
     legacy_name: str | None = None  # the component name children were named after before
+
+
+@dataclass(frozen=True)
+class NodeSteps:
+    """The scripts EdgeHost runs for one node. When its version, an artifact or a steady setting
+    changes, three of them run again, in this order: :meth:`drain` on the first server,
+    :meth:`install` on the node (every artifact verified before anything changes; the service
+    restarts only when what it runs changed), then :meth:`ready` on the first server (the node
+    is Ready, and uncordoned when the drain cordoned it). That re-run is the upgrade."""
+
+    driver: Driver
+    node: NodeSpec
+    artifacts: Sequence[UploadedArtifact]
+    joined: bool  # the node joined the first server's cluster: node operations run there
+    timeout_s: int = 300
+
+    def drain(self) -> str:
+        # The first server itself is not drained through its own API: restarting it leaves
+        # running pods in place, and a first server whose API is down could not drain anything.
+        return self.driver.render_drain(self.node.host, timeout_s=self.timeout_s) if self.joined else "true\n"
+
+    def install(self) -> str:
+        return self.driver.render_install(self.node, self.artifacts, ready_timeout_s=self.timeout_s)
+
+    def ready(self, registered: str) -> str:
+        """``registered``: the name the node registered with (see :func:`reported_node_name`)."""
+        return self.driver.render_node_ready(replace(self.node, host=registered), timeout_s=self.timeout_s)
+
+    def remove(self, registered: str) -> str:
+        return self.driver.render_remove_node(registered, timeout_s=self.timeout_s)
+
+    def trigger(self, version: str) -> list[str]:
+        """What re-runs drain, install and ready: a change of version, artifact or steady-state
+        config (the install restarts the service only when something it wrote changed); a
+        rename, a reorder or a new registration address re-runs nothing."""
+        steady = self.driver.render_install(steady_node(self.node), self.artifacts, ready_timeout_s=self.timeout_s)
+        return [version, *(a.sha256 for a in self.artifacts), digest(steady)]
 
 
 def digest(*parts: str) -> str:
@@ -155,7 +209,13 @@ class EdgeHost(pulumi.ComponentResource):
     joined, upgraded one node at a time, drained and uninstalled on removal."""
 
     install: remote.Command
+    node_ready: remote.Command
     kubeconfig: pulumi.Output[str] | None
+    machine: str
+    step_timeout_s: int  # for steps others run on this host
+    label: str
+    target: SshTarget
+    install_trigger: list[str]
 
     def __init__(self, name: str, args: EdgeHostArgs, opts: pulumi.ResourceOptions | None = None):
         node = args.node
@@ -177,10 +237,17 @@ class EdgeHost(pulumi.ComponentResource):
         )
         conn = args.target.connection()
         driver = args.driver
-        dist_artifacts = [a.for_driver() for a in args.artifacts]
+        first = args.joins_via
+        steps = NodeSteps(
+            driver,
+            node,
+            [a.for_driver() for a in args.artifacts],
+            joined=first is not None,
+            timeout_s=args.ready_timeout_s,
+        )
         machine = args.machine
 
-        def opts_for(step: str, protect: bool = False, **kw) -> pulumi.ResourceOptions:
+        def opts_for(step: str, protect: bool = False, **kw: Any) -> pulumi.ResourceOptions:
             aliases = [pulumi.Alias(name=f"{args.legacy_name}-{step}")] if args.legacy_name else None
             return pulumi.ResourceOptions(parent=self, aliases=aliases, protect=protect, **kw)
 
@@ -199,32 +266,23 @@ class EdgeHost(pulumi.ComponentResource):
             for a in args.artifacts
         ]
 
-        install_script = driver.render_install(node, dist_artifacts, ready_timeout_s=args.ready_timeout_s)
-        steady = driver.render_install(steady_node(node), dist_artifacts, ready_timeout_s=args.ready_timeout_s)
-        # A change of version, artifact or steady-state config re-runs install in place (the
-        # script restarts the service only when something it wrote changed); a rename, a
-        # reorder or a new registration address re-runs nothing.
-        install_trigger = [args.version, *(a.sha256 for a in args.artifacts), digest(steady)]
+        install_trigger = steps.trigger(args.version)
 
-        first = args.first_server
         server_conn = first.target.connection() if first else conn
         # Node operations run on the first server but concern this host: named after both.
         server_label = f"{label} via {first.label}" if first else label
         after_first = [first.install] if first else []
-        # Cordon and drain through the first server before this node is upgraded. The first
-        # server itself is not drained through its own API: restarting K3s leaves running pods
-        # in place, and a first server whose API is down could not drain anything.
         drain = remote.Command(
             f"{machine}-drain",
             connection=server_conn,
             label=server_label,
             create="true\n",
-            update=driver.render_drain(node.host, timeout_s=args.ready_timeout_s) if first else "true\n",
+            update=steps.drain(),
             triggers=install_trigger,
             timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("drain", depends_on=after_first or None),
         )
-        installed = claiming(install_script, args.claim)
+        installed = claiming(steps.install(), args.claim)
         self.install = remote.Command(
             f"{machine}-install",
             connection=conn,
@@ -240,9 +298,8 @@ class EdgeHost(pulumi.ComponentResource):
         # Node operations address the node by the name it registered with (reported by the
         # install), which an inventory rename does not change.
         registered = self.install.stdout.apply(lambda out: reported_node_name(out) or node.host)
-        timeout = args.ready_timeout_s
         # Ready and uncordoned after install/upgrade; drained and deleted before uninstall.
-        ready = registered.apply(lambda n: driver.render_node_ready(replace(node, host=n), timeout_s=timeout))
+        ready = registered.apply(steps.ready)
         self.node_ready = remote.Command(
             f"{machine}-node",
             connection=server_conn,
@@ -250,13 +307,13 @@ class EdgeHost(pulumi.ComponentResource):
             create=ready,
             update=ready,
             # Removing the first server removes the site: there is no cluster to leave.
-            delete=registered.apply(lambda n: driver.render_remove_node(n, timeout_s=timeout)) if first else None,
+            delete=registered.apply(steps.remove) if first else None,
             triggers=install_trigger,
             timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("node", args.protect, depends_on=[self.install]),
         )
         self.machine = machine
-        self.step_timeout_s = args.target.deadline(args.ready_timeout_s)  # for steps others run on this host
+        self.step_timeout_s = args.target.deadline(args.ready_timeout_s)
         self.label = label
         self.target = args.target
         self.install_trigger = install_trigger

@@ -28,21 +28,25 @@ Semantics chosen for host lifecycles:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import select
 import shlex
-import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+from components.contract import file_sha256
+
+if TYPE_CHECKING:  # imported where used: the dynamic providers load this module in every step
+    import paramiko
 
 OUTPUT_LIMIT = 64 * 1024
 KEEPALIVE_S = 15
@@ -88,7 +92,7 @@ def shell_command(conn: dict[str, Any]) -> str:
     return "bash -s" if _user(conn) == "root" else f"sudo -n {SUDO_SHELL} -s"
 
 
-def load_private_key(text: str, passphrase: str | None, label: str):
+def load_private_key(text: str, passphrase: str | None, label: str) -> paramiko.PKey:
     """A paramiko key from OpenSSH or PEM text of any type paramiko signs with (Ed25519,
     ECDSA, RSA), decrypted with ``passphrase`` if it is protected. Errors never show the key."""
     import paramiko
@@ -97,8 +101,11 @@ def load_private_key(text: str, passphrase: str | None, label: str):
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     data = text.strip().encode() + b"\n"
-    load = (serialization.load_ssh_private_key if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data
-            else serialization.load_pem_private_key)
+    load = (
+        serialization.load_ssh_private_key
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data
+        else serialization.load_pem_private_key
+    )
     password = passphrase.encode() if passphrase else None
     fix = "(fix: give the private key as an OpenSSH or PEM file: `ssh-keygen -t ed25519` writes one)"
     try:
@@ -106,30 +113,40 @@ def load_private_key(text: str, passphrase: str | None, label: str):
             key = load(data, password)
         except TypeError:
             if password is None:
-                raise RemoteError(f"{label}: connection.privateKey is passphrase-protected and no passphrase was given "
-                                  "(fix: set the key's passphrase as a Pulumi secret and reference it as "
-                                  "privateKeyPassphrase)") from None
+                raise RemoteError(
+                    f"{label}: connection.privateKey is passphrase-protected and no passphrase was given "
+                    "(fix: set the key's passphrase as a Pulumi secret and reference it as "
+                    "privateKeyPassphrase)"
+                ) from None
             key = load(data, None)  # a passphrase for a key that has none: the key alone is enough
     except UnsupportedAlgorithm:
         raise RemoteError(f"{label}: connection.privateKey uses a key type paramiko cannot sign with {fix}") from None
     except (ValueError, TypeError):
         if password is not None:
-            raise RemoteError(f"{label}: connection.privateKey cannot be decrypted: wrong passphrase or damaged key "
-                              "(fix: check privateKeyPassphrase against the key with `ssh-keygen -y -f KEY`)") from None
+            raise RemoteError(
+                f"{label}: connection.privateKey cannot be decrypted: wrong passphrase or damaged key "
+                "(fix: check privateKeyPassphrase against the key with `ssh-keygen -y -f KEY`)"
+            ) from None
         raise RemoteError(f"{label}: connection.privateKey is not an OpenSSH or PEM private key {fix}") from None
-    classes = ((ed25519.Ed25519PrivateKey, paramiko.Ed25519Key), (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey),
-               (rsa.RSAPrivateKey, paramiko.RSAKey))
+    classes = (
+        (ed25519.Ed25519PrivateKey, paramiko.Ed25519Key),
+        (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey),
+        (rsa.RSAPrivateKey, paramiko.RSAKey),
+    )
     for crypto_type, key_class in classes:
         if isinstance(key, crypto_type):
             # paramiko reads every type from the OpenSSH format; the decrypted copy stays in memory.
-            openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                        serialization.NoEncryption())
+            openssh = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
             return key_class.from_private_key(io.StringIO(openssh.decode()))
-    raise RemoteError(f"{label}: connection.privateKey is a {type(key).__name__.lstrip('_')}, which SSH cannot use here "
-                      "(fix: use an Ed25519, ECDSA or RSA key)")
+    raise RemoteError(
+        f"{label}: connection.privateKey is a {type(key).__name__.lstrip('_')}, which SSH cannot use here "
+        "(fix: use an Ed25519, ECDSA or RSA key)"
+    )
 
 
-def _connect(conn: dict[str, Any], label: str):
+def _connect(conn: dict[str, Any], label: str) -> paramiko.SSHClient:
     """An SSH client to ``conn``'s host with its host key pinned, within the dial budget."""
     import paramiko
 
@@ -149,22 +166,36 @@ def _connect(conn: dict[str, Any], label: str):
         for name in names:
             client.get_host_keys().add(name, entry.key.get_name(), entry.key)
         try:
-            client.connect(host, port=port, username=_user(conn), pkey=pkey,
-                           timeout=per_dial, banner_timeout=per_dial, auth_timeout=per_dial,
-                           allow_agent=False, look_for_keys=False)
+            client.connect(
+                host,
+                port=port,
+                username=_user(conn),
+                pkey=pkey,
+                timeout=per_dial,
+                banner_timeout=per_dial,
+                auth_timeout=per_dial,
+                allow_agent=False,
+                look_for_keys=False,
+            )
             # Keepalives keep NAT and firewall state alive during long, quiet steps.
-            client.get_transport().set_keepalive(KEEPALIVE_S)
+            transport = client.get_transport()
+            assert transport is not None  # connect() succeeded
+            transport.set_keepalive(KEEPALIVE_S)
             return client
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise RemoteError(f"{label}: host key of {host}:{port} does not match the pinned key "
-                              f"(got {exc.key.get_name()}); refusing to connect") from None
+            raise RemoteError(
+                f"{label}: host key of {host}:{port} does not match the pinned key "
+                f"(got {exc.key.get_name()}); refusing to connect"
+            ) from None
         except (OSError, paramiko.SSHException) as exc:
             client.close()
             last = exc
             if time.monotonic() + 2 >= deadline:
-                raise RemoteError(f"{label}: cannot reach {host}:{port} over SSH after {attempt} attempt(s) "
-                                  f"within {conn.get('dialTimeout') or 60}s: {last}") from None
+                raise RemoteError(
+                    f"{label}: cannot reach {host}:{port} over SSH after {attempt} attempt(s) "
+                    f"within {conn.get('dialTimeout') or 60}s: {last}"
+                ) from None
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
@@ -185,7 +216,7 @@ class _Deadline:
         return self._fired.is_set() or self.remaining() <= 0
 
     @contextmanager
-    def guard(self, client) -> Iterator[None]:
+    def guard(self, client: paramiko.SSHClient) -> Iterator[None]:
         """Close ``client`` when the deadline passes; errors inside become this step's error."""
         import paramiko
 
@@ -205,18 +236,22 @@ class _Deadline:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if self.expired:
                 raise self.error() from None
-            raise RemoteError(f"{self.label}: step {self.step!r}: the connection was lost: {str(exc) or type(exc).__name__} "
-                              "(fix: check the host and its network link, then run the update again)") from None
+            raise RemoteError(
+                f"{self.label}: step {self.step!r}: the connection was lost: {str(exc) or type(exc).__name__} "
+                "(fix: check the host and its network link, then run the update again)"
+            ) from None
         finally:
             timer.cancel()
 
     def error(self) -> RemoteError:
-        return RemoteError(f"{self.label}: step {self.step!r} did not finish within its deadline of {self.seconds:g}s; "
-                           "the connection was closed (fix: check the host and its network link, then run the update "
-                           "again; raise edgefleet:commandTimeoutSeconds if the step needs longer)")
+        return RemoteError(
+            f"{self.label}: step {self.step!r} did not finish within its deadline of {self.seconds:g}s; "
+            "the connection was closed (fix: check the host and its network link, then run the update "
+            "again; raise edgefleet:commandTimeoutSeconds if the step needs longer)"
+        )
 
 
-def _send_all(chan, data: bytes, deadline: _Deadline) -> None:
+def _send_all(chan: paramiko.Channel, data: bytes, deadline: _Deadline) -> None:
     view = memoryview(data)
     while view:
         if deadline.expired:
@@ -224,7 +259,7 @@ def _send_all(chan, data: bytes, deadline: _Deadline) -> None:
         chan.settimeout(max(0.01, min(1.0, deadline.remaining())))
         try:
             sent = chan.send(bytes(view[:32768]))
-        except socket.timeout:
+        except TimeoutError:
             continue  # the host's window is full: wait, within the deadline
         view = view[sent:]
 
@@ -234,10 +269,16 @@ def _keep_tail(buf: bytearray) -> None:
         del buf[:-OUTPUT_LIMIT]
 
 
-def _exec(client, command: str, stdin: bytes, deadline: _Deadline) -> tuple[int, bytes, bytes]:
+def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: _Deadline) -> tuple[int, bytes, bytes]:
     """Run ``command`` with ``stdin``; read both streams without blocking past the deadline.
     Exit status -1: the channel closed without one."""
-    chan = client.get_transport().open_session(timeout=max(1.0, deadline.remaining()))
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise RemoteError(
+            f"{deadline.label}: the SSH connection closed before step {deadline.step!r} started "
+            "(fix: run the update again)"
+        )
+    chan = transport.open_session(timeout=max(1.0, deadline.remaining()))
     try:
         chan.exec_command(command)
         _send_all(chan, stdin, deadline)
@@ -264,7 +305,7 @@ def _tail(text: str) -> str:
     return "\n".join(text.strip().splitlines()[-15:])
 
 
-def _run(client, conn: dict[str, Any], script: str, deadline: _Deadline) -> tuple[str, str]:
+def _run(client: paramiko.SSHClient, conn: dict[str, Any], script: str, deadline: _Deadline) -> tuple[str, str]:
     """``script`` through the connection's shell (elevated for non-root users); failures raise."""
     if _user(conn) != "root":
         script = f"export PATH={ROOT_PATH}\n{script}"
@@ -272,21 +313,33 @@ def _run(client, conn: dict[str, Any], script: str, deadline: _Deadline) -> tupl
     out_s = out[-OUTPUT_LIMIT:].decode(errors="replace")
     err_s = err[-OUTPUT_LIMIT:].decode(errors="replace")
     if code == -1 and not deadline.expired:
-        raise RemoteError(f"{deadline.label}: step {deadline.step!r}: the connection closed before the script reported "
-                          "an exit status (fix: check the host and its network link, then run the update again)")
+        raise RemoteError(
+            f"{deadline.label}: step {deadline.step!r}: the connection closed before the script reported "
+            "an exit status (fix: check the host and its network link, then run the update again)"
+        )
     if code != 0 and _user(conn) != "root" and err_s.startswith("sudo: "):
         user = _user(conn)
-        raise RemoteError(f"{deadline.label}: step {deadline.step!r}: user {user!r} cannot run {SUDO_SHELL} -s through "
-                          f"sudo without a password: {err_s.splitlines()[0]} (fix: on the host, add "
-                          f"`{sudoers_line(user)}` to /etc/sudoers.d/edgefleet, or connect as root)")
+        raise RemoteError(
+            f"{deadline.label}: step {deadline.step!r}: user {user!r} cannot run {SUDO_SHELL} -s through "
+            f"sudo without a password: {err_s.splitlines()[0]} (fix: on the host, add "
+            f"`{sudoers_line(user)}` to /etc/sudoers.d/edgefleet, or connect as root)"
+        )
     if code != 0:
-        raise RemoteError(f"{deadline.label}: step {deadline.step!r}: remote script exited {code}:\n"
-                          f"{_tail(err_s) or _tail(out_s)}")
+        raise RemoteError(
+            f"{deadline.label}: step {deadline.step!r}: remote script exited {code}:\n{_tail(err_s) or _tail(out_s)}"
+        )
     return out_s, err_s
 
 
-def run_script(conn: dict[str, Any], script: str, env: dict[str, str], label: str, *, step: str = "script",
-               timeout_s: float | None = None) -> tuple[str, str]:
+def run_script(
+    conn: dict[str, Any],
+    script: str,
+    env: dict[str, str],
+    label: str,
+    *,
+    step: str = "script",
+    timeout_s: float | None = None,
+) -> tuple[str, str]:
     """Run ``script`` with bash on the host (through sudo for non-root users), environment
     exported from stdin first, within ``timeout_s`` once connected."""
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
@@ -309,8 +362,8 @@ def _placement(staged: str, part: str, remote_path: str, sha256: str, cleanup: s
     if cleanup:
         lines.append(f"rm -rf -- {q(cleanup)}")
     lines += [
-        f"got=\"$(sha256sum < {q(part)})\"",
-        f"if [[ \"${{got%% *}}\" != {sha256} ]]; then",
+        f'got="$(sha256sum < {q(part)})"',
+        f'if [[ "${{got%% *}}" != {sha256} ]]; then',
         f"  rm -f -- {q(part)}",
         f"  printf '%s: sha256 after upload is not %s; removed\\n' {q(remote_path)} {sha256} >&2",
         "  exit 1",
@@ -320,8 +373,15 @@ def _placement(staged: str, part: str, remote_path: str, sha256: str, cleanup: s
     return "\n".join(lines) + "\n"
 
 
-def upload(conn: dict[str, Any], local_path: str, remote_path: str, label: str, *, step: str = "upload",
-           timeout_s: float | None = None) -> None:
+def upload(
+    conn: dict[str, Any],
+    local_path: str,
+    remote_path: str,
+    label: str,
+    *,
+    step: str = "upload",
+    timeout_s: float | None = None,
+) -> None:
     """Copy a file to the host atomically: a temporary name, its sha256 checked there, then a
     rename. A non-root user uploads into a private directory of its home and root installs
     the file into place."""
@@ -336,7 +396,9 @@ def upload(conn: dict[str, Any], local_path: str, remote_path: str, label: str, 
             staging = None
             if root:
                 directory = str(PurePosixPath(remote_path).parent)
-                _run(client, conn, f"mkdir -p {shlex.quote(directory)} && chmod 700 {shlex.quote(directory)}\n", deadline)
+                _run(
+                    client, conn, f"mkdir -p {shlex.quote(directory)} && chmod 700 {shlex.quote(directory)}\n", deadline
+                )
             sftp = client.open_sftp()
             try:
                 if root:
@@ -361,7 +423,10 @@ def _check(deadline: _Deadline) -> None:
 
 def _step(props: dict[str, Any], operation: str) -> dict[str, Any]:
     """The step's name for messages (resource name and operation) and its deadline."""
-    return {"step": f"{props.get('step') or props.get('kind', 'remote')}/{operation}", "timeout_s": props.get("timeout")}
+    return {
+        "step": f"{props.get('step') or props.get('kind', 'remote')}/{operation}",
+        "timeout_s": props.get("timeout"),
+    }
 
 
 def in_place_diff(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> DiffResult:
@@ -373,8 +438,13 @@ def in_place_diff(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, .
 
 class _CommandProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
-        out, err = run_script(props["connection"], props["create"], props.get("environment") or {}, props["label"],
-                              **_step(props, "create"))
+        out, err = run_script(
+            props["connection"],
+            props["create"],
+            props.get("environment") or {},
+            props["label"],
+            **_step(props, "create"),
+        )
         return CreateResult(id_=uuid.uuid4().hex, outs={**props, "stdout": out, "stderr": err})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -386,14 +456,20 @@ class _CommandProvider(ResourceProvider):
         if not script or news.get("triggers") == olds.get("triggers"):
             # Only metadata (scripts, label, connection, credentials) changed: nothing to run.
             return UpdateResult(outs={**news, "stdout": olds.get("stdout", ""), "stderr": olds.get("stderr", "")})
-        out, err = run_script(news["connection"], script, news.get("environment") or {}, news["label"],
-                              **_step(news, "update"))
+        out, err = run_script(
+            news["connection"], script, news.get("environment") or {}, news["label"], **_step(news, "update")
+        )
         return UpdateResult(outs={**news, "stdout": out, "stderr": err})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("delete"):
-            run_script(props["connection"], props["delete"], props.get("environment") or {}, props["label"],
-                       **_step(props, "delete"))
+            run_script(
+                props["connection"],
+                props["delete"],
+                props.get("environment") or {},
+                props["label"],
+                **_step(props, "delete"),
+            )
 
 
 class _CopyProvider(ResourceProvider):
@@ -413,16 +489,36 @@ class _CopyProvider(ResourceProvider):
         return UpdateResult(outs=news)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        run_script(props["connection"], f"rm -f {shlex.quote(props['remote_path'])}\n", {}, props["label"],
-                   step=_step(props, "delete")["step"], timeout_s=COMMAND_MARGIN_S)
+        run_script(
+            props["connection"],
+            f"rm -f {shlex.quote(props['remote_path'])}\n",
+            {},
+            props["label"],
+            step=_step(props, "delete")["step"],
+            timeout_s=COMMAND_MARGIN_S,
+        )
 
 
-def connection(host: str, port: int, user: str, private_key: pulumi.Input[str], host_key: str,
-               dial_timeout_s: int = 60, private_key_passphrase: pulumi.Input[str] | None = None) -> dict[str, Any]:
+def connection(
+    host: str,
+    port: int,
+    user: str,
+    private_key: pulumi.Input[str],
+    host_key: str,
+    dial_timeout_s: int = 60,
+    private_key_passphrase: pulumi.Input[str] | None = None,
+) -> dict[str, Any]:
     """Connection settings, named as pulumi-command's ConnectionArgs (the policies read them).
     ``private_key_passphrase`` (a Pulumi secret) decrypts a passphrase-protected key."""
-    conn = {"host": host, "port": port, "user": user, "privateKey": private_key, "hostKey": host_key,
-            "dialTimeout": dial_timeout_s, "perDialTimeout": min(10, max(1, dial_timeout_s))}
+    conn = {
+        "host": host,
+        "port": port,
+        "user": user,
+        "privateKey": private_key,
+        "hostKey": host_key,
+        "dialTimeout": dial_timeout_s,
+        "perDialTimeout": min(10, max(1, dial_timeout_s)),
+    }
     if private_key_passphrase is not None:
         conn["privateKeyPassphrase"] = pulumi.Output.secret(private_key_passphrase)
     return conn
@@ -434,11 +530,21 @@ class Command(pulumi.dynamic.Resource):
     stdout: pulumi.Output[str]
     stderr: pulumi.Output[str]
 
-    def __init__(self, name: str, *, connection: dict[str, Any], create: str, label: str,
-                 update: str | None = None, delete: str | None = None,
-                 environment: dict[str, pulumi.Input[str]] | None = None,
-                 triggers: list[Any] | None = None, secret_stdout: bool = False, timeout_s: int | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: dict[str, Any],
+        create: pulumi.Input[str],
+        label: str,
+        update: pulumi.Input[str] | None = None,
+        delete: pulumi.Input[str] | None = None,
+        environment: Mapping[str, pulumi.Input[str]] | None = None,
+        triggers: list[Any] | None = None,
+        secret_stdout: bool = False,
+        timeout_s: int | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         """``timeout_s``: the deadline of each run once connected (default
         ``DEFAULT_COMMAND_TIMEOUT_S``; callers derive it with :func:`step_deadline`)."""
         secret = ["connection", "environment", *(["stdout"] if secret_stdout else [])]
@@ -446,9 +552,20 @@ class Command(pulumi.dynamic.Resource):
         super().__init__(
             _CommandProvider(),
             name,
-            {"kind": "edgefleet:remote:Command", "label": label, "connection": connection, "create": create,
-             "update": update, "delete": delete, "environment": environment or {}, "triggers": triggers or [],
-             "step": name, "timeout": timeout_s, "stdout": None, "stderr": None},
+            {
+                "kind": "edgefleet:remote:Command",
+                "label": label,
+                "connection": connection,
+                "create": create,
+                "update": update,
+                "delete": delete,
+                "environment": environment or {},
+                "triggers": triggers or [],
+                "step": name,
+                "timeout": timeout_s,
+                "stdout": None,
+                "stderr": None,
+            },
             opts,
         )
 
@@ -456,24 +573,33 @@ class Command(pulumi.dynamic.Resource):
 class CopyToRemote(pulumi.dynamic.Resource):
     """A local file copied to a host (re-copied when ``triggers`` change)."""
 
-    def __init__(self, name: str, *, connection: dict[str, Any], source: str, remote_path: str, label: str,
-                 triggers: list[Any] | None = None, timeout_s: int | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: dict[str, Any],
+        source: str,
+        remote_path: str,
+        label: str,
+        triggers: list[Any] | None = None,
+        timeout_s: int | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         """``timeout_s``: the deadline of the transfer once connected (default: from the file's
         size, :func:`upload_deadline`)."""
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["connection"]))
         super().__init__(
             _CopyProvider(),
             name,
-            {"kind": "edgefleet:remote:CopyToRemote", "label": label, "connection": connection, "source": source,
-             "remote_path": remote_path, "triggers": triggers or [], "step": name, "timeout": timeout_s},
+            {
+                "kind": "edgefleet:remote:CopyToRemote",
+                "label": label,
+                "connection": connection,
+                "source": source,
+                "remote_path": remote_path,
+                "triggers": triggers or [],
+                "step": name,
+                "timeout": timeout_s,
+            },
             opts,
         )
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -17,12 +17,12 @@ a per-site lock on the backend keeps two fleet commands off the same stacks.
 
 # Exit statuses CI can act on.
 EXIT = {
-    "ok": 0,            # every selected site succeeded (or was skipped: paused, maintenance)
-    "stopped": 1,       # a failure budget was exceeded: the rollout stopped, later waves untouched
-    "usage": 2,         # bad arguments, inventory or config: nothing ran
-    "tolerated": 3,     # finished within budget, but some sites failed or were offline
-    "locked": 4,        # another fleet command holds some of the selected site stacks
-    "drift": 5,         # drift: some stacks drifted; status --check: some sites not available
+    "ok": 0,  # every selected site succeeded (or was skipped: paused, maintenance)
+    "stopped": 1,  # a failure budget was exceeded: the rollout stopped, later waves untouched
+    "usage": 2,  # bad arguments, inventory or config: nothing ran
+    "tolerated": 3,  # finished within budget, but some sites failed or were offline
+    "locked": 4,  # another fleet command holds some of the selected site stacks
+    "drift": 5,  # drift: some stacks drifted; status --check: some sites not available
     "interrupted": 130,  # interrupted: rerun the same command to resume
 }
 EXIT["unhealthy"] = EXIT["drift"]

@@ -10,16 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fleet import EXIT
 from fleet.errors import FleetError
 from fleet.plan import Plan, Selector, SitePlan, build_plan, catalog_versions
 from fleet.rollout import RolloutResult, SiteResult, run_rollout
-from fleet.stacks import base_config, project_name, shared_digest, toolchain_env, write_site_configs
+from fleet.stacks import base_config, project_name, shared_digest, write_site_configs
+from fleet.toolchain import toolchain_env
 
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 30  # after SIGINT at the progress deadline, before SIGKILL
@@ -50,8 +52,10 @@ def load_context(args: argparse.Namespace) -> Context:
     config = base_config(repo, args.stack).get("config") or {}
     inventory_rel = config.get(f"{project}:inventory")
     if not inventory_rel:
-        raise FleetError(f"Pulumi.{args.stack}.yaml: config {project}:inventory is not set (fix: pulumi config set "
-                         f"inventory sites/<file>.yaml --stack {args.stack})")
+        raise FleetError(
+            f"Pulumi.{args.stack}.yaml: config {project}:inventory is not set (fix: pulumi config set "
+            f"inventory sites/<file>.yaml --stack {args.stack})"
+        )
     try:
         inventory = load_inventory(repo / inventory_rel, check_files=False)
     except InventoryError as exc:
@@ -72,12 +76,24 @@ def load_context(args: argparse.Namespace) -> Context:
     plan = build_plan(inventory, args.stack, selector=selector, models=models, shared_digest=digest, host_key=host_key)
     plan = _override(plan, args)
     policy_rel = config.get(f"{project}:policyConfig")
-    policy = ({"pack": str(repo / "policies"), "config": str(repo / policy_rel)}
-              if policy_rel and (repo / "policies/PulumiPolicy.yaml").exists() and not args.no_policy else None)
+    policy = (
+        {"pack": str(repo / "policies"), "config": str(repo / policy_rel)}
+        if policy_rel and (repo / "policies/PulumiPolicy.yaml").exists() and not args.no_policy
+        else None
+    )
     env = toolchain_env(repo, inventory.inventory.environment)
     log_dir = Path(args.log_dir) if args.log_dir else repo / ".fleet-logs"
-    return Context(repo, args.stack, project, plan, env, policy, log_dir, args,
-                   {s.name: s for w in plan.waves for s in (*w.sites, *w.skipped)})
+    return Context(
+        repo,
+        args.stack,
+        project,
+        plan,
+        env,
+        policy,
+        log_dir,
+        args,
+        {s.name: s for w in plan.waves for s in (*w.sites, *w.skipped)},
+    )
 
 
 def _override(plan: Plan, args: argparse.Namespace) -> Plan:
@@ -99,16 +115,37 @@ def _override(plan: Plan, args: argparse.Namespace) -> Plan:
 # --- running one site -----------------------------------------------------------------------------
 
 
-def run_worker(ctx: Context, op: str, site: SitePlan, *, deadline_s: float, extra: dict[str, Any] | None = None,
-               procs: dict[str, subprocess.Popen] | None = None) -> dict[str, Any]:
+def run_worker(
+    ctx: Context,
+    op: str,
+    site: SitePlan,
+    *,
+    deadline_s: float,
+    extra: dict[str, Any] | None = None,
+    procs: dict[str, subprocess.Popen] | None = None,
+) -> dict[str, Any]:
     """One worker process for one operation on one site stack, stopped at its deadline."""
-    req = {"op": op, "repo": str(ctx.repo), "stack": site.stack, "site": site.name,
-           "message": f"fleet {op} rev={site.revision} wave={site.wave}",
-           "log": str(ctx.log_dir / f"{site.stack}.log"), "deadline_s": deadline_s,
-           "policy": ctx.policy, **(extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "fleet.worker"], cwd=ctx.repo, env={**ctx.env, "PYTHONPATH": f"{REPO}:{ctx.repo}"},
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    req = {
+        "op": op,
+        "repo": str(ctx.repo),
+        "stack": site.stack,
+        "site": site.name,
+        "message": f"fleet {op} rev={site.revision} wave={site.wave}",
+        "log": str(ctx.log_dir / f"{site.stack}.log"),
+        "deadline_s": deadline_s,
+        "policy": ctx.policy,
+        **(extra or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet.worker"],
+        cwd=ctx.repo,
+        env={**ctx.env, "PYTHONPATH": f"{REPO}:{ctx.repo}"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     if procs is not None:
         procs[site.stack] = proc
     try:
@@ -142,8 +179,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def site_result(site: SitePlan, out: dict[str, Any], seconds: float) -> SiteResult:
-    return SiteResult(site.name, site.stack, site.wave, out.get("status", "failed"), out.get("reason") or "",
-                      round(seconds, 2), {k: v for k, v in out.items() if k not in ("status", "reason")})
+    return SiteResult(
+        site.name,
+        site.stack,
+        site.wave,
+        out.get("status", "failed"),
+        out.get("reason") or "",
+        round(seconds, 2),
+        {k: v for k, v in out.items() if k not in ("status", "reason")},
+    )
 
 
 def preflight(ctx: Context, site: SitePlan) -> SiteResult | None:
@@ -156,11 +200,14 @@ def preflight(ctx: Context, site: SitePlan) -> SiteResult | None:
     if check.state == "online":
         return None
     status = "offline" if check.state == "offline" else "failed"
-    return SiteResult(site.name, site.stack, site.wave, status, check.reason, round(check.seconds, 2),
-                      {"connectivity": check.state})
+    return SiteResult(
+        site.name, site.stack, site.wave, status, check.reason, round(check.seconds, 2), {"connectivity": check.state}
+    )
 
 
-def up_runner(ctx: Context, procs: dict[str, subprocess.Popen], took_over: Callable[[str], bool]) -> Callable[[SitePlan], SiteResult]:
+def up_runner(
+    ctx: Context, procs: dict[str, subprocess.Popen], took_over: Callable[[str], bool]
+) -> Callable[[SitePlan], SiteResult]:
     rollout = ctx.plan.rollout
 
     def run(site: SitePlan) -> SiteResult:
@@ -168,10 +215,19 @@ def up_runner(ctx: Context, procs: dict[str, subprocess.Popen], took_over: Calla
         offline = preflight(ctx, site)
         if offline is not None:
             return offline
-        out = run_worker(ctx, "up", site, deadline_s=max(1.0, float(rollout.progress_deadline) - (time.monotonic() - start)),
-                         procs=procs, extra={
-                             "recover": took_over(site.stack), "force": ctx.args.force, "refresh": ctx.args.refresh,
-                             "health": {"enabled": rollout.health_gate, "soak_s": rollout.min_success_time}})
+        out = run_worker(
+            ctx,
+            "up",
+            site,
+            deadline_s=max(1.0, float(rollout.progress_deadline) - (time.monotonic() - start)),
+            procs=procs,
+            extra={
+                "recover": took_over(site.stack),
+                "force": ctx.args.force,
+                "refresh": ctx.args.refresh,
+                "health": {"enabled": rollout.health_gate, "soak_s": rollout.min_success_time},
+            },
+        )
         return site_result(site, out, time.monotonic() - start)
 
     return run
@@ -210,17 +266,27 @@ class Progress:
             table.add_column(col)
         for w in self.plan.waves:
             c = self.counts[w.number]
-            table.add_row(f"{w.number}{' (mandatory)' if w.mandatory else ''}", str(len(w.sites) + len(w.skipped)),
-                          str(c.get("succeeded", 0)), str(c.get("unchanged", 0)),
-                          str(c.get("failed", 0) + c.get("timeout", 0)), str(c.get("offline", 0)),
-                          str(c.get("skipped", 0)), str(c.get("not-started", 0)))
+            table.add_row(
+                f"{w.number}{' (mandatory)' if w.mandatory else ''}",
+                str(len(w.sites) + len(w.skipped)),
+                str(c.get("succeeded", 0)),
+                str(c.get("unchanged", 0)),
+                str(c.get("failed", 0) + c.get("timeout", 0)),
+                str(c.get("offline", 0)),
+                str(c.get("skipped", 0)),
+                str(c.get("not-started", 0)),
+            )
         return table
 
     def wave(self, wave) -> None:
         if self.live is None:
-            print(f"wave {wave.number}: {len(wave.sites)} site(s), concurrency {wave.max_concurrency}, "
-                  f"failure budget {wave.max_failures if wave.max_failures is not None else 'rollout-wide'}"
-                  f"{' (mandatory)' if wave.mandatory else ''}", file=sys.stderr, flush=True)
+            print(
+                f"wave {wave.number}: {len(wave.sites)} site(s), concurrency {wave.max_concurrency}, "
+                f"failure budget {wave.max_failures if wave.max_failures is not None else 'rollout-wide'}"
+                f"{' (mandatory)' if wave.mandatory else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def result(self, r: SiteResult) -> None:
         with self.lock:
@@ -231,8 +297,12 @@ class Progress:
             else:
                 extra = f" ({r.reason})" if r.reason else ""
                 changes = r.detail.get("changes")
-                print(f"  wave {r.wave} {r.site}: {r.status} in {r.duration_s:.1f}s"
-                      f"{f', {changes} change(s)' if changes else ''}{extra}", file=sys.stderr, flush=True)
+                print(
+                    f"  wave {r.wave} {r.site}: {r.status} in {r.duration_s:.1f}s"
+                    f"{f', {changes} change(s)' if changes else ''}{extra}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def close(self) -> None:
         if self.live is not None:
@@ -240,7 +310,9 @@ class Progress:
 
 
 def rollout_summary(result: RolloutResult) -> str:
-    counts = {s: result.count(s) for s in ("succeeded", "unchanged", "failed", "timeout", "offline", "skipped", "not-started")}
+    counts = {
+        s: result.count(s) for s in ("succeeded", "unchanged", "failed", "timeout", "offline", "skipped", "not-started")
+    }
     lines = ["summary: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)]
     if result.stopped:
         lines.append(f"rollout STOPPED: {result.stopped}; later waves untouched")
@@ -269,8 +341,10 @@ def cmd_plan(ctx: Context) -> int:
         print(json.dumps(github_matrix(plan)))
     else:
         for w in plan.waves:
-            print(f"wave {w.number}{' (mandatory)' if w.mandatory else ''}: {len(w.sites)} site(s), concurrency "
-                  f"{w.max_concurrency}, failure budget {w.max_failures if w.max_failures is not None else '-'}")
+            print(
+                f"wave {w.number}{' (mandatory)' if w.mandatory else ''}: {len(w.sites)} site(s), concurrency "
+                f"{w.max_concurrency}, failure budget {w.max_failures if w.max_failures is not None else '-'}"
+            )
             for s in w.sites:
                 models = ", ".join(f"{m}:{v}" for m, v in s.models.items()) or "-"
                 print(f"  {s.stack}: {s.distribution}; models {models}; rev {s.revision}")
@@ -288,15 +362,26 @@ def github_matrix(plan: Plan) -> dict[str, Any]:
     """The plan as the fleet workflow's wave jobs read it: slot i is the i-th wave in order."""
     waves = [w for w in plan.waves if w.sites]  # a wave of paused sites only has nothing to run
     if len(waves) > MAX_WORKFLOW_WAVES:
-        raise FleetError(f"the plan has {len(waves)} waves; .github/workflows/fleet.yml runs at most "
-                         f"{MAX_WORKFLOW_WAVES} (fix: merge waves in the inventory, or add wave jobs to the workflow)")
+        raise FleetError(
+            f"the plan has {len(waves)} waves; .github/workflows/fleet.yml runs at most "
+            f"{MAX_WORKFLOW_WAVES} (fix: merge waves in the inventory, or add wave jobs to the workflow)"
+        )
     slots = []
     for w in waves:
-        slots.append({"wave": w.number, "sites": [s.name for s in w.sites], "run": True,
-                      "max_parallel": w.max_concurrency, "max_failures": w.max_failures if w.max_failures is not None else -1,
-                      "fail_fast": w.max_failures == 0})
+        slots.append(
+            {
+                "wave": w.number,
+                "sites": [s.name for s in w.sites],
+                "run": True,
+                "max_parallel": w.max_concurrency,
+                "max_failures": w.max_failures if w.max_failures is not None else -1,
+                "fail_fast": w.max_failures == 0,
+            }
+        )
     while len(slots) < MAX_WORKFLOW_WAVES:
-        slots.append({"wave": -1, "sites": ["none"], "run": False, "max_parallel": 1, "max_failures": 0, "fail_fast": True})
+        slots.append(
+            {"wave": -1, "sites": ["none"], "run": False, "max_parallel": 1, "max_failures": 0, "fail_fast": True}
+        )
     return {"stack": plan.base_stack, "waves": slots}
 
 
@@ -305,8 +390,9 @@ def cmd_up(ctx: Context) -> int:
 
     plan = ctx.plan
     write_site_configs(ctx.repo, ctx.base, [s.name for s in plan.sites])
-    lock = FleetLock(store_for(ctx.env["PULUMI_BACKEND_URL"]), ctx.project, [s.stack for s in plan.sites],
-                     f"fleet up {ctx.base}")
+    lock = FleetLock(
+        store_for(ctx.env["PULUMI_BACKEND_URL"]), ctx.project, [s.stack for s in plan.sites], f"fleet up {ctx.base}"
+    )
     try:
         lock.acquire()
     except FleetError as exc:
@@ -316,12 +402,14 @@ def cmd_up(ctx: Context) -> int:
     cancel = threading.Event()
     progress = Progress(plan, "up")
     try:
+
         def finished(r: SiteResult) -> None:
             progress.result(r)
             lock.release_one(r.stack)  # done (or never to start): no lock, no renewals
 
-        result = run_rollout(plan, up_runner(ctx, procs, lock.took_over), on_result=finished,
-                             on_wave=progress.wave, cancel=cancel)
+        result = run_rollout(
+            plan, up_runner(ctx, procs, lock.took_over), on_result=finished, on_wave=progress.wave, cancel=cancel
+        )
     except KeyboardInterrupt:
         cancel.set()
         for proc in list(procs.values()):
@@ -337,8 +425,9 @@ def cmd_up(ctx: Context) -> int:
     return EXIT["tolerated"] if result.failures else EXIT["ok"]
 
 
-def _parallel(ctx: Context, op: str, sites: list[SitePlan], extra: dict[str, Any] | None = None,
-              deadline_s: float | None = None) -> list[SiteResult]:
+def _parallel(
+    ctx: Context, op: str, sites: list[SitePlan], extra: dict[str, Any] | None = None, deadline_s: float | None = None
+) -> list[SiteResult]:
     progress = Progress(replace(ctx.plan, waves=tuple(w for w in ctx.plan.waves if w.sites)), op)
     deadline = deadline_s or float(ctx.plan.rollout.progress_deadline)
 
@@ -359,18 +448,24 @@ def cmd_preview(ctx: Context) -> int:
     write_site_configs(ctx.repo, ctx.base, [s.name for s in ctx.plan.sites])
     results = _parallel(ctx, "preview", ctx.plan.sites, {"refresh": ctx.args.refresh})
     failed = [r for r in results if r.failed]
-    print(f"preview: {len(results)} site stack(s), {sum(r.detail.get('changes', 0) > 0 for r in results)} with changes, "
-          f"{len(failed)} failed")
+    print(
+        f"preview: {len(results)} site stack(s), {sum(r.detail.get('changes', 0) > 0 for r in results)} with changes, "
+        f"{len(failed)} failed"
+    )
     for r in failed:
         print(f"  failed: {r.site}: {r.reason}")
     write_result(ctx.args, {"results": [r.__dict__ for r in results]})
     return EXIT["tolerated"] if failed else EXIT["ok"]
 
 
-def _locked(ctx: Context, op: str, sites: list[SitePlan], extra: dict[str, Any] | None = None) -> tuple[int, list[SiteResult]]:
+def _locked(
+    ctx: Context, op: str, sites: list[SitePlan], extra: dict[str, Any] | None = None
+) -> tuple[int, list[SiteResult]]:
     from fleet.lock import FleetLock, store_for
 
-    lock = FleetLock(store_for(ctx.env["PULUMI_BACKEND_URL"]), ctx.project, [s.stack for s in sites], f"fleet {op} {ctx.base}")
+    lock = FleetLock(
+        store_for(ctx.env["PULUMI_BACKEND_URL"]), ctx.project, [s.stack for s in sites], f"fleet {op} {ctx.base}"
+    )
     try:
         lock.acquire()
     except FleetError as exc:
@@ -395,8 +490,10 @@ def cmd_refresh(ctx: Context) -> int:
 
 def cmd_destroy(ctx: Context) -> int:
     if not ctx.args.yes:
-        raise FleetError(f"destroy removes everything the {len(ctx.plan.sites)} selected site stack(s) manage "
-                         "(fix: add --yes to confirm)")
+        raise FleetError(
+            f"destroy removes everything the {len(ctx.plan.sites)} selected site stack(s) manage "
+            "(fix: add --yes to confirm)"
+        )
     write_site_configs(ctx.repo, ctx.base, [s.name for s in ctx.plan.sites])
     code, _ = _locked(ctx, "destroy", list(reversed(ctx.plan.sites)))
     return code
@@ -409,7 +506,7 @@ def drift_results(ctx: Context) -> list[SiteResult]:
 
 def cmd_drift(ctx: Context) -> int:
     results = drift_results(ctx)
-    report = []
+    report: list[dict[str, Any]] = []
     for r in results:
         names = [res["urn"].rsplit("::", 1)[-1] for res in r.detail.get("resources", [])]
         report.append({"site": r.site, "stack": r.stack, "status": r.status, "reason": r.reason, "resources": names})
@@ -444,14 +541,28 @@ def cmd_status(ctx: Context) -> int:
         lock = store.read(f"{ctx.project}/{site.stack}")
         d = drift.get(site.name)
         return st.SiteStatus(
-            site=site.name, stack=site.stack, wave=site.wave, planned_revision=site.revision,
-            distribution=site.distribution, models=site.models, skip=site.skip,
-            last_kind=last.get("kind"), last_result=last.get("result"), last_start=(last.get("start") or "")[:19] or None,
-            last_duration_s=last.get("duration_s"), applied_revision=ok.get("revision") if last.get("result") == "succeeded" else last.get("revision"),
+            site=site.name,
+            stack=site.stack,
+            wave=site.wave,
+            planned_revision=site.revision,
+            distribution=site.distribution,
+            models=site.models,
+            skip=site.skip,
+            last_kind=last.get("kind"),
+            last_result=last.get("result"),
+            last_start=(last.get("start") or "")[:19] or None,
+            last_duration_s=last.get("duration_s"),
+            applied_revision=ok.get("revision") if last.get("result") == "succeeded" else last.get("revision"),
             last_seen=(ok.get("end") or "")[:19] or None,
-            connectivity=probe.state if probe else "not-probed", connectivity_reason=probe.reason if probe else "",
-            policy=("ok" if not (policy["mandatory"] or policy["advisory"]) else
-                    f"{policy['mandatory']} mandatory, {policy['advisory']} advisory") if policy else "-",
+            connectivity=probe.state if probe else "not-probed",
+            connectivity_reason=probe.reason if probe else "",
+            policy=(
+                "ok"
+                if not (policy["mandatory"] or policy["advisory"])
+                else f"{policy['mandatory']} mandatory, {policy['advisory']} advisory"
+            )
+            if policy
+            else "-",
             policy_mandatory=policy["mandatory"] if policy else 0,
             drift=(d.status if d.status in ("drifted", "in-sync", "absent") else "error") if d else "not-checked",
             drifted=[res["urn"].rsplit("::", 1)[-1] for res in d.detail.get("resources", [])] if d else [],
@@ -494,13 +605,17 @@ def cmd_gate(ctx: Context) -> int:
                 results[r["site"]] = r["status"]
         except (OSError, ValueError, KeyError, AttributeError):
             continue
+
     def failed_in(sites: list[SitePlan]) -> list[str]:  # a site without a result did not succeed
         return [s.name for s in sites if results.get(s.name, "failed") in ("failed", "timeout", "offline")]
 
     failed = failed_in(list(wave.sites))
     missing = [s.name for s in wave.sites if s.name not in results]
-    print(f"wave {wave.number}: {len(failed)} failed of {len(wave.sites)}"
-          + (f": {', '.join(failed)}" if failed else "") + (f"; no result from {', '.join(missing)}" if missing else ""))
+    print(
+        f"wave {wave.number}: {len(failed)} failed of {len(wave.sites)}"
+        + (f": {', '.join(failed)}" if failed else "")
+        + (f"; no result from {', '.join(missing)}" if missing else "")
+    )
     if wave.max_failures is not None:
         print(f"wave budget {wave.max_failures}{' (mandatory wave)' if wave.mandatory else ''}")
         if len(failed) > wave.max_failures:
@@ -517,12 +632,16 @@ def cmd_migrate(ctx: Context) -> int:
     from fleet.migrate import migrate
 
     if not ctx.args.yes:
-        raise FleetError(f"migrate moves the state of {len(ctx.plan.sites)} site(s) out of stack {ctx.base} into site "
-                         "stacks (fix: back up the state with `pulumi stack export`, then add --yes)")
+        raise FleetError(
+            f"migrate moves the state of {len(ctx.plan.sites)} site(s) out of stack {ctx.base} into site "
+            "stacks (fix: back up the state with `pulumi stack export`, then add --yes)"
+        )
     os.environ.update(ctx.env)  # the CLI this process runs
     migrate(ctx.repo, ctx.base, [s.name for s in ctx.plan.sites], ctx.env)
-    print(f"migrate: done; stack {ctx.base} now only holds the shared config (siteStacks: true); "
-          f"next: python -m fleet preview --stack {ctx.base} shows no changes")
+    print(
+        f"migrate: done; stack {ctx.base} now only holds the shared config (siteStacks: true); "
+        f"next: python -m fleet preview --stack {ctx.base} shows no changes"
+    )
     return EXIT["ok"]
 
 
@@ -532,23 +651,37 @@ def cmd_migrate(ctx: Context) -> int:
 def parser() -> argparse.ArgumentParser:
     from fleet import __doc__ as doc
 
-    p = argparse.ArgumentParser(prog="python -m fleet", description=doc.split("\n\n")[0],
-                                epilog="exit status: " + ", ".join(f"{v} {k}" for k, v in EXIT.items()))
+    p = argparse.ArgumentParser(
+        prog="python -m fleet",
+        description=doc.split("\n\n")[0],
+        epilog="exit status: " + ", ".join(f"{v} {k}" for k, v in EXIT.items()),
+    )
     p.add_argument("command", choices=COMMANDS)
-    p.add_argument("--stack", default=os.environ.get("EDGEFLEET_STACK", "dev"),
-                   help="the environment's whole-fleet stack whose config the site stacks share (default dev)")
+    p.add_argument(
+        "--stack",
+        default=os.environ.get("EDGEFLEET_STACK", "dev"),
+        help="the environment's whole-fleet stack whose config the site stacks share (default dev)",
+    )
     p.add_argument("--project-dir", default=str(REPO), help="the Pulumi project (default: this repository)")
     p.add_argument("--site", action="append", help="site names or globs, comma-separated (repeatable)")
     p.add_argument("--wave", action="append", help="wave numbers, comma-separated (repeatable)")
-    p.add_argument("--select", action="append", help="key=value conditions: topology, hardware_class, latency_class, "
-                   "distribution, wave, name, or a site label (repeatable; all must hold; values accept globs)")
-    p.add_argument("--parallel", type=int, default=4, help="site stacks at once for preview, refresh, drift, status, destroy")
+    p.add_argument(
+        "--select",
+        action="append",
+        help="key=value conditions: topology, hardware_class, latency_class, "
+        "distribution, wave, name, or a site label (repeatable; all must hold; values accept globs)",
+    )
+    p.add_argument(
+        "--parallel", type=int, default=4, help="site stacks at once for preview, refresh, drift, status, destroy"
+    )
     p.add_argument("--format", choices=("table", "json", "markdown", "github", "plain"), default="table")
     p.add_argument("--output", help="write the status rendering to this file")
     p.add_argument("--result-file", help="write the per-site results as JSON to this file")
     p.add_argument("--log-dir", help="engine output per site stack (default .fleet-logs/)")
     p.add_argument("--refresh", action="store_true", help="preview/up: refresh each stack first (heals drift)")
-    p.add_argument("--force", action="store_true", help="up: run even where the stack's last update applied this revision")
+    p.add_argument(
+        "--force", action="store_true", help="up: run even where the stack's last update applied this revision"
+    )
     p.add_argument("--no-preflight", action="store_true", help="skip the TCP+SSH reachability check")
     p.add_argument("--preflight-timeout", type=int, help="seconds (1-60) within which a site must answer")
     p.add_argument("--no-health", action="store_true", help="up: no health gate after each site")
@@ -564,8 +697,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handlers = {"plan": cmd_plan, "preview": cmd_preview, "up": cmd_up, "refresh": cmd_refresh, "drift": cmd_drift,
-                "status": cmd_status, "destroy": cmd_destroy, "migrate": cmd_migrate, "gate": cmd_gate}
+    handlers = {
+        "plan": cmd_plan,
+        "preview": cmd_preview,
+        "up": cmd_up,
+        "refresh": cmd_refresh,
+        "drift": cmd_drift,
+        "status": cmd_status,
+        "destroy": cmd_destroy,
+        "migrate": cmd_migrate,
+        "gate": cmd_gate,
+    }
     try:
         ctx = load_context(args)
         return handlers[args.command](ctx)

@@ -13,8 +13,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 WORKLOADS = "/apis/apps/v1/deployments?labelSelector=app.kubernetes.io%2Fpart-of%3Dedgefleet"
 POLL_S = 5.0
@@ -42,9 +43,13 @@ def workload_problems(deployments: dict[str, Any]) -> list[str]:
         wanted = spec.get("replicas", 1)
         if _condition(d, "Available") != "True":
             out.append(f"deployment {name} is not Available")
-        elif status.get("observedGeneration", 0) < meta.get("generation", 0) or status.get("updatedReplicas", 0) < wanted:
-            out.append(f"deployment {name} has not rolled out its current revision "
-                       f"({status.get('updatedReplicas', 0)}/{wanted} updated)")
+        elif (
+            status.get("observedGeneration", 0) < meta.get("generation", 0) or status.get("updatedReplicas", 0) < wanted
+        ):
+            out.append(
+                f"deployment {name} has not rolled out its current revision "
+                f"({status.get('updatedReplicas', 0)}/{wanted} updated)"
+            )
     return out
 
 
@@ -54,7 +59,7 @@ Getter = Callable[[str], tuple[int, Any]]
 def problems(get: Getter) -> list[str]:
     """Everything that keeps the gate shut, from the API through ``get(path) -> (status, body)``."""
     try:
-        code, body = get("/readyz")
+        code, _ = get("/readyz")
         if code != 200:
             return [f"API not ready (/readyz answered {code})"]
         found = []
@@ -81,7 +86,7 @@ def getter_from_kubeconfig(kubeconfig: str, timeout_s: float = 10.0) -> Getter:
     def get(api_path: str) -> tuple[int, Any]:
         req = urllib.request.Request(cluster.server + api_path, headers=cluster.headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s, context=cluster.ssl_context) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout_s, context=cluster.ssl_context) as resp:
                 raw = resp.read()
                 return resp.status, (json.loads(raw) if raw.strip().startswith(b"{") else raw.decode(errors="replace"))
         except urllib.error.HTTPError as exc:
@@ -90,8 +95,15 @@ def getter_from_kubeconfig(kubeconfig: str, timeout_s: float = 10.0) -> Getter:
     return get
 
 
-def hold(check: Callable[[], list[str]], soak_s: float, deadline: float, *, poll_s: float = POLL_S,
-         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str | None:
+def hold(
+    check: Callable[[], list[str]],
+    soak_s: float,
+    deadline: float,
+    *,
+    poll_s: float = POLL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
     """None once the gate held for ``soak_s`` without a break; otherwise why not. Before it
     first holds it may take until ``deadline`` (monotonic); after that any failed check fails."""
     while True:

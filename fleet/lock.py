@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,16 @@ def stale(record: dict[str, Any], now: float, host: str) -> bool:
     return record.get("host") == host and not _alive(int(record.get("pid", 0)))
 
 
-class Store:
+class Store(ABC):
     """Create-if-absent, read, overwrite and delete small JSON records under one prefix."""
 
+    @abstractmethod
     def create(self, key: str, record: dict) -> bool: ...
+    @abstractmethod
     def read(self, key: str) -> dict | None: ...
+    @abstractmethod
     def write(self, key: str, record: dict) -> None: ...
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
 
@@ -104,8 +109,11 @@ class S3Store(Store):
         if endpoint and "://" not in endpoint:
             endpoint = ("http://" if q.get("disableSSL") == "true" else "https://") + endpoint
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name=q.get("region") or os.environ.get("AWS_REGION"),
-            config=Config(s3={"addressing_style": "path" if q.get("s3ForcePathStyle") == "true" else "auto"}))
+            "s3",
+            endpoint_url=endpoint,
+            region_name=q.get("region") or os.environ.get("AWS_REGION"),
+            config=Config(s3={"addressing_style": "path" if q.get("s3ForcePathStyle") == "true" else "auto"}),
+        )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}.json"
@@ -114,7 +122,9 @@ class S3Store(Store):
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=json.dumps(record).encode(), IfNoneMatch="*")
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=json.dumps(record).encode(), IfNoneMatch="*"
+            )
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
@@ -141,8 +151,10 @@ def store_for(backend_url: str) -> Store:
         return FileStore(Path(backend_url.removeprefix("file://")))
     if backend_url.startswith("s3://"):
         return S3Store(backend_url)
-    raise FleetError(f"PULUMI_BACKEND_URL: {backend_url.split('?')[0]!r}: fleet locks support file:// and s3:// "
-                     "backends (fix: use one of them, or run one fleet command at a time by other means)")
+    raise FleetError(
+        f"PULUMI_BACKEND_URL: {backend_url.split('?')[0]!r}: fleet locks support file:// and s3:// "
+        "backends (fix: use one of them, or run one fleet command at a time by other means)"
+    )
 
 
 @dataclass
@@ -163,8 +175,13 @@ class FleetLock:
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": self.pid, "command": self.command,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "expires": time.time() + LEASE_S}
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "command": self.command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "expires": time.time() + LEASE_S,
+        }
 
     def _key(self, stack: str) -> str:
         return f"{self.project}/{stack}"
@@ -179,8 +196,10 @@ class FleetLock:
                 continue
             current = self.store.read(key)
             if current is not None and not stale(current, time.time(), self.host):
-                busy.append(f"{stack} (held by {current.get('command')!r}, pid {current.get('pid')} on "
-                            f"{current.get('host')}, since {current.get('started')})")
+                busy.append(
+                    f"{stack} (held by {current.get('command')!r}, pid {current.get('pid')} on "
+                    f"{current.get('host')}, since {current.get('started')})"
+                )
                 continue
             # A dead run's lock: take it over, then make sure no concurrent taker won.
             self.store.write(key, record)
@@ -192,9 +211,12 @@ class FleetLock:
                 busy.append(f"{stack} (taken over by pid {mine.get('pid')} on {mine.get('host')})")
         if busy:
             self.release()
-            raise FleetError("another fleet command is changing these site stacks: " + "; ".join(busy) +
-                             " (fix: wait for it to finish; a lock whose owner died is taken over automatically "
-                             f"once its lease of {LEASE_S}s runs out)")
+            raise FleetError(
+                "another fleet command is changing these site stacks: "
+                + "; ".join(busy)
+                + " (fix: wait for it to finish; a lock whose owner died is taken over automatically "
+                f"once its lease of {LEASE_S}s runs out)"
+            )
         self._thread = threading.Thread(target=self._renew, name="fleet-lock", daemon=True)
         self._thread.start()
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fleet.errors import FleetError
@@ -33,16 +34,21 @@ def _provider_urn(ref: str) -> str:
     return ref.rsplit("::", 1)[0] if ref else ""
 
 
-def split(deployment: dict[str, Any], project: str, base: str, site: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def split(deployment: Mapping[str, Any], project: str, base: str, site: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(site stack deployment, remaining base deployment) for ``site``."""
     resources: list[dict[str, Any]] = deployment.get("resources") or []
     if deployment.get("pending_operations"):
         raise FleetError(f"stack {base} has pending operations (fix: scripts/recover {base}, then migrate)")
     by_urn = {r["urn"]: r for r in resources}
-    roots = [r for r in resources if r["type"] in SITE_TYPES and r["urn"].endswith(f"::{site}")]
+    # The site's component: named under the fleet (``fleet-<site>``), or by the site alone in
+    # stacks written before that.
+    names = (f"::fleet-{site}", f"::{site}")
+    roots = [r for r in resources if r["type"] in SITE_TYPES and r["urn"].endswith(names)]
     if not roots:
-        raise FleetError(f"stack {base} has no resources of site {site!r} (fix: check the name, or the site was "
-                         "never deployed by this stack)")
+        raise FleetError(
+            f"stack {base} has no resources of site {site!r} (fix: check the name, or the site was "
+            "never deployed by this stack)"
+        )
     root = roots[0]["urn"]
 
     def in_site(urn: str) -> bool:
@@ -64,13 +70,17 @@ def split(deployment: dict[str, Any], project: str, base: str, site: str) -> tup
             needed.add(parent["urn"])
             parent = by_urn.get(parent.get("parent", ""))
     for urn in list(needed):  # providers have parents and providers too (the stack root)
-        r = by_urn.get(urn)
-        if r is not None and r.get("parent"):
-            needed.add(r["parent"])
+        node = by_urn.get(urn)
+        if node is not None and node.get("parent"):
+            needed.add(node["parent"])
     remaining_users = {_provider_urn(r.get("provider", "")) for r in resources if r["urn"] not in moved_urns}
     site_stack = f"{base}.{site}"
     kept = [copy.deepcopy(r) for r in resources if r["urn"] in needed or r["urn"] in moved_urns]
-    kept = _rename(kept, f"::{project}::pulumi:pulumi:Stack::{project}-{base}", f"::{project}::pulumi:pulumi:Stack::{project}-{site_stack}")
+    kept = _rename(
+        kept,
+        f"::{project}::pulumi:pulumi:Stack::{project}-{base}",
+        f"::{project}::pulumi:pulumi:Stack::{project}-{site_stack}",
+    )
     kept = _rename(kept, f"urn:pulumi:{base}::", f"urn:pulumi:{site_stack}::")
     for r in kept:
         if r["type"] == "pulumi:pulumi:Stack":
@@ -78,9 +88,12 @@ def split(deployment: dict[str, Any], project: str, base: str, site: str) -> tup
     dest = {k: v for k, v in deployment.items() if k != "resources"}
     dest["resources"] = kept
     source = {k: v for k, v in deployment.items() if k != "resources"}
-    source["resources"] = [r for r in resources if r["urn"] not in moved_urns
-                           and not (r["type"].startswith("pulumi:providers:") and r["urn"] in needed
-                                    and r["urn"] not in remaining_users)]
+    source["resources"] = [
+        r
+        for r in resources
+        if r["urn"] not in moved_urns
+        and not (r["type"].startswith("pulumi:providers:") and r["urn"] in needed and r["urn"] not in remaining_users)
+    ]
     return dest, source
 
 
@@ -92,7 +105,9 @@ def migrate(repo, base: str, sites: list[str], env: dict[str, str], log=print) -
 
     project = project_name(repo)
     write_site_configs(repo, base, sites)
-    opts = auto.LocalWorkspaceOptions(work_dir=str(repo), env_vars=env, pulumi_command=auto.PulumiCommand(skip_version_check=True))
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=str(repo), env_vars=env, pulumi_command=auto.PulumiCommand(skip_version_check=True)
+    )
     source = auto.select_stack(base, work_dir=str(repo), opts=opts)
     # From now on the base stack is the site stacks' shared config only: its program refuses
     # to manage the whole fleet again (which would install every site a second time).
@@ -107,5 +122,5 @@ def migrate(repo, base: str, sites: list[str], env: dict[str, str], log=print) -
             raise FleetError(f"stack {base}.{site} already manages resources (fix: migrate only into new site stacks)")
         dest.import_stack(auto.Deployment(version=exported.version, deployment=dest_dep))
         source.import_stack(auto.Deployment(version=exported.version, deployment=source_dep))
-        log(f"migrate: {site}: moved {len(deployment.get('resources') or []) - len(source_dep['resources'])} resource(s) "
-            f"from {base} to {base}.{site}")
+        moved = len(deployment.get("resources") or []) - len(source_dep["resources"])
+        log(f"migrate: {site}: moved {moved} resource(s) from {base} to {base}.{site}")

@@ -11,12 +11,12 @@ import fnmatch
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from components.inventory import LoadedInventory, Rollout, Site
-
 from fleet.errors import FleetError
 
 # Selector keys a `--select key=value` may use besides the site's own labels.
@@ -78,15 +78,23 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "fleet": self.fleet, "environment": self.environment, "base_stack": self.base_stack,
-            "selector": self.selector, "rollout": self.rollout.model_dump(),
+            "fleet": self.fleet,
+            "environment": self.environment,
+            "base_stack": self.base_stack,
+            "selector": self.selector,
+            "rollout": self.rollout.model_dump(),
             "max_failures_total": self.max_failures_total,
-            "waves": [{
-                "wave": w.number, "max_concurrency": w.max_concurrency, "max_failures": w.max_failures,
-                "mandatory": w.mandatory,
-                "sites": [_site_dict(s) for s in w.sites],
-                "skipped": [{"site": s.name, "stack": s.stack, "reason": s.skip} for s in w.skipped],
-            } for w in self.waves],
+            "waves": [
+                {
+                    "wave": w.number,
+                    "max_concurrency": w.max_concurrency,
+                    "max_failures": w.max_failures,
+                    "mandatory": w.mandatory,
+                    "sites": [_site_dict(s) for s in w.sites],
+                    "skipped": [{"site": s.name, "stack": s.stack, "reason": s.skip} for s in w.skipped],
+                }
+                for w in self.waves
+            ],
         }
 
 
@@ -126,7 +134,9 @@ class Selector:
             for cond in item.split(","):
                 key, sep, value = cond.strip().partition("=")
                 if not sep or not key:
-                    raise FleetError(f"--select: {cond!r} is not key=value (fix: e.g. --select hardware_class=x86-edge)")
+                    raise FleetError(
+                        f"--select: {cond!r} is not key=value (fix: e.g. --select hardware_class=x86-edge)"
+                    )
                 pairs.append((key.strip(), value.strip()))
         return cls(names, wave_numbers, tuple(pairs))
 
@@ -163,9 +173,15 @@ def _host_targets(site: Site, key_of) -> tuple[HostTarget, ...]:
     return tuple(HostTarget(h.name, h.address, h.ssh.port, key_of(h)) for h in site.hosts)
 
 
-def build_plan(inventory: LoadedInventory, base_stack: str, *, selector: Selector = Selector(),
-               models: Mapping[str, Mapping[str, str]] | None = None, shared_digest: str = "",
-               host_key=None) -> Plan:
+def build_plan(
+    inventory: LoadedInventory,
+    base_stack: str,
+    *,
+    selector: Selector = Selector(),
+    models: Mapping[str, Mapping[str, str]] | None = None,
+    shared_digest: str = "",
+    host_key=None,
+) -> Plan:
     """The plan over the sites ``selector`` picks. ``models`` maps site -> {model: version} (the
     catalog's choice, canaries included); ``shared_digest`` covers what every site depends on
     (program, config, catalog); ``host_key(host)`` reads a host's pinned key."""
@@ -175,20 +191,31 @@ def build_plan(inventory: LoadedInventory, base_stack: str, *, selector: Selecto
     key_of = host_key or (lambda h: h.ssh.host_key or "")
     chosen = [s for s in inv.sites if selector.matches(s, inv.environment)]
     if not chosen:
-        raise FleetError(f"{inventory.path.name}: the selector {selector.to_dict()} matches no site "
-                         "(fix: check the site names, waves and labels with `python -m fleet plan`)")
+        raise FleetError(
+            f"{inventory.path.name}: the selector {selector.to_dict()} matches no site "
+            "(fix: check the site names, waves and labels with `python -m fleet plan`)"
+        )
     by_wave: dict[int, list[SitePlan]] = {}
     for s in chosen:
         site_models = dict(sorted((models.get(s.name) or {}).items()))
         revision = hashlib.sha256(
             json.dumps([s.model_dump(mode="json"), site_models, shared_digest], sort_keys=True).encode()
         ).hexdigest()[:16]
-        by_wave.setdefault(s.wave, []).append(SitePlan(
-            name=s.name, stack=site_stack(base_stack, s.name), wave=s.wave, topology=s.topology,
-            hardware_class=s.hardware_class, distribution=f"{s.distribution.name} {s.distribution.version}",
-            models=site_models, labels=dict(s.labels), hosts=_host_targets(s, key_of), revision=revision,
-            skip="paused" if s.paused else "maintenance" if s.maintenance else None,
-        ))
+        by_wave.setdefault(s.wave, []).append(
+            SitePlan(
+                name=s.name,
+                stack=site_stack(base_stack, s.name),
+                wave=s.wave,
+                topology=s.topology,
+                hardware_class=s.hardware_class,
+                distribution=f"{s.distribution.name} {s.distribution.version}",
+                models=site_models,
+                labels=dict(s.labels),
+                hosts=_host_targets(s, key_of),
+                revision=revision,
+                skip="paused" if s.paused else "maintenance" if s.maintenance else None,
+            )
+        )
     total_active = sum(1 for sites in by_wave.values() for s in sites if s.skip is None)
     per_wave = rollout.failure_scope == "wave"
     waves = []
@@ -196,19 +223,24 @@ def build_plan(inventory: LoadedInventory, base_stack: str, *, selector: Selecto
         active = tuple(s for s in by_wave[number] if s.skip is None)
         mandatory = number in rollout.mandatory_waves
         budget = scaled(rollout.max_failures, len(active), round_up=False) if per_wave else None
-        waves.append(Wave(
-            number=number, sites=active, skipped=tuple(s for s in by_wave[number] if s.skip is not None),
-            max_concurrency=min(scaled(rollout.max_concurrency, len(active), round_up=True), max(1, len(active))),
-            max_failures=0 if mandatory else budget, mandatory=mandatory,
-        ))
+        waves.append(
+            Wave(
+                number=number,
+                sites=active,
+                skipped=tuple(s for s in by_wave[number] if s.skip is not None),
+                max_concurrency=min(scaled(rollout.max_concurrency, len(active), round_up=True), max(1, len(active))),
+                max_failures=0 if mandatory else budget,
+                mandatory=mandatory,
+            )
+        )
     total = None if per_wave else scaled(rollout.max_failures, total_active, round_up=False)
     return Plan(inv.fleet, inv.environment, base_stack, rollout, tuple(waves), total, selector.to_dict())
 
 
 def catalog_versions(inventory: LoadedInventory, catalog_path: Path) -> dict[str, dict[str, str]]:
     """Each site's model versions as the catalog chooses them (a canary by waves rolls with the
-    sites' waves; see components.models.select_versions)."""
-    from components.models import ModelError, SiteRef, load_catalog, select_versions
+    sites' waves; see components.catalog.select_versions)."""
+    from components.catalog import ModelError, SiteRef, load_catalog, select_versions
 
     sites = inventory.inventory.sites
     if not any(s.workloads for s in sites):

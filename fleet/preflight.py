@@ -61,9 +61,11 @@ def _handshake(target: HostTarget, timeout_s: float) -> str | None:
         transport.start_client(timeout=timeout_s)
         shown = transport.get_remote_server_key()
         if shown.asbytes() != pinned.key.asbytes():  # the key blob, whatever signature algorithm
-            return (f"mismatch: the host showed a different {shown.get_name()} key (a replaced or reimaged "
-                    "machine, or someone in the path) (fix: verify the machine, then re-pin its key in the "
-                    "inventory: ssh-keyscan -t ed25519 HOST)")
+            return (
+                f"mismatch: the host showed a different {shown.get_name()} key (a replaced or reimaged "
+                "machine, or someone in the path) (fix: verify the machine, then re-pin its key in the "
+                "inventory: ssh-keyscan -t ed25519 HOST)"
+            )
         return None
     finally:
         transport.close()
@@ -78,9 +80,13 @@ def check_host(target: HostTarget, timeout_s: float) -> HostCheck:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0.05:
-            return HostCheck(target.name, target.address, "offline",
-                             f"no SSH answer on port {target.port} within {timeout_s:g}s ({last})",
-                             time.monotonic() - start)
+            return HostCheck(
+                target.name,
+                target.address,
+                "offline",
+                f"no SSH answer on port {target.port} within {timeout_s:g}s ({last})",
+                time.monotonic() - start,
+            )
         try:
             problem = _handshake(target, remaining)
         except (OSError, paramiko.SSHException, EOFError) as exc:

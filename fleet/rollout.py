@@ -11,9 +11,9 @@ running finish, and later waves stay untouched.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from fleet.plan import Plan, SitePlan, Wave
 
@@ -61,15 +61,15 @@ def _over(failures: int, budget: int | None) -> bool:
 def _budget_text(wave: Wave, plan: Plan, wave_failures: int, total_failures: int) -> str | None:
     if _over(wave_failures, wave.max_failures):
         kind = "mandatory wave" if wave.mandatory else "wave"
-        return (f"{kind} {wave.number}: {wave_failures} site(s) failed, budget {wave.max_failures} "
-                f"of {len(wave.sites)}")
+        return f"{kind} {wave.number}: {wave_failures} site(s) failed, budget {wave.max_failures} of {len(wave.sites)}"
     if _over(total_failures, plan.max_failures_total):
         return f"rollout: {total_failures} site(s) failed, budget {plan.max_failures_total}"
     return None
 
 
-def run_wave(wave: Wave, plan: Plan, run_site: RunSite, on_result: OnResult, total_failures: int,
-             cancel: threading.Event) -> tuple[list[SiteResult], str | None]:
+def run_wave(
+    wave: Wave, plan: Plan, run_site: RunSite, on_result: OnResult, total_failures: int, cancel: threading.Event
+) -> tuple[list[SiteResult], str | None]:
     """One wave: sites in inventory order, at most max_concurrency at once."""
     results: list[SiteResult] = []
     pending: Iterator[SitePlan] = iter(wave.sites)
@@ -77,6 +77,7 @@ def run_wave(wave: Wave, plan: Plan, run_site: RunSite, on_result: OnResult, tot
     failures = 0
     stopped: str | None = None
     with ThreadPoolExecutor(max_workers=wave.max_concurrency, thread_name_prefix=f"wave{wave.number}") as pool:
+
         def fill() -> None:
             while stopped is None and not cancel.is_set() and len(running) < wave.max_concurrency:
                 site = next(pending, None)
@@ -109,8 +110,13 @@ def run_wave(wave: Wave, plan: Plan, run_site: RunSite, on_result: OnResult, tot
     return results, stopped
 
 
-def run_rollout(plan: Plan, run_site: RunSite, on_result: OnResult = lambda r: None,
-                on_wave: Callable[[Wave], None] = lambda w: None, cancel: threading.Event | None = None) -> RolloutResult:
+def run_rollout(
+    plan: Plan,
+    run_site: RunSite,
+    on_result: OnResult = lambda r: None,
+    on_wave: Callable[[Wave], None] = lambda w: None,
+    cancel: threading.Event | None = None,
+) -> RolloutResult:
     """Every wave in order until one exceeds a budget. Skipped sites (paused, maintenance) are
     reported and never run."""
     cancel = cancel or threading.Event()

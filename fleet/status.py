@@ -60,8 +60,12 @@ class SiteStatus:
 
     @property
     def degraded(self) -> bool:
-        return (self.last_result == "failed" or self.drift == "drifted" or self.policy_mandatory > 0
-                or self.connectivity == "hostkey-mismatch")
+        return (
+            self.last_result == "failed"
+            or self.drift == "drifted"
+            or self.policy_mandatory > 0
+            or self.connectivity == "hostkey-mismatch"
+        )
 
 
 def summary(rows: list[SiteStatus]) -> dict[str, int]:
@@ -107,18 +111,41 @@ def _drift(r: SiteStatus) -> str:
     return r.drift
 
 
-COLUMNS = ("site", "wave", "state", "last update", "revision", "distribution", "models", "policy", "connectivity", "drift")
+COLUMNS = (
+    "site",
+    "wave",
+    "state",
+    "last update",
+    "revision",
+    "distribution",
+    "models",
+    "policy",
+    "connectivity",
+    "drift",
+)
 
 
 def row_cells(r: SiteStatus) -> list[str]:
     models = ", ".join(f"{m}:{v}" for m, v in r.models.items()) or "-"
-    return [r.site, str(r.wave), r.state, _last_update(r), _revision(r), r.distribution, models, r.policy,
-            _connectivity(r), _drift(r)]
+    return [
+        r.site,
+        str(r.wave),
+        r.state,
+        _last_update(r),
+        _revision(r),
+        r.distribution,
+        models,
+        r.policy,
+        _connectivity(r),
+        _drift(r),
+    ]
 
 
 def render_json(rows: list[SiteStatus]) -> str:
-    return json.dumps({"summary": summary(rows),
-                       "sites": [{**asdict(r), "state": r.state, "applied": r.applied} for r in rows]}, indent=2)
+    return json.dumps(
+        {"summary": summary(rows), "sites": [{**asdict(r), "state": r.state, "applied": r.applied} for r in rows]},
+        indent=2,
+    )
 
 
 def _md_cell(text: str) -> str:
@@ -126,14 +153,29 @@ def _md_cell(text: str) -> str:
 
 
 def render_markdown(rows: list[SiteStatus], title: str = "Fleet status") -> str:
-    lines = [f"### {title}", "", f"**{summary_line(rows)}**", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"### {title}",
+        "",
+        f"**{summary_line(rows)}**",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(_md_cell(c) for c in row_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-STATE_STYLE = {"available": "green", "applied": "green", "offline": "red", "degraded": "red", "progressing": "yellow",
-               "behind": "yellow", "not-deployed": "dim", "paused": "blue", "maintenance": "blue"}
+STATE_STYLE = {
+    "available": "green",
+    "applied": "green",
+    "offline": "red",
+    "degraded": "red",
+    "progressing": "yellow",
+    "behind": "yellow",
+    "not-deployed": "dim",
+    "paused": "blue",
+    "maintenance": "blue",
+}
 
 
 def render_table(rows: list[SiteStatus], console: Any) -> None:
@@ -152,5 +194,5 @@ def render_table(rows: list[SiteStatus], console: Any) -> None:
 
 def render_plain(rows: list[SiteStatus]) -> str:
     out = [summary_line(rows)]
-    out += ["  ".join(f"{k}={v}" for k, v in zip(COLUMNS, row_cells(r))) for r in rows]
+    out += ["  ".join(f"{k}={v}" for k, v in zip(COLUMNS, row_cells(r), strict=True)) for r in rows]
     return "\n".join(out) + "\n"

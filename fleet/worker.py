@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def _pending(stack: auto.Stack) -> int:
     return len(deployment.get("pending_operations") or [])
 
 
-def _changes(summary: dict[str, int] | None) -> int:
+def _changes(summary: Mapping[str, int] | Mapping[auto.events.OpType, int] | None) -> int:
     return sum(n for op, n in (summary or {}).items() if op != "same")
 
 
@@ -82,8 +83,9 @@ def _recover(stack: auto.Stack, log, took_over: bool) -> list[str]:
             pass  # no lock to remove
     pending = _pending(stack)
     if pending:
-        stack.refresh(clear_pending_creates=True, message="fleet: recover an interrupted update",
-                      on_output=log, color="never")
+        stack.refresh(
+            clear_pending_creates=True, message="fleet: recover an interrupted update", on_output=log, color="never"
+        )
         notes.append(f"cleared {pending} pending operation(s) of an interrupted update")
     return notes
 
@@ -107,13 +109,15 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     log_path = Path(req["log"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log_file:
+
         def log(line: str) -> None:
             log_file.write(line if line.endswith("\n") else line + "\n")
             log_file.flush()
 
         log(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {op} {req['stack']}")
         policy = req.get("policy") or {}
-        packs = {"policy_packs": [policy["pack"]], "policy_pack_configs": [policy["config"]]} if policy else {}
+        packs = [policy["pack"]] if policy else None
+        pack_configs = [policy["config"]] if policy else None
         try:
             if op in ("drift", "unlock"):
                 try:
@@ -123,18 +127,29 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                 if op == "unlock":
                     stack.cancel()
                     return {"status": "succeeded"}
-                drifted: list[dict[str, str]] = []
+                drifted: list[dict[str, Any]] = []
 
                 def on_event(event: auto.events.EngineEvent) -> None:
                     meta = getattr(event.res_outputs_event, "metadata", None) if event.res_outputs_event else None
-                    if meta is not None and (meta.op not in (auto.events.OpType.SAME,) and
-                                             (meta.op != auto.events.OpType.REFRESH or meta.diffs)):
-                        drifted.append({"urn": meta.urn, "type": meta.type, "op": str(meta.op.value),
-                                        "diffs": list(meta.diffs or [])})
+                    if meta is not None and (
+                        meta.op not in (auto.events.OpType.SAME,)
+                        and (meta.op != auto.events.OpType.REFRESH or meta.diffs)
+                    ):
+                        drifted.append(
+                            {
+                                "urn": meta.urn,
+                                "type": meta.type,
+                                "op": str(meta.op.value),
+                                "diffs": list(meta.diffs or []),
+                            }
+                        )
 
-                result = stack.preview_refresh(on_output=log, on_event=on_event, color="never")
-                return {"status": "drifted" if drifted or _changes(result.change_summary) else "in-sync",
-                        "changes": _changes(result.change_summary), "resources": drifted}
+                drift = stack.preview_refresh(on_output=log, on_event=on_event, color="never")
+                return {
+                    "status": "drifted" if drifted or _changes(drift.change_summary) else "in-sync",
+                    "changes": _changes(drift.change_summary),
+                    "resources": drifted,
+                }
             if op == "status":
                 try:
                     stack = _stack(req, create=False)
@@ -144,29 +159,60 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
             stack = _stack(req, create=op in ("up", "preview"))
             notes = _recover(stack, log, bool(req.get("recover"))) if op in ("up", "refresh", "destroy") else []
             if op == "preview":
-                result = stack.preview(on_output=log, color="never", refresh=req.get("refresh") or None, **packs)
-                return {"status": "succeeded", "changes": _changes(result.change_summary),
-                        "summary": dict(result.change_summary or {}), "notes": notes}
+                preview = stack.preview(
+                    on_output=log,
+                    color="never",
+                    refresh=req.get("refresh") or None,
+                    policy_packs=packs,
+                    policy_pack_configs=pack_configs,
+                )
+                return {
+                    "status": "succeeded",
+                    "changes": _changes(preview.change_summary),
+                    "summary": dict(preview.change_summary or {}),
+                    "notes": notes,
+                }
             if op == "up":
                 last = _last_update(stack)
-                if (not req.get("force") and not req.get("refresh") and last is not None and last.kind == "update"
-                        and last.result == "succeeded" and req["message"] in (last.message or "")):
+                if (
+                    not req.get("force")
+                    and not req.get("refresh")
+                    and last is not None
+                    and last.kind == "update"
+                    and last.result == "succeeded"
+                    and req["message"] in (last.message or "")
+                ):
                     reason = _gate(stack, req, soak=False, deadline=deadline)
-                    return {"status": "failed" if reason else "unchanged", "reason": reason or "", "notes": notes,
-                            "changes": 0, "already": True}
-                result = stack.up(message=req["message"], on_output=log, color="never",
-                                  refresh=req.get("refresh") or None, **packs)
-                changes = _changes(result.summary.resource_changes)
+                    return {
+                        "status": "failed" if reason else "unchanged",
+                        "reason": reason or "",
+                        "notes": notes,
+                        "changes": 0,
+                        "already": True,
+                    }
+                update = stack.up(
+                    message=req["message"],
+                    on_output=log,
+                    color="never",
+                    refresh=req.get("refresh") or None,
+                    policy_packs=packs,
+                    policy_pack_configs=pack_configs,
+                )
+                changes = _changes(update.summary.resource_changes)
                 reason = _gate(stack, req, soak=changes > 0, deadline=deadline)
-                return {"status": "failed" if reason else ("succeeded" if changes else "unchanged"),
-                        "reason": reason or "", "changes": changes, "notes": notes,
-                        "summary": dict(result.summary.resource_changes or {})}
+                return {
+                    "status": "failed" if reason else ("succeeded" if changes else "unchanged"),
+                    "reason": reason or "",
+                    "changes": changes,
+                    "notes": notes,
+                    "summary": dict(update.summary.resource_changes or {}),
+                }
             if op == "refresh":
-                result = stack.refresh(message=req["message"], on_output=log, color="never")
-                return {"status": "succeeded", "changes": _changes(result.summary.resource_changes), "notes": notes}
+                refresh = stack.refresh(message=req["message"], on_output=log, color="never")
+                return {"status": "succeeded", "changes": _changes(refresh.summary.resource_changes), "notes": notes}
             if op == "destroy":
-                result = stack.destroy(message=req["message"], on_output=log, color="never")
-                return {"status": "succeeded", "changes": _changes(result.summary.resource_changes), "notes": notes}
+                destroy = stack.destroy(message=req["message"], on_output=log, color="never")
+                return {"status": "succeeded", "changes": _changes(destroy.summary.resource_changes), "notes": notes}
             return {"status": "failed", "reason": f"unknown operation {op!r}"}
         except auto.CommandError as exc:
             log(str(exc))
@@ -193,21 +239,28 @@ def stack_status(stack: auto.Stack, req: dict[str, Any]) -> dict[str, Any]:
         from policies.sources import resources_from_stack_export
 
         deployment = stack.export_stack()
-        resources, _ = resources_from_stack_export({"version": deployment.version, "deployment": deployment.deployment},
-                                                   req["stack"])
+        resources, _ = resources_from_stack_export(
+            {"version": deployment.version, "deployment": deployment.deployment}, req["stack"]
+        )
         report = evaluate(resources, load_settings(policy["config"]))
         counted = [f for f in report.findings if not f.exempt]
-        out["policy"] = {"mandatory": sum(f.level == "mandatory" for f in counted),
-                         "advisory": sum(f.level == "advisory" for f in counted)}
+        out["policy"] = {
+            "mandatory": sum(f.level == "mandatory" for f in counted),
+            "advisory": sum(f.level == "advisory" for f in counted),
+        }
     return out
 
 
 def _update_dict(u: auto.UpdateSummary) -> dict[str, Any]:
     m = REVISION.search(u.message or "")
-    return {"kind": u.kind, "result": u.result, "start": u.start_time.isoformat() if u.start_time else None,
-            "end": u.end_time.isoformat() if u.end_time else None,
-            "duration_s": (u.end_time - u.start_time).total_seconds() if u.end_time and u.start_time else None,
-            "revision": m.group(1) if m else None}
+    return {
+        "kind": u.kind,
+        "result": u.result,
+        "start": u.start_time.isoformat(),
+        "end": u.end_time.isoformat() if u.end_time else None,
+        "duration_s": (u.end_time - u.start_time).total_seconds() if u.end_time else None,
+        "revision": m.group(1) if m else None,
+    }
 
 
 def engine_error(text: str) -> str:
@@ -215,9 +268,28 @@ def engine_error(text: str) -> str:
     keep = []
     for line in text.splitlines():
         s = line.strip()
-        if not s or s.startswith(("code:", "stdout:", "stderr:", "Previewing", "Updating", "View Live", "Resources:",
-                                  "Duration:", "Type ", "+ ", "~ ", "- ", "@ ", "pulumi:pulumi:Stack", "Outputs:",
-                                  "Destroying", "Refreshing", "cmd:")):
+        if not s or s.startswith(
+            (
+                "code:",
+                "stdout:",
+                "stderr:",
+                "Previewing",
+                "Updating",
+                "View Live",
+                "Resources:",
+                "Duration:",
+                "Type ",
+                "+ ",
+                "~ ",
+                "- ",
+                "@ ",
+                "pulumi:pulumi:Stack",
+                "Outputs:",
+                "Destroying",
+                "Refreshing",
+                "cmd:",
+            )
+        ):
             continue
         if "error" in s.lower() or "fix:" in s or "failed" in s.lower() or "locked" in s.lower():
             keep.append(s)

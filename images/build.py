@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.contract import cache_dir
 from images import oci, sources
 from images.spec import IMAGES_DIR, ImageError, ImageSpec, LayerSpec, load, pinned_reference, repository
 
@@ -34,7 +35,7 @@ BYTECODE_PYTHON = (3, 11)
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGEFLEET_CACHE") or Path.home() / ".cache" / "edgefleet") / "images"
+    return cache_dir() / "images"
 
 
 def builder_fingerprint() -> str:
@@ -61,9 +62,15 @@ class Built:
     seconds: float
 
     def index_entry(self) -> dict:
-        return {"reference": self.reference, "repository": repository(self.name), "digest": self.manifest_digest,
-                "archive": str(self.archive), "archive_sha256": self.archive_sha256,
-                "archive_size": self.archive_size, "key": self.key}
+        return {
+            "reference": self.reference,
+            "repository": repository(self.name),
+            "digest": self.manifest_digest,
+            "archive": str(self.archive),
+            "archive_sha256": self.archive_sha256,
+            "archive_size": self.archive_size,
+            "key": self.key,
+        }
 
 
 class Builder:
@@ -76,8 +83,11 @@ class Builder:
         """Resolved once per state of apt's lists: apt-cache is slow, and the answer only
         changes when the lists do."""
         assert layer.debian is not None
-        request = {"packages": layer.debian.packages, "exclude": layer.debian.exclude,
-                   "lists": sources.apt_lists_state()}
+        request = {
+            "packages": layer.debian.packages,
+            "exclude": layer.debian.exclude,
+            "lists": sources.apt_lists_state(),
+        }
         saved = self.cache / ".apt" / f"{_digest(request)}.json"
         if saved.is_file():
             return [sources.DebPackage(p["name"], p["version"], p["sha256"], ()) for p in json.loads(saved.read_text())]
@@ -89,19 +99,25 @@ class Builder:
     def layer_inputs(self, where: Path, layer: LayerSpec) -> dict:
         inputs: dict = {"recipe": layer.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
         if layer.debian:
-            inputs["debian"] = [f"{p.name}={p.version} sha256:{p.sha256}"
-                                for p in self.resolve_debian(where, layer)]
+            inputs["debian"] = [f"{p.name}={p.version} sha256:{p.sha256}" for p in self.resolve_debian(where, layer)]
         if layer.wheels:
-            inputs["wheels"] = [f"{w.name}=={w.version} sha256:{w.sha256}"
-                                for w in sources.read_lock(self.repo / layer.wheels.lock)]
+            inputs["wheels"] = [
+                f"{w.name}=={w.version} sha256:{w.sha256}" for w in sources.read_lock(self.repo / layer.wheels.lock)
+            ]
         if layer.go:
-            inputs["go"] = {"version": sources.go_version(),
-                            "source": sources.tree_fingerprint(self.repo / layer.go.package)}
+            inputs["go"] = {
+                "version": sources.go_version(),
+                "source": sources.tree_fingerprint(self.repo / layer.go.package),
+            }
         if layer.copy_:
             missing = [c.src for c in layer.copy_ if not (self.repo / c.src).exists()]
             if missing:
-                raise ImageError(where, "layers.copy.src", f"{', '.join(missing)} not found in the repository",
-                                 "give paths relative to the repository root")
+                raise ImageError(
+                    where,
+                    "layers.copy.src",
+                    f"{', '.join(missing)} not found in the repository",
+                    "give paths relative to the repository root",
+                )
             inputs["copy"] = {c.src: sources.tree_fingerprint(self.repo / c.src) for c in layer.copy_}
         if layer.bytecode:
             inputs["python"] = sys.version
@@ -128,8 +144,12 @@ class Builder:
             (root / link.path).parent.mkdir(parents=True, exist_ok=True)
             (root / link.path).symlink_to(link.target)
         if layer.bytecode and sys.version_info[:2] != BYTECODE_PYTHON:
-            raise ImageError(where, "layers.bytecode", f"bytecode needs Python {'.'.join(map(str, BYTECODE_PYTHON))}, "
-                             f"this is {sys.version.split()[0]}", "run scripts/build-images with the repository's .venv")
+            raise ImageError(
+                where,
+                "layers.bytecode",
+                f"bytecode needs Python {'.'.join(map(str, BYTECODE_PYTHON))}, this is {sys.version.split()[0]}",
+                "run scripts/build-images with the repository's .venv",
+            )
         for tree in layer.bytecode:
             sources.compile_bytecode(root, tree)
 
@@ -141,16 +161,22 @@ class Builder:
             saved = json.loads(meta.read_text())
             blob = blobs / saved["digest"].removeprefix("sha256:")
             if blob.is_file() and blob.stat().st_size == saved["size"]:
-                return oci.Layer(oci.Blob(oci.MEDIA_LAYER_GZIP, saved["digest"], saved["size"]), saved["diff_id"],
-                                 saved["created_by"])
+                return oci.Layer(
+                    oci.Blob(oci.MEDIA_LAYER_GZIP, saved["digest"], saved["size"]),
+                    saved["diff_id"],
+                    saved["created_by"],
+                )
         created_by = f"build-images {name} layer {position}: " + ", ".join(
-            part for part in (
+            part
+            for part in (
                 layer.debian and "debian " + " ".join(layer.debian.packages),
                 layer.wheels and f"wheels {layer.wheels.lock}",
                 layer.go and f"go {layer.go.package}",
                 layer.copy_ and "copy " + " ".join(c.src for c in layer.copy_),
                 (layer.dirs or layer.symlinks) and "dirs and links",
-            ) if part)
+            )
+            if part
+        )
         work = image_cache / "work"
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -165,8 +191,19 @@ class Builder:
                 os.umask(umask)
             built = oci.write_layer(root, blobs, created_by)
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"digest": built.blob.digest, "size": built.blob.size, "diff_id": built.diff_id,
-                                    "created_by": created_by, "inputs": inputs}, indent=1, sort_keys=True))
+        meta.write_text(
+            json.dumps(
+                {
+                    "digest": built.blob.digest,
+                    "size": built.blob.size,
+                    "diff_id": built.diff_id,
+                    "created_by": created_by,
+                    "inputs": inputs,
+                },
+                indent=1,
+                sort_keys=True,
+            )
+        )
         return built
 
     # -- images ------------------------------------------------------------------------------
@@ -176,35 +213,75 @@ class Builder:
         spec: ImageSpec = load(name, self.images_dir)
         where = self.images_dir / name / "image.yaml"
         runtime = oci.RuntimeConfig(
-            user=spec.config.user, entrypoint=spec.config.entrypoint, cmd=spec.config.cmd,
-            env=[f"{k}={v}" for k, v in spec.config.env.items()], working_dir=spec.config.working_dir,
-            exposed_ports=tuple(spec.config.exposed_ports))
+            user=spec.config.user,
+            entrypoint=spec.config.entrypoint,
+            cmd=spec.config.cmd,
+            env=[f"{k}={v}" for k, v in spec.config.env.items()],
+            working_dir=spec.config.working_dir,
+            exposed_ports=tuple(spec.config.exposed_ports),
+        )
         inputs = [self.layer_inputs(where, layer) for layer in spec.layers]
-        key = _digest({"builder": builder_fingerprint(), "layers": inputs, "config": spec.config.model_dump(),
-                       "tag": spec.tag, "repository": repository(name)})
+        key = _digest(
+            {
+                "builder": builder_fingerprint(),
+                "layers": inputs,
+                "config": spec.config.model_dump(),
+                "tag": spec.tag,
+                "repository": repository(name),
+            }
+        )
         out = self.cache / name / key[:16]
         archive, record = out / f"{name}.oci.tar", out / "image.json"
         if record.is_file() and archive.is_file():
             saved = json.loads(record.read_text())
             digest = oci.sha256_file(archive)
             if saved["archive_sha256"] == digest:
-                return Built(name, saved["reference"], saved["digest"], archive, digest, archive.stat().st_size, key,
-                             True, time.monotonic() - started)
+                return Built(
+                    name,
+                    saved["reference"],
+                    saved["digest"],
+                    archive,
+                    digest,
+                    archive.stat().st_size,
+                    key,
+                    True,
+                    time.monotonic() - started,
+                )
             self.log(f"{name}: {archive} does not match its recorded sha256, rebuilding")
-        layers = [self.layer(name, where, layer, position, layer_inputs)
-                  for position, (layer, layer_inputs) in enumerate(zip(spec.layers, inputs), 1)]
+        layers = [
+            self.layer(name, where, layer, position, layer_inputs)
+            for position, (layer, layer_inputs) in enumerate(zip(spec.layers, inputs, strict=True), 1)
+        ]
         blobs = self.cache / name / "blobs"
         manifest = oci.write_image(blobs, runtime, layers)
         config_digest = json.loads((blobs / manifest.digest.removeprefix("sha256:")).read_text())["config"]["digest"]
         out.mkdir(parents=True, exist_ok=True)
-        oci.write_archive(archive, blobs, oci.image_index(manifest, repository(name), spec.tag),
-                          [manifest.digest, config_digest, *(layer.blob.digest for layer in layers)])
+        oci.write_archive(
+            archive,
+            blobs,
+            oci.image_index(manifest, repository(name), spec.tag),
+            [manifest.digest, config_digest, *(layer.blob.digest for layer in layers)],
+        )
         digest = oci.sha256_file(archive)
         (out / f"{archive.name}.sha256").write_text(f"{digest}  {archive.name}\n")
-        built = Built(name, pinned_reference(name, manifest.digest), manifest.digest, archive, digest,
-                      archive.stat().st_size, key, False, time.monotonic() - started)
-        record.write_text(json.dumps({**built.index_entry(), "layers": [layer.blob.descriptor() for layer in layers],
-                                      "inputs": inputs}, indent=1, sort_keys=True))
+        built = Built(
+            name,
+            pinned_reference(name, manifest.digest),
+            manifest.digest,
+            archive,
+            digest,
+            archive.stat().st_size,
+            key,
+            False,
+            time.monotonic() - started,
+        )
+        record.write_text(
+            json.dumps(
+                {**built.index_entry(), "layers": [layer.blob.descriptor() for layer in layers], "inputs": inputs},
+                indent=1,
+                sort_keys=True,
+            )
+        )
         prune(self.cache, name, keep=out)
         return built
 

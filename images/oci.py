@@ -15,9 +15,15 @@ import os
 import stat
 import tarfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import IO, BinaryIO, Protocol
+
+from components.contract import file_sha256
+
+# The project's one file digest; images' callers know it by this name.
+sha256_file = file_sha256
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -33,14 +39,6 @@ CREATED = "2000-01-01T00:00:00Z"
 
 def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -62,16 +60,20 @@ class Layer:
     created_by: str
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
 class _Hashing(io.RawIOBase):
     """A write-only stream that hashes and counts what passes through to ``sink``."""
 
-    def __init__(self, sink: BinaryIO | None) -> None:
+    def __init__(self, sink: _Sink | None) -> None:
         self.sink, self.hash, self.size = sink, hashlib.sha256(), 0
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:  # type: ignore[override]  # tarfile and gzip write only bytes
         self.hash.update(data)
         self.size += len(data)
         if self.sink is not None:
@@ -90,7 +92,7 @@ def _walk(root: Path) -> Iterable[tuple[str, Path]]:
                 yield f"{name}/{child}", child_path
 
 
-def write_layer_tar(root: Path, out: BinaryIO) -> None:
+def write_layer_tar(root: Path, out: IO[bytes] | _Hashing) -> None:
     """Write the tree at ``root`` as a layer tar (uncompressed) to ``out``.
 
     Modes keep their permission, setuid/setgid and sticky bits; hard links inside the tree stay
@@ -134,8 +136,9 @@ def write_layer(root: Path, blobs: Path, created_by: str) -> Layer:
             write_layer_tar(root, plain)
     digest = compressed.hash.hexdigest()
     tmp.replace(blobs / digest)
-    return Layer(Blob(MEDIA_LAYER_GZIP, f"sha256:{digest}", compressed.size), f"sha256:{plain.hash.hexdigest()}",
-                 created_by)
+    return Layer(
+        Blob(MEDIA_LAYER_GZIP, f"sha256:{digest}", compressed.size), f"sha256:{plain.hash.hexdigest()}", created_by
+    )
 
 
 def put_json(blobs: Path, media_type: str, value: object) -> Blob:
@@ -159,8 +162,12 @@ class RuntimeConfig:
     labels: tuple[tuple[str, str], ...] = ()
 
     def as_oci(self) -> dict:
-        config: dict = {"User": self.user, "Entrypoint": self.entrypoint, "Env": self.env,
-                        "WorkingDir": self.working_dir}
+        config: dict = {
+            "User": self.user,
+            "Entrypoint": self.entrypoint,
+            "Env": self.env,
+            "WorkingDir": self.working_dir,
+        }
         if self.cmd:
             config["Cmd"] = self.cmd
         if self.exposed_ports:
@@ -184,8 +191,12 @@ def image_config(runtime: RuntimeConfig, layers: list[Layer]) -> dict:
 def write_image(blobs: Path, runtime: RuntimeConfig, layers: list[Layer]) -> Blob:
     """Write config and manifest blobs; returns the manifest (its digest is what pods pin)."""
     config = put_json(blobs, MEDIA_CONFIG, image_config(runtime, layers))
-    manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": config.descriptor(),
-                "layers": [layer.blob.descriptor() for layer in layers]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [layer.blob.descriptor() for layer in layers],
+    }
     return put_json(blobs, MEDIA_MANIFEST, manifest)
 
 
@@ -195,12 +206,19 @@ def image_index(manifest: Blob, repository: str, tag: str) -> dict:
     containerd's CRI looks an image up by the exact reference a pod spec gives; importing the
     digest reference too lets a pod pinned by digest start without any registry."""
     platform = {"architecture": "amd64", "os": "linux"}
-    return {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [
-        manifest.descriptor(platform=platform, annotations={
-            ANNOTATION_CONTAINERD_NAME: f"{repository}:{tag}", ANNOTATION_REF_NAME: tag}),
-        manifest.descriptor(platform=platform, annotations={
-            ANNOTATION_CONTAINERD_NAME: f"{repository}@{manifest.digest}"}),
-    ]}
+    return {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [
+            manifest.descriptor(
+                platform=platform,
+                annotations={ANNOTATION_CONTAINERD_NAME: f"{repository}:{tag}", ANNOTATION_REF_NAME: tag},
+            ),
+            manifest.descriptor(
+                platform=platform, annotations={ANNOTATION_CONTAINERD_NAME: f"{repository}@{manifest.digest}"}
+            ),
+        ],
+    }
 
 
 def write_archive(out: Path, blobs: Path, index: dict, digests: list[str]) -> None:
@@ -279,6 +297,22 @@ def read_archive(path: Path) -> ArchiveImage:
         return ArchiveImage(names, descriptor["digest"], manifest, config)
 
 
+class _Tee(io.RawIOBase):
+    """Reads ``source``, passing every byte read through ``counted``."""
+
+    def __init__(self, source: IO[bytes], counted: _Hashing) -> None:
+        self.source, self.counted = source, counted
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes memoryviews
+        data = self.source.read(len(buffer))
+        self.counted.write(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _layer_diff_id(path: Path, tar: tarfile.TarFile, members: dict, descriptor: dict) -> str:
     """Check a layer blob against its digest and size, streaming; return its diff_id."""
     hexdigest = descriptor["digest"].removeprefix("sha256:")
@@ -288,20 +322,9 @@ def _layer_diff_id(path: Path, tar: tarfile.TarFile, members: dict, descriptor: 
         raise LayoutError(f"{path}: layer {descriptor['digest']} is missing")
     counted = _Hashing(None)
     plain = hashlib.sha256()
-
-    class _Tee(io.RawIOBase):
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer) -> int:  # type: ignore[override]
-            data = handle.read(len(buffer))
-            counted.write(data)
-            buffer[:len(data)] = data
-            return len(data)
-
     broken = None
     try:
-        with gzip.GzipFile(fileobj=io.BufferedReader(_Tee(), 1 << 20)) as gz:
+        with gzip.GzipFile(fileobj=io.BufferedReader(_Tee(handle, counted), 1 << 20)) as gz:
             for chunk in iter(lambda: gz.read(1 << 20), b""):
                 plain.update(chunk)
     except (OSError, EOFError, zlib.error) as exc:

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 from images.oci import sha256_file
 from images.spec import ImageError
@@ -34,7 +34,9 @@ class DebPackage:
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:
     """RFC 822-style stanzas of ``apt-cache show``; continuation lines are joined."""
-    stanzas, current, last = [], {}, ""
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = ""
     for line in text.splitlines():
         if not line.strip():
             if current:
@@ -71,8 +73,9 @@ def apt_show(names: Iterable[str]) -> dict[str, DebPackage]:
     return found
 
 
-def resolve(roots: list[str], exclude: list[str], where: str,
-            show: Callable[[Iterable[str]], dict[str, DebPackage]] = apt_show) -> list[DebPackage]:
+def resolve(
+    roots: list[str], exclude: list[str], where: str, show: Callable[[Iterable[str]], dict[str, DebPackage]] = apt_show
+) -> list[DebPackage]:
     """The dependency closure of ``roots`` (first satisfiable alternative of each group), sorted.
 
     A group with an excluded alternative counts as satisfied: excluded packages serve only
@@ -91,8 +94,12 @@ def resolve(roots: list[str], exclude: list[str], where: str,
                 continue
             chosen = next((known[alt] for alt in group if known.get(alt)), None)
             if chosen is None:
-                raise ImageError(where, "debian.packages", f"{' | '.join(group)} (needed by {parent}) is not a "
-                                 "package apt knows", "run apt-get update, or add a real package that provides it")
+                raise ImageError(
+                    where,
+                    "debian.packages",
+                    f"{' | '.join(group)} (needed by {parent}) is not a package apt knows",
+                    "run apt-get update, or add a real package that provides it",
+                )
             selected[chosen.name] = chosen
             next_pending += [(chosen.name, dep) for dep in chosen.depends]
         pending = next_pending
@@ -114,17 +121,28 @@ def fetch_debs(packages: list[DebPackage], downloads: Path) -> list[Path]:
     missing = [p for p in packages if not (downloads / f"{p.sha256}.deb").is_file()]
     if missing:
         with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-            proc = subprocess.run(["apt-get", "download", "-q", *(f"{p.name}={p.version}" for p in missing)],
-                                  cwd=tmp, capture_output=True, text=True)
+            proc = subprocess.run(
+                ["apt-get", "download", "-q", *(f"{p.name}={p.version}" for p in missing)],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
-                raise ImageError("apt-get download", "packages", (proc.stderr.strip().splitlines() or ["failed"])[-1],
-                                 "check the Debian mirror is reachable and run apt-get update")
+                raise ImageError(
+                    "apt-get download",
+                    "packages",
+                    (proc.stderr.strip().splitlines() or ["failed"])[-1],
+                    "check the Debian mirror is reachable and run apt-get update",
+                )
             by_digest = {sha256_file(path): path for path in Path(tmp).glob("*.deb")}
             for package in missing:
                 if package.sha256 not in by_digest:
-                    raise ImageError("apt-get download", package.name,
-                                     f"no downloaded file has the index's sha256 {package.sha256}",
-                                     "run apt-get update and build again")
+                    raise ImageError(
+                        "apt-get download",
+                        package.name,
+                        f"no downloaded file has the index's sha256 {package.sha256}",
+                        "run apt-get update and build again",
+                    )
                 by_digest[package.sha256].replace(downloads / f"{package.sha256}.deb")
     return [downloads / f"{p.sha256}.deb" for p in packages]
 
@@ -162,8 +180,12 @@ def read_lock(path: Path) -> list[LockedWheel]:
             continue
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)\s+--hash=sha256:([0-9a-f]{64})", line)
         if not match:
-            raise ImageError(path, f"line {number}", f"{line!r} is not 'name==version --hash=sha256:<hex>'",
-                             "write one pinned wheel per line with its sha256")
+            raise ImageError(
+                path,
+                f"line {number}",
+                f"{line!r} is not 'name==version --hash=sha256:<hex>'",
+                "write one pinned wheel per line with its sha256",
+            )
         wheels.append(LockedWheel(match[1].lower(), match[2], match[3]))
     if not wheels:
         raise ImageError(path, "(file)", "no wheels listed", "list the image's wheels with their hashes")
@@ -178,18 +200,37 @@ def fetch_wheels(lock: Path, downloads: Path) -> list[Path]:
         with tempfile.TemporaryDirectory() as tmp:
             request = Path(tmp) / "requirements.txt"
             request.write_text("".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in missing))
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                                   "--require-hashes", "-r", str(request), "-d", f"{tmp}/wheels"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--require-hashes",
+                    "-r",
+                    str(request),
+                    "-d",
+                    f"{tmp}/wheels",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
-                raise ImageError(lock, "wheels", (proc.stderr.strip().splitlines() or ["pip download failed"])[-1],
-                                 "check the package index is reachable and the hashes are right")
+                raise ImageError(
+                    lock,
+                    "wheels",
+                    (proc.stderr.strip().splitlines() or ["pip download failed"])[-1],
+                    "check the package index is reachable and the hashes are right",
+                )
             for path in Path(tmp, "wheels").glob("*.whl"):
                 target = downloads / sha256_file(path)
                 target.mkdir(parents=True, exist_ok=True)
                 path.replace(target / path.name)
     found = [next((downloads / w.sha256).glob("*.whl"), None) for w in wheels]
-    lost = [w.name for w, path in zip(wheels, found) if path is None]
+    lost = [w.name for w, path in zip(wheels, found, strict=True) if path is None]
     if lost:
         raise ImageError(lock, "wheels", f"pip did not download {', '.join(lost)}", "check the lock's hashes")
     return [path for path in found if path is not None]
@@ -223,9 +264,14 @@ def _skip(path: Path) -> bool:
 def tree_fingerprint(path: Path) -> str:
     """sha256 over names, exec bits, link targets and contents below ``path`` (or of one file)."""
     digest = hashlib.sha256()
-    entries = [path] if not path.is_dir() else sorted(
-        (p for p in path.rglob("*") if not any(_skip(q) for q in [p, *p.relative_to(path).parents])),
-        key=lambda p: p.relative_to(path).as_posix())
+    entries = (
+        [path]
+        if not path.is_dir()
+        else sorted(
+            (p for p in path.rglob("*") if not any(_skip(q) for q in [p, *p.relative_to(path).parents])),
+            key=lambda p: p.relative_to(path).as_posix(),
+        )
+    )
     for entry in entries:
         rel = entry.relative_to(path).as_posix() if entry != path else path.name
         if entry.is_symlink():
@@ -264,11 +310,23 @@ def go_version() -> str:
 
 def go_build(package: Path, output: Path) -> None:
     """A static, reproducible build: no cgo, no paths, no VCS stamp, no build id, no network."""
-    env = {**os.environ, "CGO_ENABLED": "0", "GOOS": "linux", "GOARCH": "amd64", "GOTOOLCHAIN": "local",
-           "GOPROXY": "off", "GOFLAGS": "-buildvcs=false"}
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOOS": "linux",
+        "GOARCH": "amd64",
+        "GOTOOLCHAIN": "local",
+        "GOPROXY": "off",
+        "GOFLAGS": "-buildvcs=false",
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", str(output), "."],
-                          cwd=package, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", str(output), "."],
+        cwd=package,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise ImageError(package, "go build", proc.stderr.strip().replace("\n", "; "), "fix the Go program")
 
@@ -278,9 +336,30 @@ def compile_bytecode(root: Path, tree: str) -> None:
 
     A fixed hash seed keeps set and frozenset constants in one order, so the bytes repeat."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "1", "--invalidation-mode",
-                           "unchecked-hash", "-s", str(root), "-p", "/", str(root / tree)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "1",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            str(root),
+            "-p",
+            "/",
+            str(root / tree),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise ImageError(root / tree, "bytecode", (proc.stdout + proc.stderr).strip().splitlines()[-1],
-                         "fix the syntax error or leave the tree out of bytecode")
+        raise ImageError(
+            root / tree,
+            "bytecode",
+            (proc.stdout + proc.stderr).strip().splitlines()[-1],
+            "fix the syntax error or leave the tree out of bytecode",
+        )

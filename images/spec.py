@@ -87,7 +87,7 @@ class LayerSpec(_Strict):
     bytecode: list[ImagePath] = []
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "LayerSpec":
+    def _not_empty(self) -> LayerSpec:
         if not (self.debian or self.wheels or self.go or self.copy_ or self.dirs or self.symlinks):
             raise ValueError("a layer needs at least one of debian, wheels, go, copy, dirs, symlinks")
         return self
@@ -124,8 +124,12 @@ def image_names(images_dir: Path = IMAGES_DIR) -> list[str]:
 def load(name: str, images_dir: Path = IMAGES_DIR) -> ImageSpec:
     path = images_dir / name / "image.yaml"
     if not NAME.match(name) or not path.is_file():
-        raise ImageError(path, "name", f"no image definition {name!r}",
-                         f"use one of {', '.join(image_names(images_dir)) or '(none)'}")
+        raise ImageError(
+            path,
+            "name",
+            f"no image definition {name!r}",
+            f"use one of {', '.join(image_names(images_dir)) or '(none)'}",
+        )
     try:
         data = yaml.safe_load(path.read_text())
         return ImageSpec.model_validate(data)

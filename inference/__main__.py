@@ -9,8 +9,8 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from inference.config import parse  # noqa: E402
-from inference.errors import ConfigError  # noqa: E402
+from inference.config import parse
+from inference.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.workers > 1:
         from inference.workers import supervise
+
         return supervise(settings)
     from inference.server import serve
+
     return serve(settings)
 
 

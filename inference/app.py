@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from inference import SERVER_NAME, __version__
-from inference.codec import Signature, decode_infer_request, dumps, encode_infer_response, error_body
+from inference.codec import Signature, TensorSpec, decode_infer_request, dumps, encode_infer_response, error_body
 from inference.errors import InferenceError, TooLarge
 from inference.limits import BODY_CAP, DEFAULT_MAX_ELEMENTS, NO_MODEL_BODY, Limits, json_values_over, limits_for
 from inference.logs import MAX_PATH_CHARS, RequestLog, event
@@ -41,8 +43,14 @@ class App:
     ``max_body_bytes``, if set, replaces every derived body limit.
     """
 
-    def __init__(self, repository: Repository, metrics: Metrics, log: RequestLog,
-                 max_elements: int = DEFAULT_MAX_ELEMENTS, max_body_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        metrics: Metrics,
+        log: RequestLog,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_body_bytes: int | None = None,
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.log = log
@@ -82,8 +90,13 @@ class App:
             if route == "infer":
                 self.metrics.failed(model, version, exc.status)
         except Exception as exc:  # a bug, not the client's fault: say so without details
-            event(logging.ERROR, "unhandled error", path=path[:MAX_PATH_CHARS], method=method,
-                  error=f"{type(exc).__name__}: {exc}")
+            event(
+                logging.ERROR,
+                "unhandled error",
+                path=path[:MAX_PATH_CHARS],
+                method=method,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             response = Response(500, error_body("internal server error"), error="internal server error")
             if route == "infer":
                 self.metrics.failed(model, version, 500)
@@ -126,7 +139,9 @@ class App:
         cached = self._limits.get(id(signature))
         if cached is None or cached[0] is not signature:
             cached = self._limits[id(signature)] = (
-                signature, limits_for(signature, self.max_elements, BODY_CAP, self.max_body_bytes))
+                signature,
+                limits_for(signature, self.max_elements, BODY_CAP, self.max_body_bytes),
+            )
         return cached[1]
 
     def sync_metrics(self) -> None:
@@ -158,24 +173,28 @@ class App:
         return Response(200, dumps(self._metadata(mv)))
 
     def _infer(self, mv: ModelVersion, body: bytes | bytearray) -> Response:
-        if mv.state != READY:
-            raise _not_ready(mv)
         signature = mv.signature
+        if mv.state != READY or signature is None:  # a READY version always has its signature
+            raise _not_ready(mv)
         limits = self.limits(signature)
         if len(body) > limits.body_bytes:
-            raise TooLarge(f"request body of {len(body)} bytes exceeds the limit of {limits.body_bytes} "
-                           f"bytes for model {mv.model!r} version {mv.version!r}")
+            raise TooLarge(
+                f"request body of {len(body)} bytes exceeds the limit of {limits.body_bytes} "
+                f"bytes for model {mv.model!r} version {mv.version!r}"
+            )
         values = len(body) >= limits.values and json_values_over(body, limits.values)
         if values:
-            raise TooLarge(f"request body holds up to {values} JSON values; model {mv.model!r} version "
-                           f"{mv.version!r} takes at most {limits.elements} tensor elements per request")
+            raise TooLarge(
+                f"request body holds up to {values} JSON values; model {mv.model!r} version "
+                f"{mv.version!r} takes at most {limits.elements} tensor elements per request"
+            )
         request = decode_infer_request(body, signature, limits.elements)
         try:
             arrays = mv.session.run(request.outputs, request.inputs)
         except INPUT_ERRORS as exc:
             raise InferenceError(400, f"the model rejected the input: {exc}") from None
         if request.outputs is signature.output_names:
-            specs = signature.outputs
+            specs: Sequence[TensorSpec] = signature.outputs
         else:
             specs = [signature.output_map[name] for name in request.outputs]
         return Response(200, encode_infer_response(mv.model, mv.version, request.id, specs, arrays))
@@ -187,12 +206,16 @@ class App:
         versions = repo.all_versions()
         if not repo.loaded:
             done = sum(mv.state != "LOADING" for mv in versions)
-            raise InferenceError(503, f"loading models: {done} of {len(versions)} version(s) done"
-                                 + ("" if repo.discovered else ", repository still being read"))
+            raise InferenceError(
+                503,
+                f"loading models: {done} of {len(versions)} version(s) done"
+                + ("" if repo.discovered else ", repository still being read"),
+            )
         if not versions:
             raise InferenceError(503, "the model repository holds no model version")
-        raise InferenceError(503, "no model version is ready: " +
-                             "; ".join(f"{mv.model}/{mv.version}: {mv.reason}" for mv in versions))
+        raise InferenceError(
+            503, "no model version is ready: " + "; ".join(f"{mv.model}/{mv.version}: {mv.reason}" for mv in versions)
+        )
 
     def _model(self, model: str, version: str | None) -> ModelVersion:
         mv = self.repository.get(model, version)
@@ -202,10 +225,11 @@ class App:
             raise InferenceError(503, "the model repository is still being read; retry shortly")
         if model not in self.repository.models:
             raise InferenceError(404, f"unknown model {model!r}")
-        raise InferenceError(404, f"model {model!r} has no version {version!r} "
-                             f"(versions: {', '.join(self.repository.versions(model))})")
+        raise InferenceError(
+            404, f"model {model!r} has no version {version!r} (versions: {', '.join(self.repository.versions(model))})"
+        )
 
-    def _metadata(self, mv: ModelVersion) -> dict:
+    def _metadata(self, mv: ModelVersion) -> dict[str, Any]:
         meta = {
             "name": mv.model,
             "versions": self.repository.versions(mv.model),

@@ -21,11 +21,17 @@ from inference.errors import DecodeError, TooLarge
 # Open Inference Protocol v2 datatype -> numpy dtype, for every datatype the server accepts.
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
 DATATYPES = tuple(NUMPY_DTYPES)
@@ -33,11 +39,17 @@ DATATYPES = tuple(NUMPY_DTYPES)
 # onnxruntime tensor type -> v2 datatype; a model using any other type cannot be served.
 ORT_DATATYPES: dict[str, str] = {
     "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8", "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
 
@@ -47,7 +59,10 @@ ORT_DATATYPES: dict[str, str] = {
 # an integer tensor; BOOL takes only true/false.
 _ACCEPTED_KINDS: dict[str, str] = {
     **{dt: "biu" for dt in DATATYPES if "INT" in dt},
-    "FP16": "biuf", "FP32": "biuf", "FP64": "biuf", "BOOL": "b",
+    "FP16": "biuf",
+    "FP32": "biuf",
+    "FP64": "biuf",
+    "BOOL": "b",
 }
 _KIND_NAMES = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}
 MAX_DIM = 2**31 - 1
@@ -103,8 +118,9 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def decode_infer_request(body: bytes | bytearray, signature: Signature,
-                         max_elements: int | None = None) -> InferRequest:
+def decode_infer_request(
+    body: bytes | bytearray, signature: Signature, max_elements: int | None = None
+) -> InferRequest:
     """Decode and check a v2 inference request body against ``signature``.
 
     Accepts ``data`` flat in row-major order or nested to exactly ``shape``. Raises
@@ -134,12 +150,13 @@ def decode_infer_request(body: bytes | bytearray, signature: Signature,
         if type(tensor) is not dict:
             raise DecodeError(f"inputs[{index}]", "must be an object with name, shape, datatype and data")
         name = tensor.get("name")
-        spec = input_map.get(name) if type(name) is str else None
+        if type(name) is not str:
+            raise DecodeError(f"inputs[{index}].name", "must be a string")
+        spec = input_map.get(name)
         if spec is None:
-            if type(name) is not str:
-                raise DecodeError(f"inputs[{index}].name", "must be a string")
-            raise DecodeError(f"inputs[{index}].name", f"the model has no input {name!r} "
-                              f"(inputs: {', '.join(input_map)})")
+            raise DecodeError(
+                f"inputs[{index}].name", f"the model has no input {name!r} (inputs: {', '.join(input_map)})"
+            )
         if name in feed:
             raise DecodeError(f"inputs[{index}].name", f"input {name!r} is given more than once")
         params = tensor.get("parameters")
@@ -156,24 +173,29 @@ def decode_infer_request(body: bytes | bytearray, signature: Signature,
     return InferRequest(feed, _decode_outputs(outputs, signature), request_id)
 
 
-def encode_infer_response(model: str, version: str, request_id: str | None,
-                          outputs: Sequence[TensorSpec], arrays: list[np.ndarray]) -> bytes:
+def encode_infer_response(
+    model: str, version: str, request_id: str | None, outputs: Sequence[TensorSpec], arrays: list[np.ndarray]
+) -> bytes:
     """The v2 response body for ``arrays`` computed for ``outputs``."""
     tensors = []
-    for spec, array in zip(outputs, arrays):
+    for spec, array in zip(outputs, arrays, strict=True):
         flat = array.ravel()
-        tensors.append({
-            "name": spec.name, "datatype": spec.datatype, "shape": array.shape,
-            # orjson writes numeric arrays itself; strings come back from onnxruntime as objects.
-            "data": flat.tolist() if flat.dtype.kind == "O" else flat,
-        })
+        tensors.append(
+            {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": array.shape,
+                # orjson writes numeric arrays itself; strings come back from onnxruntime as objects.
+                "data": flat.tolist() if flat.dtype.kind == "O" else flat,
+            }
+        )
     response: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
     if request_id is not None:
         response["id"] = request_id
     return dumps(response)
 
 
-def _check_parameters(container: dict, where: str) -> None:
+def _check_parameters(container: dict[str, Any], where: str) -> None:
     params = container.get("parameters")
     if params is not None and type(params) is not dict:
         raise DecodeError(where, "must be an object")
@@ -182,7 +204,7 @@ def _check_parameters(container: dict, where: str) -> None:
 def _decode_shape(value: Any, spec: TensorSpec, where: str) -> tuple[int, ...]:
     dims = spec.shape
     if type(value) is list and len(value) == len(dims):
-        for d, m in zip(value, dims):
+        for d, m in zip(value, dims, strict=True):
             if type(d) is not int or d < 0 or d > MAX_DIM or (m != d and m != -1):
                 break
         else:
@@ -193,12 +215,14 @@ def _decode_shape(value: Any, spec: TensorSpec, where: str) -> tuple[int, ...]:
 def _shape_error(value: Any, spec: TensorSpec, where: str) -> NoReturn:
     if type(value) is not list or any(type(d) is not int or d < 0 or d > MAX_DIM for d in value):
         raise DecodeError(f"{where}.shape", "must be an array of non-negative integers")
-    raise DecodeError(f"{where}.shape", f"{value} does not fit input {spec.name!r} of shape "
-                      f"{list(spec.shape)} (-1 = any size)")
+    raise DecodeError(
+        f"{where}.shape", f"{value} does not fit input {spec.name!r} of shape {list(spec.shape)} (-1 = any size)"
+    )
 
 
-def _decode_tensor(tensor: dict, spec: TensorSpec, index: int, budget: float,
-                   max_elements: int | None) -> np.ndarray:
+def _decode_tensor(
+    tensor: dict[str, Any], spec: TensorSpec, index: int, budget: float, max_elements: int | None
+) -> np.ndarray:
     datatype = tensor.get("datatype")
     if datatype != spec.datatype:
         where = f"inputs[{index}].datatype"
@@ -209,8 +233,10 @@ def _decode_tensor(tensor: dict, spec: TensorSpec, index: int, budget: float,
     shape = _decode_shape(tensor.get("shape"), spec, where)
     size = math.prod(shape)
     if size > budget:
-        raise TooLarge(f"{where}.shape: {list(shape)} is {size} elements; a request to this model "
-                       f"may carry at most {max_elements} in all")
+        raise TooLarge(
+            f"{where}.shape: {list(shape)} is {size} elements; a request to this model "
+            f"may carry at most {max_elements} in all"
+        )
     data = tensor.get("data")
     if type(data) is not list:
         raise DecodeError(f"{where}.data", "must be an array (flat in row-major order, or nested)")
@@ -221,8 +247,11 @@ def _decode_tensor(tensor: dict, spec: TensorSpec, index: int, budget: float,
     else:
         array = _as_array(data, where)
     if array.shape != shape and not (array.ndim == 1 and array.size == size):
-        raise DecodeError(f"{where}.data", f"has {array.size} value(s) in shape {list(array.shape)}; "
-                          f"shape {list(shape)} needs {size}, flat or nested to that shape")
+        raise DecodeError(
+            f"{where}.data",
+            f"has {array.size} value(s) in shape {list(array.shape)}; "
+            f"shape {list(shape)} needs {size}, flat or nested to that shape",
+        )
     dtype = NUMPY_DTYPES[datatype]
     if size == 0:
         return np.empty(shape, dtype=dtype)
@@ -231,7 +260,7 @@ def _decode_tensor(tensor: dict, spec: TensorSpec, index: int, budget: float,
     return array if array.shape == shape else array.reshape(shape)
 
 
-def _as_array(data: list, where: str, dtype: Any = None) -> np.ndarray:
+def _as_array(data: list[Any], where: str, dtype: Any = None) -> np.ndarray:
     try:
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -242,7 +271,7 @@ def _as_array(data: list, where: str, dtype: Any = None) -> np.ndarray:
     return array
 
 
-def _cast(array: np.ndarray, data: list, datatype: str, dtype: np.dtype, where: str) -> np.ndarray:
+def _cast(array: np.ndarray, data: list[Any], datatype: str, dtype: np.dtype, where: str) -> np.ndarray:
     kind = array.dtype.kind
     if kind in "fO" and dtype.kind in "iu":
         # numpy turns integers beyond int64 mixed with others into floats (or objects): look
@@ -253,19 +282,20 @@ def _cast(array: np.ndarray, data: list, datatype: str, dtype: np.dtype, where: 
     accepted = _ACCEPTED_KINDS[datatype]
     if kind not in accepted:
         wanted = " or ".join(sorted({_KIND_NAMES[k] for k in accepted}))
-        raise DecodeError(f"{where}.data", f"{datatype} takes JSON {wanted} only, "
-                          f"got {_KIND_NAMES.get(kind, 'strings, nulls or mixed values')}")
+        raise DecodeError(
+            f"{where}.data",
+            f"{datatype} takes JSON {wanted} only, got {_KIND_NAMES.get(kind, 'strings, nulls or mixed values')}",
+        )
     if kind in "iu" and dtype.kind in "iu" and array.dtype != dtype:
         info = np.iinfo(dtype)
         if int(array.min()) < info.min or int(array.max()) > info.max:
-            raise DecodeError(f"{where}.data", f"values outside the {datatype} range "
-                              f"[{info.min}, {info.max}]")
+            raise DecodeError(f"{where}.data", f"values outside the {datatype} range [{info.min}, {info.max}]")
     return array if array.dtype == dtype else array.astype(dtype)
 
 
 def _decode_outputs(value: Any, signature: Signature) -> tuple[str, ...]:
     if type(value) is not list:
-        raise DecodeError("outputs", "must be an array of {\"name\": ...} objects")
+        raise DecodeError("outputs", 'must be an array of {"name": ...} objects')
     names: list[str] = []
     for index, item in enumerate(value):
         where = f"outputs[{index}]"
@@ -274,8 +304,9 @@ def _decode_outputs(value: Any, signature: Signature) -> tuple[str, ...]:
         _check_parameters(item, f"{where}.parameters")
         name = item["name"]
         if name not in signature.output_map:
-            raise DecodeError(f"{where}.name", f"the model has no output {name!r} "
-                              f"(outputs: {', '.join(signature.output_names)})")
+            raise DecodeError(
+                f"{where}.name", f"the model has no output {name!r} (outputs: {', '.join(signature.output_names)})"
+            )
         if name not in names:
             names.append(name)
     return tuple(names)

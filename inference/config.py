@@ -46,6 +46,7 @@ def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[s
         if not low <= value <= high:
             raise ValueError(f"must be between {low:g} and {high:g}")
         return value
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -55,6 +56,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
         if text.lower() not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return text.lower()
+
     return parse
 
 
@@ -76,45 +78,72 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("host", "--host", str, "address to listen on"),
     ("port", "--port", _bounded(int, 1, 65535), "TCP port"),
     ("workers", "--workers", _bounded(int, 1, 64), "worker processes sharing the port (SO_REUSEPORT)"),
-    ("max_body_bytes", "--max-body-bytes", _bounded(int, 1024, 1 << 31),
-     "largest request body accepted, for every model; larger ones get 413 (unset: derived from "
-     "each model's input shapes and datatypes, at most 32 MiB)"),
-    ("max_elements", "--max-elements", _bounded(int, 1, 1 << 31),
-     "most tensor elements one request may carry in inputs of dynamic shape (fixed-shape inputs "
-     "always fit); more get 413 before the body is decoded"),
-    ("max_connections", "--max-connections", _bounded(int, 1, 1 << 20),
-     "open connections per worker; more are answered 503 and closed"),
-    ("max_inflight_bytes", "--max-inflight-bytes", _bounded(int, 1024, 1 << 40),
-     "request body bytes a worker buffers at once; a request that would exceed it waits "
-     "(its connection is not read) until others finish"),
-    ("registry", "--registry", _optional_str,
-     "s3://bucket/prefix to fetch models from (replaces --model-repository); only versions given "
-     "an --expect-sha256 (the catalog's digest) are fetched, never trusting the object's metadata"),
+    (
+        "max_body_bytes",
+        "--max-body-bytes",
+        _bounded(int, 1024, 1 << 31),
+        "largest request body accepted, for every model; larger ones get 413 (unset: derived from "
+        "each model's input shapes and datatypes, at most 32 MiB)",
+    ),
+    (
+        "max_elements",
+        "--max-elements",
+        _bounded(int, 1, 1 << 31),
+        "most tensor elements one request may carry in inputs of dynamic shape (fixed-shape inputs "
+        "always fit); more get 413 before the body is decoded",
+    ),
+    (
+        "max_connections",
+        "--max-connections",
+        _bounded(int, 1, 1 << 20),
+        "open connections per worker; more are answered 503 and closed",
+    ),
+    (
+        "max_inflight_bytes",
+        "--max-inflight-bytes",
+        _bounded(int, 1024, 1 << 40),
+        "request body bytes a worker buffers at once; a request that would exceed it waits "
+        "(its connection is not read) until others finish",
+    ),
+    (
+        "registry",
+        "--registry",
+        _optional_str,
+        "s3://bucket/prefix to fetch models from (replaces --model-repository); only versions given "
+        "an --expect-sha256 (the catalog's digest) are fetched, never trusting the object's metadata",
+    ),
     ("s3_endpoint", "--s3-endpoint", _optional_str, "S3 endpoint URL (default: AWS)"),
     ("cache_dir", "--cache-dir", Path, "where registry models are cached after verification"),
     ("metrics_dir", "--metrics-dir", Path, "scratch directory for metrics of several workers"),
-    ("log_level", "--log-level", _choice("debug", "info", "warning", "error"),
-     "debug logs every request"),
-    ("log_sample", "--log-sample", _bounded(float, 0.0, 1.0),
-     "fraction of successful requests logged at info"),
-    ("log_rate", "--log-rate", _bounded(float, 0.0, 1e9),
-     "most successful-request lines logged per second and worker, 0 for no limit (the rest are "
-     "counted in edge_infer_access_log_suppressed_total)"),
+    ("log_level", "--log-level", _choice("debug", "info", "warning", "error"), "debug logs every request"),
+    ("log_sample", "--log-sample", _bounded(float, 0.0, 1.0), "fraction of successful requests logged at info"),
+    (
+        "log_rate",
+        "--log-rate",
+        _bounded(float, 0.0, 1e9),
+        "most successful-request lines logged per second and worker, 0 for no limit (the rest are "
+        "counted in edge_infer_access_log_suppressed_total)",
+    ),
     ("loop", "--loop", _choice("uvloop", "asyncio"), "event loop implementation"),
-    ("grace_seconds", "--grace-seconds", _bounded(float, 0.0, 3600.0),
-     "on SIGTERM, how long in-flight requests may take to finish"),
-    ("idle_timeout", "--idle-timeout", _bounded(float, 1.0, 3600.0),
-     "close keep-alive connections idle this long"),
+    (
+        "grace_seconds",
+        "--grace-seconds",
+        _bounded(float, 0.0, 3600.0),
+        "on SIGTERM, how long in-flight requests may take to finish",
+    ),
+    ("idle_timeout", "--idle-timeout", _bounded(float, 1.0, 3600.0), "close keep-alive connections idle this long"),
 ]
 
 
 def _flag_type(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """``kind`` with its ValueError message shown by argparse (which otherwise hides it)."""
+
     def parse(text: str) -> Any:
         try:
             return kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
     return parse
 
 
@@ -127,7 +156,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m inference",
         description="Open Inference Protocol v2 REST server on onnxruntime. Every option can "
-                    f"also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}PORT=8080).")
+        f"also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}PORT=8080).",
+    )
     for name, flag, kind, help_text in OPTIONS:
         env = ENV_PREFIX + name.upper()
         default = getattr(defaults, name)
@@ -136,8 +166,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                 default = kind(environ[env])
             except ValueError as exc:
                 raise ConfigError(env, f"{environ[env]!r}: {exc}", f"fix or unset {env}") from None
-        parser.add_argument(flag, dest=name, type=_flag_type(kind), default=default,
-                            help=f"{help_text} [{env}; default: {default}]")
+        parser.add_argument(
+            flag, dest=name, type=_flag_type(kind), default=default, help=f"{help_text} [{env}; default: {default}]"
+        )
     env = ENV_PREFIX + "EXPECT_SHA256"
     expected: dict[tuple[str, str], str] = {}
     for item in environ.get(env, "").replace(",", " ").split():
@@ -146,10 +177,15 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         except ValueError as exc:
             raise ConfigError(env, str(exc), "list model:version=<sha256> separated by commas") from None
         expected[key] = digest
-    parser.add_argument("--expect-sha256", dest="expect", action="append", default=[],
-                        type=_flag_type(parse_expectation), metavar="MODEL:VERSION=SHA256",
-                        help=f"refuse to load that version unless its file has this digest "
-                             f"(repeatable) [{env}: comma-separated]")
+    parser.add_argument(
+        "--expect-sha256",
+        dest="expect",
+        action="append",
+        default=[],
+        type=_flag_type(parse_expectation),
+        metavar="MODEL:VERSION=SHA256",
+        help=f"refuse to load that version unless its file has this digest (repeatable) [{env}: comma-separated]",
+    )
     args = parser.parse_args(list(argv))
     expected.update(dict(args.expect))
     settings = {name: getattr(args, name) for name, *_ in OPTIONS}

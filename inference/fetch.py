@@ -28,7 +28,7 @@ def fetch(uri: str, sha256: str, dest: Path) -> None:
     if dest.is_file() and file_sha256(dest) == sha256:
         return
     if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
         got = _download(s3_client(os.environ.get("AWS_ENDPOINT_URL")), bucket, key, dest, sha256)
     else:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")

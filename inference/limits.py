@@ -19,17 +19,28 @@ from dataclasses import dataclass
 from inference.codec import Signature
 
 DEFAULT_MAX_ELEMENTS = 1 << 20
-BODY_CAP = 32 * 1024 * 1024   # the derived body limit never exceeds this
-NO_MODEL_BODY = 64 * 1024     # routes that take no tensors (health, metadata, unknown models)
-HEADROOM = 64 * 1024          # names, ids, parameters, whitespace
-VALUE_HEADROOM = 4096         # JSON values that are not tensor elements (keys, parameters...)
+BODY_CAP = 32 * 1024 * 1024  # the derived body limit never exceeds this
+NO_MODEL_BODY = 64 * 1024  # routes that take no tensors (health, metadata, unknown models)
+HEADROOM = 64 * 1024  # names, ids, parameters, whitespace
+VALUE_HEADROOM = 4096  # JSON values that are not tensor elements (keys, parameters...)
 
 # Most bytes one element takes in a reasonable JSON body, separator and some indentation
 # included: any float64 written in full (-2.2250738585072014e-308), the widest integer of each
 # type; BYTES gets room for short texts.
 JSON_WIDTH = {
-    "BOOL": 8, "UINT8": 8, "INT8": 8, "UINT16": 10, "INT16": 10, "UINT32": 14, "INT32": 15,
-    "UINT64": 24, "INT64": 24, "FP16": 32, "FP32": 32, "FP64": 32, "BYTES": 256,
+    "BOOL": 8,
+    "UINT8": 8,
+    "INT8": 8,
+    "UINT16": 10,
+    "INT16": 10,
+    "UINT32": 14,
+    "INT32": 15,
+    "UINT64": 24,
+    "INT64": 24,
+    "FP16": 32,
+    "FP32": 32,
+    "FP64": 32,
+    "BYTES": 256,
 }
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
@@ -43,8 +54,9 @@ class Limits:
     values: int
 
 
-def limits_for(signature: Signature, max_elements: int = DEFAULT_MAX_ELEMENTS,
-               cap: int = BODY_CAP, override: int | None = None) -> Limits:
+def limits_for(
+    signature: Signature, max_elements: int = DEFAULT_MAX_ELEMENTS, cap: int = BODY_CAP, override: int | None = None
+) -> Limits:
     """The limits of a version with ``signature``; ``override`` replaces the body limit."""
     elements = 0
     body = HEADROOM
@@ -59,8 +71,7 @@ def limits_for(signature: Signature, max_elements: int = DEFAULT_MAX_ELEMENTS,
     if dynamic_width:
         elements += max_elements
         body += max_elements * dynamic_width
-    return Limits(override if override is not None else min(body, cap), elements,
-                  elements + VALUE_HEADROOM)
+    return Limits(override if override is not None else min(body, cap), elements, elements + VALUE_HEADROOM)
 
 
 def json_values_over(body: bytes | bytearray, limit: int) -> int:

@@ -49,8 +49,12 @@ class LogWriter:
         second = int(now)
         if second != self._second:  # strftime costs more than the rest of the line
             self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        head = {"ts": f"{self._second_text}.{int((now - second) * 1000):03d}Z",
-                "level": _NAMES.get(level, "info"), "msg": msg, "pid": self.pid}
+        head = {
+            "ts": f"{self._second_text}.{int((now - second) * 1000):03d}Z",
+            "level": _NAMES.get(level, "info"),
+            "msg": msg,
+            "pid": self.pid,
+        }
         return orjson.dumps(head | fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
     def add(self, level: int, msg: str, fields: dict[str, Any]) -> None:
@@ -76,7 +80,7 @@ class LogWriter:
             data = memoryview(b"".join(lines))
             try:
                 while data:
-                    data = data[os.write(self.fd, data):]
+                    data = data[os.write(self.fd, data) :]
             except OSError:
                 pass  # stderr is gone (closed pipe): the server keeps serving
 
@@ -116,8 +120,9 @@ class RequestLog:
         self._window_end = 0.0
         self._window_lines = 0
 
-    def __call__(self, method: str, path: str, status: int, seconds: float,
-                 model: str = "", version: str = "", error: str = "") -> None:
+    def __call__(
+        self, method: str, path: str, status: int, seconds: float, model: str = "", version: str = "", error: str = ""
+    ) -> None:
         writer = WRITER
         if status >= 400:
             level = ERROR if status >= 500 else WARNING
@@ -129,8 +134,12 @@ class RequestLog:
             level = INFO
         else:
             return
-        fields: dict[str, Any] = {"method": method, "path": path[:MAX_PATH_CHARS], "status": status,
-                                  "duration_us": round(seconds * 1e6, 1)}
+        fields: dict[str, Any] = {
+            "method": method,
+            "path": path[:MAX_PATH_CHARS],
+            "status": status,
+            "duration_us": round(seconds * 1e6, 1),
+        }
         if model:
             fields["model"] = model
             fields["version"] = version

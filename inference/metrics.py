@@ -10,9 +10,17 @@ import os
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               ProcessCollector, disable_created_metrics, generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 from inference.repository import STATES
 
@@ -20,8 +28,7 @@ from inference.repository import STATES
 disable_created_metrics()
 
 # Latency buckets from 50 us (a small MLP) to 2.5 s (a large model on a gateway CPU).
-BUCKETS = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3,
-           250e-3, 500e-3, 1.0, 2.5)
+BUCKETS = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5)
 
 
 class Metrics:
@@ -33,31 +40,47 @@ class Metrics:
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
         self.requests = Counter(
-            "edge_infer_requests", "Inference requests by model, version and HTTP status.",
-            ["model", "version", "status"], registry=self.registry)
+            "edge_infer_requests",
+            "Inference requests by model, version and HTTP status.",
+            ["model", "version", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "edge_infer_request_duration_seconds",
             "Time from a complete inference request to its response, by model and version.",
-            ["model", "version"], buckets=BUCKETS, registry=self.registry)
+            ["model", "version"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.errors = Counter(
-            "edge_infer_errors", "Error responses on any endpoint, by HTTP status.",
-            ["status"], registry=self.registry)
+            "edge_infer_errors", "Error responses on any endpoint, by HTTP status.", ["status"], registry=self.registry
+        )
         self.model_state = Gauge(
             "edge_infer_model_state",
             "1 for the state each model version is in (LOADING, READY, FAILED), else 0.",
-            ["model", "version", "state"], registry=self.registry, multiprocess_mode="livemin")
+            ["model", "version", "state"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
         self.log_suppressed = Counter(
             "edge_infer_access_log_suppressed",
             "Successful requests chosen for the access log (--log-sample) but not written because "
-            "more than --log-rate lines per second were due.", registry=self.registry)
+            "more than --log-rate lines per second were due.",
+            registry=self.registry,
+        )
         self.log_rate = Gauge(
             "edge_infer_access_log_rate_limit",
-            "Most successful-request lines written to the access log per second and worker "
-            "(0: no limit).", registry=self.registry, multiprocess_mode="max")
+            "Most successful-request lines written to the access log per second and worker (0: no limit).",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
         self.log_sample = Gauge(
             "edge_infer_access_log_sample_ratio",
             "Fraction of successful requests chosen for the access log (--log-sample; all of them "
-            "at --log-level debug).", registry=self.registry, multiprocess_mode="max")
+            "at --log-level debug).",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
         self._ok: dict[tuple[str, str], _Successes] = {}
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._errors: dict[int, Any] = {}
@@ -67,7 +90,8 @@ class Metrics:
         series = self._ok.get((model, version))
         if series is None:
             series = self._ok[(model, version)] = _Successes(
-                self.requests.labels(model, version, "200"), self.latency.labels(model, version))
+                self.requests.labels(model, version, "200"), self.latency.labels(model, version)
+            )
         series.count += 1
         series.seconds += seconds
         series.buckets[bisect_left(BUCKETS, seconds)] += 1
@@ -121,7 +145,7 @@ class _Successes:
         self.counter.inc(self.count)
         # prometheus_client has no bulk observe: add to the histogram's own per-bucket values
         # (what observe() increments; cumulated when exported) and to its sum.
-        for value, count in zip(self.histogram._buckets, self.buckets):
+        for value, count in zip(self.histogram._buckets, self.buckets, strict=True):
             if count:
                 value.inc(count)
         self.histogram._sum.inc(self.seconds)

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from inference.errors import ConfigError
 from inference.repository import CONFIG_FILE, MODEL_FILE, NAME, SHA256
@@ -38,21 +39,26 @@ def parse_registry(uri: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> ``(bucket, "prefix/")``; raises :class:`ConfigError`."""
     match = S3_URI.match(uri)
     if not match:
-        raise ConfigError("--registry", f"{uri!r} is not an s3://bucket/prefix URI",
-                          "give e.g. s3://models/fleet (bucket names: lowercase, digits, '.', '-')")
+        raise ConfigError(
+            "--registry",
+            f"{uri!r} is not an s3://bucket/prefix URI",
+            "give e.g. s3://models/fleet (bucket names: lowercase, digits, '.', '-')",
+        )
     prefix = (match["prefix"] or "").strip("/")
     return match["bucket"], f"{prefix}/" if prefix else ""
 
 
-def s3_client(endpoint: str | None):
+def s3_client(endpoint: str | None) -> Any:
     """A boto3 S3 client; credentials and region come from the usual AWS variables or files."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint or None,
-                        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                      connect_timeout=5, read_timeout=60))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -63,7 +69,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync(uri: str, cache: Path, client, expected: Mapping[tuple[str, str], str]) -> SyncResult:
+def sync(uri: str, cache: Path, client: Any, expected: Mapping[tuple[str, str], str]) -> SyncResult:
     """Bring every verified ``model.onnx`` (and its ``config.yaml``) under ``uri`` into ``cache``.
 
     ``expected`` maps ``(model, version)`` to the catalog's sha256; a version without one is
@@ -75,9 +81,13 @@ def sync(uri: str, cache: Path, client, expected: Mapping[tuple[str, str], str])
     found: dict[tuple[str, str], set[str]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            parts = obj["Key"][len(prefix):].split("/")
-            if len(parts) == 3 and NAME.match(parts[0]) and NAME.match(parts[1]) \
-                    and parts[2] in (MODEL_FILE, CONFIG_FILE):
+            parts = obj["Key"][len(prefix) :].split("/")
+            if (
+                len(parts) == 3
+                and NAME.match(parts[0])
+                and NAME.match(parts[1])
+                and parts[2] in (MODEL_FILE, CONFIG_FILE)
+            ):
                 found.setdefault((parts[0], parts[1]), set()).add(parts[2])
     for (model, version), files in sorted(found.items()):
         if MODEL_FILE not in files:
@@ -96,14 +106,17 @@ def sync(uri: str, cache: Path, client, expected: Mapping[tuple[str, str], str])
     return result
 
 
-def _fetch_version(client, bucket: str, key: str, target: Path, has_config: bool, want: str,
-                   name: str) -> str | None:
+def _fetch_version(
+    client: Any, bucket: str, key: str, target: Path, has_config: bool, want: str, name: str
+) -> str | None:
     """Fetch one version into ``target`` if it hashes to ``want``; returns what is wrong."""
     model_path = target / MODEL_FILE
     if not SHA256.match(want):
         _remove(model_path)
-        return (f"the catalog gives no sha256 for {name} (fix: pass {EXPECTED_SOURCE} {name}=<its sha256 in "
-                "models/catalog.yaml>; the object's own x-amz-meta-sha256 is not trusted)")
+        return (
+            f"the catalog gives no sha256 for {name} (fix: pass {EXPECTED_SOURCE} {name}=<its sha256 in "
+            "models/catalog.yaml>; the object's own x-amz-meta-sha256 is not trusted)"
+        )
     if not (model_path.is_file() and file_sha256(model_path) == want):
         got = _download(client, bucket, key + MODEL_FILE, model_path, want)
         if got != want:
@@ -115,7 +128,7 @@ def _fetch_version(client, bucket: str, key: str, target: Path, has_config: bool
     return None
 
 
-def _download(client, bucket: str, key: str, dest: Path, want: str | None = None) -> str:
+def _download(client: Any, bucket: str, key: str, dest: Path, want: str | None = None) -> str:
     """Download ``key`` beside ``dest`` and rename it into place, unless ``want`` is given and
     the digest differs (then ``dest`` is removed too); returns the download's digest."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")

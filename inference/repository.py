@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ def parse_config(text: str, source: str) -> VersionConfig:
 
 def discover(root: Path) -> list[tuple[str, str, Path]]:
     """Every ``(model, version, directory)`` under ``root`` that holds a ``model.onnx``."""
-    found = []
+    found: list[tuple[str, str, Path]] = []
     if not root.is_dir():
         return found
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)):
@@ -111,16 +111,17 @@ def load_version(mv: ModelVersion, directory: Path) -> None:
     """Verify, load and warm up one version in place; never raises, a problem sets FAILED."""
     try:
         config_path = directory / CONFIG_FILE
-        config = (parse_config(config_path.read_text(), str(config_path))
-                  if config_path.is_file() else VersionConfig())
+        config = parse_config(config_path.read_text(), str(config_path)) if config_path.is_file() else VersionConfig()
         if config.sha256:
             mv.expected_sha256.setdefault(str(config_path), config.sha256)
         model_bytes = (directory / MODEL_FILE).read_bytes()
         digest = hashlib.sha256(model_bytes).hexdigest()
         wrong = {src: want for src, want in mv.expected_sha256.items() if want != digest}
         if wrong:
-            mv.fail(f"sha256 mismatch: {directory / MODEL_FILE} hashes to {digest}, expected "
-                    + ", ".join(f"{want} ({src})" for src, want in wrong.items()))
+            mv.fail(
+                f"sha256 mismatch: {directory / MODEL_FILE} hashes to {digest}, expected "
+                + ", ".join(f"{want} ({src})" for src, want in wrong.items())
+            )
             return
         session = create_session(model_bytes, config.tuning)
         signature = signature_of(session)
@@ -140,7 +141,7 @@ class Repository:
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self._latest: dict[str, ModelVersion] = {}
         self.discovered = False  # every version is known (some may still be loading)
-        self.loaded = False      # every version is READY or FAILED
+        self.loaded = False  # every version is READY or FAILED
         self._lock = threading.Lock()
         self.on_change: Callable[[ModelVersion], None] = lambda mv: None
 
@@ -167,7 +168,7 @@ class Repository:
     def versions(self, model: str) -> list[str]:
         return sorted(self.models.get(model, {}), key=version_key)
 
-    def all_versions(self) -> Iterable[ModelVersion]:
+    def all_versions(self) -> list[ModelVersion]:
         return [mv for versions in list(self.models.values()) for mv in list(versions.values())]
 
     @property
@@ -175,9 +176,13 @@ class Repository:
         """Loading has finished and at least one version can serve."""
         return self.loaded and any(mv.state == READY for mv in self.all_versions())
 
-    def load_directory(self, root: Path, expected: Mapping[tuple[str, str], Mapping[str, str]],
-                       failures: Mapping[tuple[str, str], str] = {},
-                       only: Collection[tuple[str, str]] | None = None) -> None:
+    def load_directory(
+        self,
+        root: Path,
+        expected: Mapping[tuple[str, str], Mapping[str, str]],
+        failures: Mapping[tuple[str, str], str] = {},
+        only: Collection[tuple[str, str]] | None = None,
+    ) -> None:
         """Discover ``root``, then verify and load each version (call from a loader thread).
 
         ``expected`` maps ``(model, version)`` to ``{source: sha256}`` digests the file must
@@ -188,8 +193,7 @@ class Repository:
         for model, version, directory in discover(root):
             if only is not None and (model, version) not in only:
                 continue
-            mv = ModelVersion(model, version, directory / MODEL_FILE,
-                              dict(expected.get((model, version), {})))
+            mv = ModelVersion(model, version, directory / MODEL_FILE, dict(expected.get((model, version), {})))
             self.add(mv)
             pending.append((mv, directory))
         for (model, version), reason in failures.items():

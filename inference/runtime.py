@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from inference.codec import NUMPY_DTYPES, ORT_DATATYPES, Signature, TensorSpec
-
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 # What onnxruntime raises at run time for an input the graph cannot take after the server's own
 # checks passed (an index out of range: INVALID_ARGUMENT, a value-dependent reshape: FAIL): the
@@ -60,8 +59,7 @@ def session_options(tuning: SessionTuning = SessionTuning()) -> ort.SessionOptio
 def create_session(model: bytes, tuning: SessionTuning = SessionTuning()) -> ort.InferenceSession:
     """A CPU session for the serialized model ``model`` (the bytes that were verified)."""
     ort.set_default_logger_severity(4)  # as log_severity_level, for messages outside a session
-    return ort.InferenceSession(model, sess_options=session_options(tuning),
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=session_options(tuning), providers=["CPUExecutionProvider"])
 
 
 def signature_of(session: ort.InferenceSession) -> Signature:
@@ -70,16 +68,18 @@ def signature_of(session: ort.InferenceSession) -> Signature:
     Raises ``ValueError`` naming the first tensor whose type has no v2 datatype (maps,
     sequences, bfloat16, ...).
     """
-    def spec(arg) -> TensorSpec:
+
+    def spec(arg: ort.NodeArg) -> TensorSpec:
         datatype = ORT_DATATYPES.get(arg.type)
         if datatype is None:
-            raise ValueError(f"tensor {arg.name!r} has type {arg.type}, which the v2 protocol "
-                             f"cannot carry (supported: {', '.join(sorted(ORT_DATATYPES))})")
+            raise ValueError(
+                f"tensor {arg.name!r} has type {arg.type}, which the v2 protocol "
+                f"cannot carry (supported: {', '.join(sorted(ORT_DATATYPES))})"
+            )
         shape = arg.shape if isinstance(arg.shape, list) else []
         return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape))
 
-    return Signature(tuple(spec(a) for a in session.get_inputs()),
-                     tuple(spec(a) for a in session.get_outputs()))
+    return Signature(tuple(spec(a) for a in session.get_inputs()), tuple(spec(a) for a in session.get_outputs()))
 
 
 def warm_up_feed(signature: Signature) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from urllib.parse import unquote
 
@@ -32,7 +33,7 @@ from inference.repository import ModelVersion, Repository
 
 MAX_HEADER_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0  # after an error that closes the connection, keep draining the client's data
-EXIT_BIND = 3         # a worker could not bind its port: retrying will not help
+EXIT_BIND = 3  # a worker could not bind its port: retrying will not help
 PATH_CACHE_SIZE = 1024
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -46,8 +47,13 @@ def response_bytes(response: Response, keep_alive: bool) -> bytes:
     """The bytes on the wire for ``response``."""
     if response.status == 200 and keep_alive and response.content_type is JSON:
         return b"%s%d\r\n\r\n%s" % (_OK_JSON, len(response.body), response.body)
-    parts = [_STATUS_LINES[response.status], b"content-type: ", response.content_type,
-             b"\r\ncontent-length: ", str(len(response.body)).encode()]
+    parts = [
+        _STATUS_LINES[response.status],
+        b"content-type: ",
+        response.content_type,
+        b"\r\ncontent-length: ",
+        str(len(response.body)).encode(),
+    ]
     if response.allow:
         parts += (b"\r\nallow: ", response.allow.encode())
     if not keep_alive:
@@ -123,10 +129,30 @@ class Server:
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection: keep-alive, pipelining, 100-continue, body and header limits."""
 
-    __slots__ = ("server", "app", "transport", "parser", "url", "path", "body", "body_size", "limit",
-                 "expect", "chunked", "content_length", "header_bytes", "pending_bytes", "in_request",
-                 "headers_done", "closing", "last_active", "reserved", "wanted", "waiting",
-                 "write_paused")
+    __slots__ = (
+        "server",
+        "app",
+        "transport",
+        "parser",
+        "url",
+        "path",
+        "body",
+        "body_size",
+        "limit",
+        "expect",
+        "chunked",
+        "content_length",
+        "header_bytes",
+        "pending_bytes",
+        "in_request",
+        "headers_done",
+        "closing",
+        "last_active",
+        "reserved",
+        "wanted",
+        "waiting",
+        "write_paused",
+    )
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -141,14 +167,14 @@ class HttpProtocol(asyncio.Protocol):
         self.expect = False
         self.chunked = False
         self.content_length = 0
-        self.header_bytes = 0   # request line and headers of the current message, as parsed
+        self.header_bytes = 0  # request line and headers of the current message, as parsed
         self.pending_bytes = 0  # bytes received while its headers were still incomplete
         self.in_request = False
         self.headers_done = False
         self.closing = False
         self.last_active = time.monotonic()
-        self.reserved = 0       # body bytes this request holds against the server's budget
-        self.wanted = 0         # what it waits to reserve
+        self.reserved = 0  # body bytes this request holds against the server's budget
+        self.wanted = 0  # what it waits to reserve
         self.waiting = False
         self.write_paused = False
 
@@ -239,8 +265,11 @@ class HttpProtocol(asyncio.Protocol):
         server = self.server
         self.path = server.path(self.url)
         # Every route takes a small body: look up the route's own limit only for a larger one.
-        limit = self.limit = (self.app.body_limit(self.path) if self.chunked or self.content_length > server.small_body
-                              else server.small_body)
+        limit = self.limit = (
+            self.app.body_limit(self.path)
+            if self.chunked or self.content_length > server.small_body
+            else server.small_body
+        )
         if self.content_length > limit:
             self._fail(413, self._too_large(self.content_length))
             return
@@ -335,8 +364,9 @@ class HttpProtocol(asyncio.Protocol):
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A listening socket with SO_REUSEPORT, so that each worker process binds its own."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -355,8 +385,9 @@ def load_models(repository: Repository, settings: Settings) -> None:
         for key, digests in result.expected.items():
             expected.setdefault(key, {}).update(digests)
         # Only what the registry lists now: the cache may hold versions since removed from it.
-        repository.load_directory(settings.cache_dir, expected, result.failures,
-                                  only=set(result.expected) | set(result.failures))
+        repository.load_directory(
+            settings.cache_dir, expected, result.failures, only=set(result.expected) | set(result.failures)
+        )
     else:
         if not settings.model_repository.is_dir():
             event(logging.WARNING, "model repository missing", path=str(settings.model_repository))
@@ -374,8 +405,10 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> int:
     except OSError as exc:
         event(logging.ERROR, "cannot listen", host=settings.host, port=settings.port, error=str(exc))
         return EXIT_BIND
+    loop_factory: Callable[[], asyncio.AbstractEventLoop]
     if settings.loop == "uvloop":
         import uvloop
+
         loop_factory = uvloop.new_event_loop
     else:
         loop_factory = asyncio.new_event_loop
@@ -400,8 +433,13 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
         _log_state(mv)
 
     repository.on_change = on_change
-    app = App(repository, metrics, RequestLog(settings.log_sample, settings.log_rate),
-              settings.max_elements, settings.max_body_bytes)
+    app = App(
+        repository,
+        metrics,
+        RequestLog(settings.log_sample, settings.log_rate),
+        settings.max_elements,
+        settings.max_body_bytes,
+    )
     server = Server(app, settings)
     stop = asyncio.Event()
     exit_code = 0
@@ -415,19 +453,28 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
         try:
             load_models(repository, settings)
         except Exception as exc:  # the registry is unreachable or refuses access
-            event(logging.ERROR, "cannot read the model registry", registry=settings.registry,
-                  error=f"{type(exc).__name__}: {exc}")
+            event(
+                logging.ERROR,
+                "cannot read the model registry",
+                registry=settings.registry,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             loop.call_soon_threadsafe(request_stop, 1)
         else:
-            event(logging.INFO, "models loaded", ready=repository.ready,
-                  versions=len(repository.all_versions()))
+            event(logging.INFO, "models loaded", ready=repository.ready, versions=len(repository.all_versions()))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop)
     listener = await loop.create_server(lambda: HttpProtocol(server), sock=sock)
     host, port = sock.getsockname()[:2]
-    event(logging.INFO, "listening", host=host, port=port, loop=settings.loop,
-          repository=settings.registry or str(settings.model_repository))
+    event(
+        logging.INFO,
+        "listening",
+        host=host,
+        port=port,
+        loop=settings.loop,
+        repository=settings.registry or str(settings.model_repository),
+    )
     threading.Thread(target=loader, name="model-loader", daemon=True).start()
 
     def flush_logs() -> None:
@@ -449,4 +496,3 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
     flusher[0].cancel()
     event(logging.INFO, "stopped", exit_code=exit_code)
     return exit_code
-

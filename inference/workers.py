@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+from types import FrameType
 
 from inference.config import Settings
 
@@ -50,7 +51,7 @@ def supervise(settings: Settings) -> int:
                 os._exit(code)
         children[pid] = index
 
-    def forward(signum: int, _frame) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         for pid in children:
@@ -69,8 +70,8 @@ def supervise(settings: Settings) -> int:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
-        if index is None:
+        worker = children.pop(pid, None)
+        if worker is None:
             continue
         multiprocess.mark_process_dead(pid)
         code = os.waitstatus_to_exitcode(status)
@@ -84,6 +85,6 @@ def supervise(settings: Settings) -> int:
             continue
         time.sleep(RESTART_DELAY)
         if not stopping:
-            spawn(index)
+            spawn(worker)
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)
     return 1 if failed else 0

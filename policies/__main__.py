@@ -6,8 +6,9 @@ Only builds the pack from the rule registry; the rules live in ``policies/rules/
 import sys
 from pathlib import Path
 
-# The analyzer runs this file by path with the pack directory on sys.path; the rules import
-# ``policies`` and ``components`` from the repository root.
+# The analyzer runs this file by path with the pack directory on sys.path. The repository root
+# is the import root of ``policies`` and of ``components.contract``, the one module outside the
+# pack that it imports (it needs nothing but the standard library).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402

@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from policies.exemptions import (  # noqa: F401 - the engine's public names
-    EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL, PENDING, Exemption, annotations_of, exemption_of,
+    EXEMPT,
+    EXEMPT_REASON,
+    EXEMPT_UNTIL,
+    PENDING,
+    Exemption,
+    annotations_of,
+    exemption_of,
 )
-from policies.model import UNKNOWN, Resource
+from policies.resource import UNKNOWN, Resource
 from policies.rules import Rule, Violation, all_rules, run_rule, severity_rank
 
 EXEMPTIONS_POLICY = "policy-exemptions"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, given, reveal
+from policies.resource import UNKNOWN, Resource, dig, given, reveal
 from policies.rules import Rule, all_rules, key_path
 
 PREFIX = "edgefleet.io/policy-"

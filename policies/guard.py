@@ -19,8 +19,9 @@ import pulumi
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from policies.engine import Finding, Settings, exemption_of, judge, stack_settings
-from policies.model import DYNAMIC, UNKNOWN, Resource, Secret, neutralize
+from policies.resource import DYNAMIC, UNKNOWN, Resource, Secret, neutralize
 from policies.rules import Rule, all_rules
+from policies.sdk_patches import on_failed_registrations
 
 
 class PolicyViolationError(pulumi.RunError):
@@ -99,34 +100,17 @@ def make_transform(stack: str, settings: Settings, today: dt.date | None = None)
 _REFUSALS: list[PolicyViolationError] = []
 
 
-def _report_refusals_plainly() -> None:
-    """Show a refusal as the program's error message, not as a crash.
+def _first_refusal() -> PolicyViolationError | None:
+    """What a failed registration is shown as once the guard refused a resource.
 
-    Raised in a transform, the refusal reaches the engine through the callback server and
-    comes back as the failed registration's generic exception, which the language host would
-    print with a traceback. The SDK awaits outstanding registrations in
-    ``pulumi.runtime.stack.wait_for_rpcs``; wrapped here, a failure there that follows a
-    refusal is re-raised as the refusal itself, a RunError, which is shown as its message."""
-    import pulumi.runtime.stack as sdk_stack
-
-    original = getattr(sdk_stack, "wait_for_rpcs", None)
-    if original is None or getattr(original, "_edgefleet_guard", False):
-        return
-
-    async def wait_for_rpcs(*args: Any, **kwargs: Any) -> None:
-        try:
-            await original(*args, **kwargs)
-        except Exception:
-            if _REFUSALS:
-                raise _REFUSALS[0] from None
-            raise
-
-    wait_for_rpcs._edgefleet_guard = True  # type: ignore[attr-defined]
-    sdk_stack.wait_for_rpcs = wait_for_rpcs
+    Raised in a transform, the refusal reaches the engine through the callback server and comes
+    back as the failed registration's generic exception, which the language host would print
+    with a traceback; the refusal itself is a RunError, shown as its message."""
+    return _REFUSALS[0] if _REFUSALS else None
 
 
 def install_guard(stack: str, config_path: str | Path | None = None) -> None:
     """Check every resource registered from now on against the stack's enforcement file
     (``config_path`` or ``policies/config/<stack>.json``); call it first in the program."""
-    _report_refusals_plainly()
+    on_failed_registrations(_first_refusal)
     pulumi.runtime.register_resource_transform(make_transform(stack, stack_settings(stack, config_path)))

@@ -8,8 +8,9 @@ more advisory policy, ``policy-exemptions``, reports every exemption annotation 
 
 pulumi-policy hands policies their properties with secrets unwrapped, so a policy could not
 tell a secret SSH key from a plain one. :func:`keep_secrets_visible` makes the analyzer pass
-the engine's properties through :func:`policies.model.neutralize` instead, which keeps secret
-and unknown markers; rules then never raise ``UnknownValueError`` and never fail on an unknown.
+the engine's properties through :func:`policies.resource.neutralize` instead (through
+:mod:`policies.sdk_patches`), which keeps secret and unknown markers; rules then never raise
+``UnknownValueError`` and never fail on an unknown.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from pulumi_policy import (
 )
 
 from policies.engine import EXEMPTIONS_POLICY, Exemption, exemption_of, judge
-from policies.model import Resource, neutralize
+from policies.resource import Resource, neutralize
 from policies.rules import Rule, all_rules
+from policies.sdk_patches import replace_policy_deserializer
 
 PACK_NAME = "edgefleet-security"
 
@@ -52,15 +54,14 @@ def resource_from_args(args: ResourceValidationArgs | Any) -> Resource:
                     cluster=provider.urn if provider is not None else "")
 
 
+def _deserialize(props: dict[str, Any], proxy_secrets: bool = False) -> Mapping[str, Any]:
+    # A MappingProxyType is not a dict, so the SDK's unknown-checking proxy leaves it alone.
+    return MappingProxyType(neutralize(props))
+
+
 def keep_secrets_visible() -> None:
     """Make the pack's analyzer deserialize properties into the neutral model (idempotent)."""
-    import pulumi_policy.policy as analyzer
-
-    def deserialize(props: dict[str, Any], proxy_secrets: bool = False) -> Mapping[str, Any]:
-        # A MappingProxyType is not a dict, so the SDK's unknown-checking proxy leaves it alone.
-        return MappingProxyType(neutralize(props))
-
-    analyzer.deserialize_properties = deserialize
+    replace_policy_deserializer(_deserialize)
 
 
 def _report(findings: list, report_violation: Any, stack: bool) -> None:

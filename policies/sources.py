@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from policies.model import UNKNOWN, Resource, Secret, neutralize
+from policies.resource import UNKNOWN, Resource, Secret, neutralize
 
 try:  # libyaml: an order of magnitude faster than the pure-Python loader
     _FastLoader: type = yaml.CSafeLoader

@@ -16,45 +16,31 @@ from dataclasses import dataclass
 
 import yaml
 
-from components.distributions.common import (
+from components.distributions.artifacts import (
+    UNAME_ARCH,
+    UploadedArtifact,
+    archive_suffix,
+    for_arch,
+    pick_artifact,
+    verify_lines,
+)
+from components.distributions.base import DistributionError, NodeSpec
+from components.distributions.bash import Script, ere_literal, heredoc_file, q, ready_function, wait_ready_lines
+from components.distributions.checks import check_mirrors, check_node
+from components.distributions.driver import Driver
+from components.distributions.facts import InstallFacts, flag_values
+from components.distributions.formats import toml_str, yaml_text
+from components.distributions.kube import KubeAccess
+from components.distributions.kubelet import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
     SYSCTL_FILE,
-    UNAME_ARCH,
-    Artifact,
-    DistributionError,
-    KubeAccess,
-    ModuleDriver,
-    NodeSpec,
-    Script,
-    Service,
-    UpgradeSteps,
-    archive_suffix,
-    check_mirrors,
-    check_node,
-    drain_body,
-    ere_literal,
-    flag_values,
-    for_arch,
-    heredoc_file,
-    kube_script,
-    node_ready_body,
-    pick_artifact,
-    q,
-    ready_function,
-    remove_node_body,
-    render_cat,
     render_sysctl,
     sysctl_lines,
-    toml_str,
-    uncordon_body,
-    verify_lines,
-    wait_ready_lines,
-    yaml_text,
 )
-from components.distributions.common import rewrite_kubeconfig  # noqa: F401  (part of this module's API)
-from components.inventory import VERSION_PATTERNS
+from components.distributions.templating import fill
+from components.distributions.units import Service
 
 NAME = "k0s"
 TOKEN_ENV = "K0S_TOKEN"
@@ -84,25 +70,34 @@ AUDIT_LOG_LIMITS = {"audit-log-maxage": "30", "audit-log-maxbackup": "10", "audi
 # Metadata only for Secrets, ConfigMaps and tokens (their bodies must not reach the log),
 # request bodies for other writes, nothing for the noisy read-only health endpoints.
 AUDIT_POLICY = {
-    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "None", "nonResourceURLs": ["/healthz*", "/livez*", "/readyz*", "/version"]},
-        {"level": "Metadata", "resources": [{"group": "", "resources": ["secrets", "configmaps", "serviceaccounts/token"]},
-                                            {"group": "authentication.k8s.io", "resources": ["tokenreviews"]}]},
+        {
+            "level": "Metadata",
+            "resources": [
+                {"group": "", "resources": ["secrets", "configmaps", "serviceaccounts/token"]},
+                {"group": "authentication.k8s.io", "resources": ["tokenreviews"]},
+            ],
+        },
         {"level": "Request", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
         {"level": "Metadata"},
     ],
 }
-# k0s bundles containerd 2 (configuration version 3) from 1.36 on.
-CONTAINERD_V2_MINOR = 36
 
 
 def data_dir(node: NodeSpec) -> str:
     return node.data_dir or DEFAULT_DATA_DIR
 
 
-def access(data: str = DEFAULT_DATA_DIR) -> KubeAccess:
-    return KubeAccess(("env", f"KUBECONFIG={data}/pki/admin.conf", BIN, "kubectl"), BIN)
+def admin_kubeconfig(data: str = DEFAULT_DATA_DIR) -> str:
+    return f"{data}/pki/admin.conf"
+
+
+def admin_access(data: str = DEFAULT_DATA_DIR) -> KubeAccess:
+    return KubeAccess(("env", f"KUBECONFIG={admin_kubeconfig(data)}", BIN, "kubectl"), BIN, admin_kubeconfig(data))
 
 
 def is_controller(node: NodeSpec) -> bool:
@@ -128,18 +123,34 @@ def audit_log_path(node: NodeSpec) -> str:
 
 def api_extra_args(node: NodeSpec) -> dict[str, str]:
     """kube-apiserver flags k0s passes through (``spec.api.extraArgs``)."""
-    return {"anonymous-auth": "false", "encryption-provider-config": encryption_config_path(node),
-            "audit-policy-file": AUDIT_POLICY_FILE, "audit-log-path": audit_log_path(node), **AUDIT_LOG_LIMITS}
+    return {
+        "anonymous-auth": "false",
+        "encryption-provider-config": encryption_config_path(node),
+        "audit-policy-file": AUDIT_POLICY_FILE,
+        "audit-log-path": audit_log_path(node),
+        **AUDIT_LOG_LIMITS,
+    }
 
 
 def render_encryption_config() -> str:
     """The EncryptionConfiguration with the key left as a placeholder the install fills in
     from ``$K0S_ENCRYPTION_KEY``. Secrets written before encryption stay readable (identity
     is the last provider) and are encrypted on their next write."""
-    return yaml_text({"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
-                      "resources": [{"resources": ["secrets"], "providers": [
-                          {"secretbox": {"keys": [{"name": "edgefleet", "secret": ENCRYPTION_KEY_PLACEHOLDER}]}},
-                          {"identity": {}}]}]})
+    return yaml_text(
+        {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "EncryptionConfiguration",
+            "resources": [
+                {
+                    "resources": ["secrets"],
+                    "providers": [
+                        {"secretbox": {"keys": [{"name": "edgefleet", "secret": ENCRYPTION_KEY_PLACEHOLDER}]}},
+                        {"identity": {}},
+                    ],
+                }
+            ],
+        }
+    )
 
 
 def render_audit_policy() -> str:
@@ -150,51 +161,58 @@ def render_config(node: NodeSpec) -> str:
     """``/etc/k0s/k0s.yaml``: the ClusterConfig of a controller."""
     validate(node)
     if not is_controller(node):
-        raise DistributionError(f"{node.site}/{node.host}.role", "workers take no ClusterConfig",
-                                "render the configuration of a controller")
+        raise DistributionError(
+            f"{node.site}/{node.host}.role", "workers take no ClusterConfig", "render the configuration of a controller"
+        )
     spec: dict[str, object] = {
-        "api": {"address": node.address, "port": 6443, "k0sApiPort": 9443,
-                "sans": list(dict.fromkeys([node.address, *node.tls_sans])), "extraArgs": api_extra_args(node)},
-        "network": {"provider": "kuberouter", "podCIDR": node.cluster_cidr, "serviceCIDR": node.service_cidr,
-                    "clusterDomain": "cluster.local"},
+        "api": {
+            "address": node.address,
+            "port": 6443,
+            "k0sApiPort": 9443,
+            "sans": list(dict.fromkeys([node.address, *node.tls_sans])),
+            "extraArgs": api_extra_args(node),
+        },
+        "network": {
+            "provider": "kuberouter",
+            "podCIDR": node.cluster_cidr,
+            "serviceCIDR": node.service_cidr,
+            "clusterDomain": "cluster.local",
+        },
         # Etcd on every controller of an HA site; a single controller keeps state in kine's
         # SQLite, the lighter choice for one node.
         "storage": ({"type": "etcd", "etcd": {"peerAddress": node.address}} if node.ha else {"type": "kine"}),
         "telemetry": {"enabled": False},
-        "installConfig": {"users": {"etcdUser": "etcd", "kineUser": "kube-apiserver",
-                                    "konnectivityUser": "konnectivity-server", "kubeAPIserverUser": "kube-apiserver",
-                                    "kubeSchedulerUser": "kube-scheduler"}},
+        "installConfig": {
+            "users": {
+                "etcdUser": "etcd",
+                "kineUser": "kube-apiserver",
+                "konnectivityUser": "konnectivity-server",
+                "kubeAPIserverUser": "kube-apiserver",
+                "kubeSchedulerUser": "kube-scheduler",
+            }
+        },
         # Images imported from an air-gap bundle are used as they are; others are pulled once.
         "images": {"default_pull_policy": "IfNotPresent"},
     }
     if node.profile == "gateway":
-        spec["workerProfiles"] = [{"name": GATEWAY_PROFILE, "values": {
-            "systemReserved": dict(GATEWAY_SYSTEM_RESERVED),
-            "kubeReserved": dict(GATEWAY_KUBE_RESERVED),
-            "evictionHard": dict(GATEWAY_EVICTION_HARD),
-        }}]
-    return yaml_text({"apiVersion": "k0s.k0sproject.io/v1beta1", "kind": "ClusterConfig",
-                      "metadata": {"name": node.site}, "spec": spec})
-
-
-def install_facts(node: NodeSpec) -> dict[str, object]:
-    """The hardening this node really gets, read from its rendered ClusterConfig and the
-    ``k0s controller|worker`` command line."""
-    facts: dict[str, object] = {}
-    if is_controller(node):
-        api = yaml.safe_load(render_config(node))["spec"]["api"].get("extraArgs") or {}
-        files = config_files(node)
-        facts["secretsEncryption"] = (api.get("encryption-provider-config") == encryption_config_path(node)
-                                      and _encrypts_secrets(render_encryption_config()))
-        facts["auditLog"] = (bool(api.get("audit-log-path")) and api.get("audit-policy-file") in files)
-        facts["anonymousAuth"] = str(api.get("anonymous-auth", "true")).lower() != "false"
-        facts["kubeconfigMode"] = ADMIN_KUBECONFIG_MODE if _kubeconfig_mode_line(node) else None
-    if has_worker(node):
-        kubelet = flag_values(install_flags(node), "kubelet-extra-args")
-        # k0s keeps the last --kubelet-extra-args; its words are kubelet flags.
-        words = kubelet[-1].split() if kubelet else []
-        facts["protectKernelDefaults"] = "--protect-kernel-defaults=true" in words
-    return facts
+        spec["workerProfiles"] = [
+            {
+                "name": GATEWAY_PROFILE,
+                "values": {
+                    "systemReserved": dict(GATEWAY_SYSTEM_RESERVED),
+                    "kubeReserved": dict(GATEWAY_KUBE_RESERVED),
+                    "evictionHard": dict(GATEWAY_EVICTION_HARD),
+                },
+            }
+        ]
+    return yaml_text(
+        {
+            "apiVersion": "k0s.k0sproject.io/v1beta1",
+            "kind": "ClusterConfig",
+            "metadata": {"name": node.site},
+            "spec": spec,
+        }
+    )
 
 
 def _encrypts_secrets(config: str) -> bool:
@@ -207,7 +225,7 @@ def _encrypts_secrets(config: str) -> bool:
 
 
 def _kubeconfig_mode_line(node: NodeSpec) -> str:
-    return f"chmod {ADMIN_KUBECONFIG_MODE} -- {q(kubeconfig_path(node))}\n" if is_controller(node) else ""
+    return f"chmod {ADMIN_KUBECONFIG_MODE} -- {q(admin_kubeconfig(data_dir(node)))}\n" if is_controller(node) else ""
 
 
 def render_registry_hosts(registry: str, endpoints: Sequence[str]) -> str:
@@ -218,19 +236,6 @@ def render_registry_hosts(registry: str, endpoints: Sequence[str]) -> str:
     for e in endpoints:
         out += f'\n[host.{toml_str(e.rstrip("/"))}]\n  capabilities = ["pull", "resolve"]\n'
     return out
-
-
-def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
-    files: dict[str, tuple[str, int]] = {}
-    if is_controller(node):
-        files[CONFIG_FILE] = (render_config(node), 0o600)
-        files[AUDIT_POLICY_FILE] = (render_audit_policy(), 0o644)
-    if has_worker(node):
-        for registry, endpoints in sorted(node.registry_mirrors.items()):
-            files[f"{CERTS_DIR}/{registry}/hosts.toml"] = (render_registry_hosts(registry, endpoints), 0o644)
-        if node.protect_kernel_defaults:
-            files[SYSCTL_FILE] = (render_sysctl(), 0o644)
-    return files
 
 
 def install_flags(node: NodeSpec) -> tuple[str, ...]:
@@ -260,31 +265,41 @@ def install_flags(node: NodeSpec) -> tuple[str, ...]:
 def service(node: NodeSpec) -> Service:
     """``k0scontroller`` / ``k0sworker``, the names ``k0s install`` gives the services."""
     role = "controller" if is_controller(node) else "worker"
-    return Service(name=f"k0s{role}", manager=node.service_manager, argv=(BIN, role, *install_flags(node)),
-                   description=f"k0s - Zero Friction Kubernetes ({role})")
+    return Service(
+        name=f"k0s{role}",
+        manager=node.service_manager,
+        argv=(BIN, role, *install_flags(node)),
+        description=f"k0s - Zero Friction Kubernetes ({role})",
+    )
 
 
 @dataclass(frozen=True)
 class _Artifacts:
-    binary: Artifact
-    bundles: tuple[tuple[Artifact, str], ...]
+    binary: UploadedArtifact
+    bundles: tuple[tuple[UploadedArtifact, str], ...]
 
 
-def _artifacts(node: NodeSpec, artifacts: Sequence[Artifact]) -> _Artifacts:
+def _artifacts(node: NodeSpec, artifacts: Sequence[UploadedArtifact]) -> _Artifacts:
     for a in artifacts:
         if a.name != NAME and not a.name.startswith(BUNDLE_PREFIX):
-            raise DistributionError(f"artifacts[{a.name}]", "not a k0s artifact",
-                                    f"name the binary {NAME!r} and image bundles {BUNDLE_PREFIX!r}*")
+            raise DistributionError(
+                f"artifacts[{a.name}]",
+                "not a k0s artifact",
+                f"name the binary {NAME!r} and image bundles {BUNDLE_PREFIX!r}*",
+            )
     binary = pick_artifact(artifacts, node.arch, NAME)
     bundles = []
     if has_worker(node):
-        bundles = [(a, f"{data_dir(node)}/images/{a.name}{archive_suffix(a)}")
-                   for a in for_arch(artifacts, node.arch) if a.name.startswith(BUNDLE_PREFIX)]
+        bundles = [
+            (a, f"{data_dir(node)}/images/{a.name}{archive_suffix(a)}")
+            for a in for_arch(artifacts, node.arch)
+            if a.name.startswith(BUNDLE_PREFIX)
+        ]
     return _Artifacts(binary, tuple(bundles))
 
 
 def _ready_functions(node: NodeSpec) -> str:
-    kubectl = " ".join(q(a) for a in access(data_dir(node)).kubectl)
+    kubectl = admin_access(data_dir(node)).command()
     if is_controller(node):
         return ready_function(f"{kubectl} get --raw /readyz")
     return ready_function("svc_running && kubelet_healthy")
@@ -298,48 +313,33 @@ def _service_lines(node: NodeSpec) -> str:
     """Bring the service to the rendered state. Under systemd/OpenRC ``k0s install`` writes
     the unit (again with --force when the flags changed); supervised hosts use the supervisor."""
     svc = service(node)
-    role = "controller" if is_controller(node) else "worker"
-    flags = install_flags(node)
     if svc.manager == "supervised":
         return "".join(heredoc_file(p, c, m) for p, (c, m) in svc.files().items()) + "svc_apply\n"
-    args = "".join(f"{f}\n" for f in flags)
-    return "changed_before=$CHANGED\nCHANGED=0\n" + heredoc_file(INSTALL_ARGS_FILE, args, 0o600) + f"""args_changed=$CHANGED
-CHANGED=$((changed_before | CHANGED))
-if ((args_changed)) || [[ ! -e {q(svc.unit_path())} ]]; then
-  {q(BIN)} install {role} --force {" ".join(q(f) for f in flags)}
-  CHANGED=1
-  log "installed the {svc.name} service"
-fi
-svc_apply
-"""
+    flags = install_flags(node)
+    return fill(
+        "k0s-service.sh",
+        WRITE_ARGS=heredoc_file(INSTALL_ARGS_FILE, "".join(f"{f}\n" for f in flags), 0o600),
+        UNIT=q(svc.unit_path()),
+        BIN=q(BIN),
+        ROLE="controller" if is_controller(node) else "worker",
+        FLAGS=" ".join(q(f) for f in flags),
+        SERVICE=svc.name,
+    )
 
 
 def _containerd_dropin_lines() -> str:
-    # The CRI registry section moved between containerd 1.7 (config v2) and 2.x (config v3).
-    return f"""k0s_minor="$({q(BIN)} version | sed -E 's/^v?1\\.([0-9]+)\\..*/\\1/')"
-if [[ "$k0s_minor" =~ ^[0-9]+$ ]] && ((k0s_minor >= {CONTAINERD_V2_MINOR})); then
-  cri_version=3 cri_plugin=io.containerd.cri.v1.images
-else
-  cri_version=2 cri_plugin=io.containerd.grpc.v1.cri
-fi
-put_file {REGISTRY_DROPIN} 0644 < <(printf 'version = %s\\n\\n[plugins."%s".registry]\\nconfig_path = "%s"\\n' "$cri_version" "$cri_plugin" {q(CERTS_DIR)})
-"""
+    return fill("k0s-containerd.sh", BIN=q(BIN), DROPIN=REGISTRY_DROPIN, CERTS_DIR=q(CERTS_DIR))
 
 
 def _api_user_lines(node: NodeSpec) -> str:
     """The user k0s runs kube-apiserver as, created as ``k0s install`` creates it (k0s starts
     the API server as root only when that user is missing), and the directory it logs to."""
-    audit_dir = audit_log_path(node).rsplit("/", 1)[0]
-    return f"""if ! id -u {APISERVER_USER} >/dev/null 2>&1; then
-  if command -v useradd >/dev/null 2>&1; then
-    useradd --system --no-create-home --home-dir {q(data_dir(node))} --shell /sbin/nologin {APISERVER_USER}
-  else
-    adduser -S -D -H -h {q(data_dir(node))} -s /sbin/nologin {APISERVER_USER}
-  fi
-  log "created the {APISERVER_USER} user"
-fi
-install -d -m 0700 -o {APISERVER_USER} -- {q(audit_dir)}
-"""
+    return fill(
+        "k0s-api-user.sh",
+        USER=APISERVER_USER,
+        DATA_DIR=q(data_dir(node)),
+        AUDIT_DIR=q(audit_log_path(node).rsplit("/", 1)[0]),
+    )
 
 
 def _encryption_lines(node: NodeSpec) -> str:
@@ -347,167 +347,150 @@ def _encryption_lines(node: NodeSpec) -> str:
     server's user). A key that differs from the one in place is refused unless the file on
     the host already lists it: replacing the key outright would leave every Secret written
     under the old one unreadable."""
-    path = q(encryption_config_path(node))
-    template = render_encryption_config()
-    return f"""encryption_template={q(template)}
-if [[ -n "${{{ENCRYPTION_KEY_ENV}:-}}" ]]; then
-  encryption_config="${{encryption_template//{ENCRYPTION_KEY_PLACEHOLDER}/${ENCRYPTION_KEY_ENV}}}"
-  if [[ -s {path} ]]; then
-    encryption_current="$(<{path})"
-    if [[ "$encryption_current" != *"${ENCRYPTION_KEY_ENV}"* ]]; then
-      die "the Secrets encryption key of this site changed and {encryption_config_path(node)} does not list the new key (fix: rotate the key as the README says: add the new key to that file on every controller first)"
-    fi
-  fi
-  put_file {path} 0600 < <(printf '%s' "$encryption_config")
-  unset encryption_config encryption_current
-elif [[ ! -s {path} ]]; then
-  die "{ENCRYPTION_KEY_ENV} is not set and {encryption_config_path(node)} does not exist (fix: pass {ENCRYPTION_KEY_ENV} in the remote command's environment)"
-fi
-chown {APISERVER_USER}:root -- {path}
-"""
+    path = encryption_config_path(node)
+    return fill(
+        "k0s-encryption.sh",
+        TEMPLATE=q(render_encryption_config()),
+        KEY_MARK=ENCRYPTION_KEY_PLACEHOLDER,
+        CONFIG_PATH=q(path),
+        CONFIG_TEXT=path,
+        USER=APISERVER_USER,
+    )
 
 
 _INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait", "kubelet_health")
 
 
-def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
-    """Install, configure and start k0s on one node (idempotent; restarts only on change).
-    Joining nodes read the token the first controller minted from ``$K0S_TOKEN``."""
-    validate(node)
-    arts = _artifacts(node, artifacts)
-    svc = service(node)
-    body = svc.shell() + _ready_functions(node) + "require_root\n"
-    body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
-    body += f"require_arch {UNAME_ARCH[node.arch]}\n"
-    body += f"install_copy {q(arts.binary.dest)} {BIN} 0755 {arts.binary.sha256}\n"
-    for a, dest in arts.bundles:
-        body += f"install_copy {q(a.dest)} {q(dest)} 0644 {a.sha256}\n"
-    if has_worker(node) and node.protect_kernel_defaults:
-        body += sysctl_lines()
-    for path, (content, mode) in config_files(node).items():
-        body += heredoc_file(path, content, mode)
-    if is_controller(node):
-        body += _api_user_lines(node) + _encryption_lines(node)
-    if has_worker(node) and node.registry_mirrors:
-        body += _containerd_dropin_lines()
-    elif has_worker(node):
-        body += f"drop_file {REGISTRY_DROPIN}\n"
-    if not node.first_server:
-        body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
-    body += _service_lines(node) + _wait_ready(node, ready_timeout_s) + _kubeconfig_mode_line(node)
-    role = "controller" if is_controller(node) else "worker"
-    return Script(f"Install or update k0s ({role}) on {node.host} of site {node.site}; idempotent.",
-                  node.host, lib=_INSTALL_LIB).render(body)
+class K0sDriver(Driver):
+    """k0s. Node operations run on a controller."""
 
+    name = NAME
+    token_env = TOKEN_ENV
+    title = "k0s"
+    on_server = " (runs on a controller)"
+    access = admin_access()
 
-def render_join_token(node: NodeSpec) -> str | None:
-    """Run on the first controller: prints a join token for ``node`` (and nothing else) on
-    stdout. None for the first controller, which joins nothing."""
-    validate(node)
-    if node.first_server:
-        return None
-    role = "controller" if is_controller(node) else "worker"
-    acc = access()
-    body = acc.prelude() + acc.wait_api(300) + f"""mint() {{ {q(BIN)} token create --data-dir={DEFAULT_DATA_DIR} --role={role} --expiry={JOIN_TOKEN_EXPIRY}; }}
-for _ in $(seq 1 30); do
-  if token="$(mint 2>/dev/null)" && [[ -n "$token" ]]; then
-    log "minted a {role} join token"
-    printf '%s\\n' "$token"
-    exit 0
-  fi
-  sleep 2
-done
-die "k0s token create --role={role} keeps failing on $HOST (fix: check the controller with 'k0s status')"
-"""
-    return Script(f"Mint a k0s {role} join token for {node.host} on the first controller; stdout carries only the token.",
-                  None, lib=("wait",)).render(body)
+    def has_node(self, node: NodeSpec) -> bool:
+        return has_worker(node)
 
+    def kube_access(self, node: NodeSpec) -> KubeAccess:
+        return admin_access(data_dir(node))
 
-def render_upgrade_binary(node: NodeSpec, artifact: Artifact, *, ready_timeout_s: int = 300) -> str:
-    """Replace the k0s binary (verified first), restart the service if it changed, wait ready."""
-    validate(node)
-    svc = service(node)
-    body = (svc.shell() + _ready_functions(node) + "require_root\n" + verify_lines([artifact])
-            + f"require_arch {UNAME_ARCH[node.arch]}\n"
-            + f"install_copy {q(artifact.dest)} {BIN} 0755 {artifact.sha256}\n" + "svc_apply\n"
-            + _wait_ready(node, ready_timeout_s) + _kubeconfig_mode_line(node))
-    return Script(f"Upgrade the k0s binary on {node.host} of site {node.site}.", node.host, lib=_INSTALL_LIB).render(body)
+    def config_files(self, node: NodeSpec) -> dict[str, tuple[str, int]]:
+        files: dict[str, tuple[str, int]] = {}
+        if is_controller(node):
+            files[CONFIG_FILE] = (render_config(node), 0o600)
+            files[AUDIT_POLICY_FILE] = (render_audit_policy(), 0o644)
+        if has_worker(node):
+            for registry, endpoints in sorted(node.registry_mirrors.items()):
+                files[f"{CERTS_DIR}/{registry}/hosts.toml"] = (render_registry_hosts(registry, endpoints), 0o644)
+            if node.protect_kernel_defaults:
+                files[SYSCTL_FILE] = (render_sysctl(), 0o644)
+        return files
 
+    def install_facts(self, node: NodeSpec) -> InstallFacts:
+        """Read from the rendered ClusterConfig and the ``k0s controller|worker`` command line."""
+        facts: InstallFacts = {}
+        if is_controller(node):
+            api = yaml.safe_load(render_config(node))["spec"]["api"].get("extraArgs") or {}
+            files = self.config_files(node)
+            facts["secretsEncryption"] = api.get("encryption-provider-config") == encryption_config_path(
+                node
+            ) and _encrypts_secrets(render_encryption_config())
+            facts["auditLog"] = bool(api.get("audit-log-path")) and api.get("audit-policy-file") in files
+            facts["anonymousAuth"] = str(api.get("anonymous-auth", "true")).lower() != "false"
+            facts["kubeconfigMode"] = ADMIN_KUBECONFIG_MODE if _kubeconfig_mode_line(node) else None
+        if has_worker(node):
+            kubelet = flag_values(install_flags(node), "kubelet-extra-args")
+            # k0s keeps the last --kubelet-extra-args; its words are kubelet flags.
+            words = kubelet[-1].split() if kubelet else []
+            facts["protectKernelDefaults"] = "--protect-kernel-defaults=true" in words
+        return facts
 
-def upgrade_steps(node: NodeSpec, artifacts: Sequence[Artifact], *, drain_timeout_s: int = 300,
-                  ready_timeout_s: int = 300) -> UpgradeSteps:
-    return UpgradeSteps(
-        drain=render_drain(node.host, timeout_s=drain_timeout_s),
-        upgrade=render_upgrade_binary(node, pick_artifact(artifacts, node.arch, NAME), ready_timeout_s=ready_timeout_s),
-        uncordon=render_node_ready(node, timeout_s=ready_timeout_s),
-    )
+    def render_install(
+        self, node: NodeSpec, artifacts: Sequence[UploadedArtifact], *, ready_timeout_s: int = 300
+    ) -> str:
+        """Joining nodes read the token the first controller minted from ``$K0S_TOKEN``."""
+        validate(node)
+        arts = _artifacts(node, artifacts)
+        svc = service(node)
+        body = svc.shell() + _ready_functions(node) + "require_root\n"
+        body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
+        body += f"require_arch {UNAME_ARCH[node.arch]}\n"
+        body += f"install_copy {q(arts.binary.dest)} {BIN} 0755 {arts.binary.sha256}\n"
+        for a, dest in arts.bundles:
+            body += f"install_copy {q(a.dest)} {q(dest)} 0644 {a.sha256}\n"
+        if has_worker(node) and node.protect_kernel_defaults:
+            body += sysctl_lines()
+        for path, (content, mode) in self.config_files(node).items():
+            body += heredoc_file(path, content, mode)
+        if is_controller(node):
+            body += _api_user_lines(node) + _encryption_lines(node)
+        if has_worker(node) and node.registry_mirrors:
+            body += _containerd_dropin_lines()
+        elif has_worker(node):
+            body += f"drop_file {REGISTRY_DROPIN}\n"
+        if not node.first_server:
+            body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
+        body += _service_lines(node) + _wait_ready(node, ready_timeout_s) + _kubeconfig_mode_line(node)
+        role = "controller" if is_controller(node) else "worker"
+        return Script(
+            f"Install or update k0s ({role}) on {node.host} of site {node.site}; idempotent.",
+            node.host,
+            lib=_INSTALL_LIB,
+        ).render(body)
 
+    def render_join_token(self, node: NodeSpec) -> str | None:
+        """Run on the first controller: prints a join token for ``node`` (and nothing else) on
+        stdout. None for the first controller, which joins nothing."""
+        validate(node)
+        if node.first_server:
+            return None
+        role = "controller" if is_controller(node) else "worker"
+        acc = admin_access()
+        body = (
+            acc.prelude()
+            + acc.wait_api(300)
+            + fill("k0s-join-token.sh", BIN=q(BIN), DATA_DIR=DEFAULT_DATA_DIR, ROLE=role, EXPIRY=JOIN_TOKEN_EXPIRY)
+        )
+        return Script(
+            f"Mint a k0s {role} join token for {node.host} on the first controller; stdout carries only the token.",
+            None,
+            lib=("wait",),
+        ).render(body)
 
-def render_drain(node_name: str, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Cordon and drain k0s node {node_name} (runs on a controller).", access(),
-                       drain_body(access(), node_name, timeout_s))
+    def render_uninstall(self, node: NodeSpec) -> str:
+        """Leave etcd (HA controllers), stop k0s, ``k0s reset``, then remove what remains:
+        leftover processes of this host, mounts, service, configuration, data and binary."""
+        svc = service(node)
+        dd = data_dir(node)
+        leave = ""
+        if is_controller(node) and node.ha:
+            leave = (
+                f"if [[ -x {q(BIN)} ]] && svc_running; then\n"
+                f'  timeout 120 {q(BIN)} etcd leave --data-dir={q(dd)} >&2 || log "could not leave etcd '
+                '(the node is removed from the member list when the cluster notices)"\nfi\n'
+            )
+        processes = (
+            rf"^({ere_literal(BIN)}|k0s) (controller|worker)|{ere_literal(dd)}/"
+            rf"|{ere_literal(svc.supervisor)} __run"
+        )
+        paths = [CONFIG_DIR, dd, "/run/k0s", BIN, SYSCTL_FILE, svc.log_file, svc.unit_path()]
+        body = (
+            svc.shell()
+            + "require_root\n"
+            + leave
+            + fill(
+                "k0s-uninstall.sh",
+                BIN=q(BIN),
+                DATA_DIR=q(dd),
+                PROCESSES=q(processes),
+                PATHS=" ".join(q(p) for p in paths),
+            )
+        )
+        return Script(
+            f"Uninstall k0s from {node.host} of site {node.site}; idempotent.", node.host, lib=("root", "procs")
+        ).render(body)
 
-
-def render_uncordon(node_name: str) -> str:
-    return kube_script(f"Uncordon k0s node {node_name} (runs on a controller).", access(), uncordon_body(access(), node_name))
-
-
-def render_node_ready(node: NodeSpec, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Wait until k0s node {node.host} is Ready; uncordon it after an upgrade drain (runs on a controller).",
-                       access(), node_ready_body(access(), node.host, timeout_s, has_node=has_worker(node)))
-
-
-def render_remove_node(node_name: str, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Drain and delete k0s node {node_name} (runs on a controller).", access(),
-                       remove_node_body(access(), node_name, timeout_s))
-
-
-def render_uninstall(node: NodeSpec) -> str:
-    """Leave etcd (HA controllers), stop k0s, ``k0s reset``, then remove what remains:
-    leftover processes of this host, mounts, service, configuration, data and binary."""
-    svc = service(node)
-    dd = data_dir(node)
-    leave = ""
-    if is_controller(node) and node.ha:
-        leave = f"""if [[ -x {q(BIN)} ]] && svc_running; then
-  timeout 120 {q(BIN)} etcd leave --data-dir={q(dd)} >&2 || log "could not leave etcd (the node is removed from the member list when the cluster notices)"
-fi
-"""
-    processes = rf"^({ere_literal(BIN)}|k0s) (controller|worker)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
-    paths = [CONFIG_DIR, dd, "/run/k0s", BIN, SYSCTL_FILE, svc.log_file, svc.unit_path()]
-    body = svc.shell() + "require_root\n" + leave + f"""svc_stop
-if [[ -x {q(BIN)} ]]; then
-  timeout 300 {q(BIN)} reset --data-dir={q(dd)} >&2 || log "k0s reset reported errors; removing the rest"
-fi
-kill_matching {q(processes)}
-unmount_under /run/k0s
-unmount_under {q(dd)}
-unmount_under /run/netns/cni-
-svc_remove
-for path in {" ".join(q(p) for p in paths)}; do
-  if [[ -e "$path" || -L "$path" ]]; then
-    rm -rf -- "$path"
-    log "removed $path"
-  fi
-done
-log "k0s is removed from $HOST"
-"""
-    return Script(f"Uninstall k0s from {node.host} of site {node.site}; idempotent.", node.host,
-                  lib=("root", "procs")).render(body)
-
-
-def kubeconfig_path(node: NodeSpec) -> str:
-    return f"{data_dir(node)}/pki/admin.conf"
-
-
-def render_fetch_kubeconfig(node: NodeSpec) -> str:
-    return render_cat(kubeconfig_path(node), "admin kubeconfig", node.host)
-
-
-def ready_check(node: NodeSpec) -> str:
-    svc = service(node)
-    return Script(f"Is k0s ready on {node.host}? Exit status 0 when it is.", node.host,
-                  lib=("kubelet_health",)).render(svc.shell() + _ready_functions(node) + "local_ready >/dev/null 2>&1\n")
-
-
-DRIVER = ModuleDriver(NAME, TOKEN_ENV, VERSION_PATTERNS[NAME], __name__)
+    def kubeconfig_path(self, node: NodeSpec) -> str:
+        return admin_kubeconfig(data_dir(node))

@@ -24,52 +24,37 @@ nodes, any number of ``k3s-airgap-images*`` image archives.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import yaml
 
-from components.distributions.common import (
+from components.contract import SHA256
+from components.distributions.artifacts import (
+    UNAME_ARCH,
+    UploadedArtifact,
+    archive_suffix,
+    for_arch,
+    pick_artifact,
+    verify_lines,
+)
+from components.distributions.base import DistributionError, NodeSpec
+from components.distributions.bash import Script, ere_literal, heredoc_file, q, ready_function, wait_ready_lines
+from components.distributions.checks import check_mirrors, check_node
+from components.distributions.driver import NODE_NAME_MARK, Driver
+from components.distributions.facts import InstallFacts, flag_values, is_true, options
+from components.distributions.formats import yaml_text
+from components.distributions.kube import KubeAccess
+from components.distributions.kubelet import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
     SYSCTL_FILE,
-    UNAME_ARCH,
-    Artifact,
-    DistributionError,
-    KubeAccess,
-    ModuleDriver,
-    NodeSpec,
-    Script,
-    Service,
-    UpgradeSteps,
-    archive_suffix,
-    check_mirrors,
-    check_node,
-    drain_body,
-    ere_literal,
-    flag_values,
-    is_true,
-    options,
-    for_arch,
-    heredoc_file,
-    kube_script,
-    node_ready_body,
-    pick_artifact,
-    q,
-    ready_function,
-    remove_node_body,
-    render_cat,
     render_sysctl,
     sysctl_lines,
-    uncordon_body,
-    verify_lines,
-    wait_ready_lines,
-    yaml_text,
 )
-from components.distributions.common import rewrite_kubeconfig  # noqa: F401  (part of this module's API)
-from components.inventory import VERSION_PATTERNS
+from components.distributions.templating import fill
+from components.distributions.units import Service
 
 NAME = "k3s"
 TOKEN_ENV = "K3S_TOKEN"
@@ -82,21 +67,24 @@ AGENT_TOKEN_FILE = f"{CONFIG_DIR}/agent-token"
 # Digest of the steady-state settings the service last (re)started with.
 APPLIED_FILE = f"{CONFIG_DIR}/.edgefleet-applied"
 BOOTSTRAP_KEYS = ("server", "cluster-init")
-NODE_NAME_MARK = "edgefleet-node-name="
 REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
 KUBECONFIG = f"{CONFIG_DIR}/k3s.yaml"
 DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
 IMAGES_PREFIX = "k3s-airgap-images"
 
-CIS_TLS_CIPHERS = ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,"
-                   "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,"
-                   "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305")
+CIS_TLS_CIPHERS = (
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,"
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,"
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"
+)
 GATEWAY_DISABLE = ["traefik", "servicelb", "metrics-server", "local-storage"]
 # The K3s binary is multicall: run under the name kubectl it is kubectl. `exec -a` works for
 # the release binary and for a build of cmd/server alike (the latter has no `k3s kubectl`).
-KUBECTL_FN = ('# shellcheck disable=SC2329 # called through KUBECTL / local_ready\n'
-              f'k3s_kubectl() {{ (exec -a kubectl {BIN} "$@"); }}\n')
-ACCESS = KubeAccess(("k3s_kubectl", f"--kubeconfig={KUBECONFIG}"), BIN, define=KUBECTL_FN)
+KUBECTL_FN = (
+    "# shellcheck disable=SC2329 # called through KUBECTL / local_ready\n"
+    f'k3s_kubectl() {{ (exec -a kubectl {BIN} "$@"); }}\n'
+)
+ACCESS = KubeAccess(("k3s_kubectl", f"--kubeconfig={KUBECONFIG}"), BIN, KUBECONFIG, define=KUBECTL_FN)
 
 
 def data_dir(node: NodeSpec) -> str:
@@ -117,13 +105,21 @@ def validate(node: NodeSpec) -> None:
 
 
 def _kubelet_args(node: NodeSpec) -> list[str]:
-    args = ["streaming-connection-idle-timeout=5m", "make-iptables-util-chains=true", f"tls-cipher-suites={CIS_TLS_CIPHERS}"]
+    args = [
+        "streaming-connection-idle-timeout=5m",
+        "make-iptables-util-chains=true",
+        f"tls-cipher-suites={CIS_TLS_CIPHERS}",
+    ]
     if node.profile == "gateway":
+
         def joined(d: dict[str, str], sep: str) -> str:
             return ",".join(f"{k}{sep}{v}" for k, v in d.items())
-        args += [f"system-reserved={joined(GATEWAY_SYSTEM_RESERVED, '=')}",
-                 f"kube-reserved={joined(GATEWAY_KUBE_RESERVED, '=')}",
-                 f"eviction-hard={joined(GATEWAY_EVICTION_HARD, '<')}"]
+
+        args += [
+            f"system-reserved={joined(GATEWAY_SYSTEM_RESERVED, '=')}",
+            f"kube-reserved={joined(GATEWAY_KUBE_RESERVED, '=')}",
+            f"eviction-hard={joined(GATEWAY_EVICTION_HARD, '<')}",
+        ]
     return args
 
 
@@ -178,34 +174,6 @@ def render_config(node: NodeSpec) -> str:
     return yaml_text(cfg)
 
 
-def install_facts(node: NodeSpec) -> dict[str, object]:
-    """The hardening this node really gets, read from its rendered config.yaml and the
-    service's command line (a flag on the command line wins over the file)."""
-    cfg = yaml.safe_load(render_config(node))
-    argv = service(node).argv[2:]
-
-    def values(name: str) -> list[str]:
-        in_file = cfg.get(name, [])
-        return [str(v) for v in (in_file if isinstance(in_file, list) else [in_file])] + flag_values(argv, name)
-
-    def last(name: str) -> str | None:
-        found = values(name)
-        return found[-1] if found else None
-
-    facts: dict[str, object] = {}
-    if node.role == "server":
-        api = options(values("kube-apiserver-arg"))
-        facts["secretsEncryption"] = is_true(last("secrets-encryption")) or bool(api.get("encryption-provider-config"))
-        facts["auditLog"] = bool(api.get("audit-log-path")) and bool(api.get("audit-policy-file"))
-        facts["anonymousAuth"] = api.get("anonymous-auth", "true").lower() != "false"
-        facts["kubeconfigMode"] = last("write-kubeconfig-mode")
-    if has_kubelet(node):
-        kubelet = options(values("kubelet-arg"))
-        facts["protectKernelDefaults"] = (is_true(last("protect-kernel-defaults"))
-                                          and is_true(kubelet.get("protect-kernel-defaults", "true")))
-    return facts
-
-
 def steady_config(node: NodeSpec) -> str:
     """config.yaml without its bootstrap-only keys and the node name: what a running node
     must be restarted for when it changes."""
@@ -218,82 +186,84 @@ def steady_config(node: NodeSpec) -> str:
 def secure_token(ca_sha256: str, user: str, password: str) -> str:
     """K3s's secure token: the joiner checks the server's CA against ``ca_sha256`` (the
     sha256 of the PEM file as stored on the first server) before sending ``user:password``."""
-    if not re.fullmatch(r"[0-9a-f]{64}", ca_sha256):
-        raise DistributionError("cluster CA", f"{ca_sha256[:80]!r} is not a sha256 hex digest",
-                                "check that the first server's K3s wrote server/tls/server-ca.crt")
+    if not SHA256.fullmatch(ca_sha256):
+        raise DistributionError(
+            "cluster CA",
+            f"{ca_sha256[:80]!r} is not a sha256 hex digest",
+            "check that the first server's K3s wrote server/tls/server-ca.crt",
+        )
     return f"K10{ca_sha256}::{user}:{password}"
 
 
 def render_ca_hash(node: NodeSpec) -> str:
     """Print the sha256 of the cluster's server CA (run on the first server, after install)."""
     ca = f"{data_dir(node)}/server/tls/server-ca.crt"
-    return Script(f"Print the sha256 of the cluster CA of site {node.site} (for joiners' secure tokens).",
-                  node.host).render(f"""
+    return Script(
+        f"Print the sha256 of the cluster CA of site {node.site} (for joiners' secure tokens).", node.host
+    ).render(f"""
 [[ -s {q(ca)} ]] || die "{ca} does not exist (fix: install K3s on {node.host} first)"
 sha256sum -- {q(ca)} | cut -d' ' -f1
 """)
 
 
-def node_name_from(stdout: str | None) -> str | None:
-    """The node name an install reported (the one K3s registered with), if any."""
-    found = re.findall(rf"^{NODE_NAME_MARK}([a-z0-9.-]+)$", stdout or "", re.M)
-    return found[-1] if found else None
-
-
 def _pinned_node_name(inventory_name: str) -> str:
     """Lines setting K3S_NODE_NAME and ``put_config``: the node keeps the name of its first
     install, so an inventory rename never registers it again under a new name."""
-    return f"""K3S_NODE_NAME=""
-if [[ -f {CONFIG_FILE} ]]; then
-  K3S_NODE_NAME="$(sed -n 's/^node-name: *//p' {CONFIG_FILE} | head -n 1)"
-fi
-K3S_NODE_NAME="${{K3S_NODE_NAME:-{inventory_name}}}"
-# put_config DEST MODE < CONTENT: config.yaml with the kept node name. Writing it alone
-# restarts nothing: only a new steady-state digest in {APPLIED_FILE} does.
-put_config() {{
-  local saved="$CHANGED"
-  put_file "$1" "$2" < <(sed "s/^node-name: .*\$/node-name: $K3S_NODE_NAME/")
-  CHANGED="$saved"
-}}
-"""
+    return fill("k3s-node-name.sh", CONFIG_FILE=CONFIG_FILE, NODE_NAME=inventory_name, APPLIED_FILE=APPLIED_FILE)
 
 
 def render_audit_policy() -> str:
     """API audit policy: metadata for every request (never bodies, so no secret values),
     without the health probes' noise."""
-    return yaml_text({
-        "apiVersion": "audit.k8s.io/v1",
-        "kind": "Policy",
-        "omitStages": ["RequestReceived"],
-        "rules": [
-            {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
-            {"level": "None", "users": ["system:kube-proxy"], "verbs": ["watch"]},
-            {"level": "Metadata"},
-        ],
-    })
+    return yaml_text(
+        {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+                {"level": "None", "users": ["system:kube-proxy"], "verbs": ["watch"]},
+                {"level": "Metadata"},
+            ],
+        }
+    )
 
 
 def render_psa_config() -> str:
     """Admission configuration: Pod Security ``restricted`` enforced by default (kube-system
     exempt, it runs the privileged system components) and EventRateLimit."""
-    return yaml_text({
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "AdmissionConfiguration",
-        "plugins": [
-            {"name": "PodSecurity", "configuration": {
-                "apiVersion": "pod-security.admission.config.k8s.io/v1",
-                "kind": "PodSecurityConfiguration",
-                "defaults": {"enforce": "restricted", "enforce-version": "latest", "audit": "restricted",
-                             "audit-version": "latest", "warn": "restricted", "warn-version": "latest"},
-                "exemptions": {"usernames": [], "runtimeClasses": [], "namespaces": ["kube-system"]},
-            }},
-            {"name": "EventRateLimit", "configuration": {
-                "apiVersion": "eventratelimit.admission.k8s.io/v1alpha1",
-                "kind": "Configuration",
-                "limits": [{"type": "Server", "qps": 5000, "burst": 20000}],
-            }},
-        ],
-    })
+    return yaml_text(
+        {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {
+                    "name": "PodSecurity",
+                    "configuration": {
+                        "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                        "kind": "PodSecurityConfiguration",
+                        "defaults": {
+                            "enforce": "restricted",
+                            "enforce-version": "latest",
+                            "audit": "restricted",
+                            "audit-version": "latest",
+                            "warn": "restricted",
+                            "warn-version": "latest",
+                        },
+                        "exemptions": {"usernames": [], "runtimeClasses": [], "namespaces": ["kube-system"]},
+                    },
+                },
+                {
+                    "name": "EventRateLimit",
+                    "configuration": {
+                        "apiVersion": "eventratelimit.admission.k8s.io/v1alpha1",
+                        "kind": "Configuration",
+                        "limits": [{"type": "Server", "qps": 5000, "burst": 20000}],
+                    },
+                },
+            ],
+        }
+    )
 
 
 def render_registries(node: NodeSpec) -> str:
@@ -302,47 +272,45 @@ def render_registries(node: NodeSpec) -> str:
     return yaml_text({"mirrors": {reg: {"endpoint": list(eps)} for reg, eps in sorted(node.registry_mirrors.items())}})
 
 
-def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
-    """Every configuration file of the node: path -> (content, mode)."""
-    files = {CONFIG_FILE: (render_config(node), 0o600)}
-    if node.role == "server":
-        files[_server_path(node, "audit.yaml")] = (render_audit_policy(), 0o600)
-        files[_server_path(node, "psa.yaml")] = (render_psa_config(), 0o600)
-    if node.registry_mirrors:
-        files[REGISTRIES_FILE] = (render_registries(node), 0o600)
-    if has_kubelet(node) and node.protect_kernel_defaults:
-        files[SYSCTL_FILE] = (render_sysctl(), 0o644)
-    return files
-
-
 def service(node: NodeSpec) -> Service:
     """``k3s`` for servers, ``k3s-agent`` for agents, as the upstream installer names them."""
     sub = "server" if node.role == "server" else "agent"
-    return Service(name="k3s" if sub == "server" else "k3s-agent", manager=node.service_manager,
-                   argv=(BIN, sub, *node.extra_args), description="Lightweight Kubernetes", notify=sub == "server")
+    return Service(
+        name="k3s" if sub == "server" else "k3s-agent",
+        manager=node.service_manager,
+        argv=(BIN, sub, *node.extra_args),
+        description="Lightweight Kubernetes",
+        notify=sub == "server",
+    )
 
 
 @dataclass(frozen=True)
 class _Artifacts:
-    binary: Artifact
-    images: tuple[tuple[Artifact, str], ...]  # artifact -> destination
+    binary: UploadedArtifact
+    images: tuple[tuple[UploadedArtifact, str], ...]  # artifact -> destination
 
 
-def _artifacts(node: NodeSpec, artifacts: Sequence[Artifact]) -> _Artifacts:
+def _artifacts(node: NodeSpec, artifacts: Sequence[UploadedArtifact]) -> _Artifacts:
     for a in artifacts:
         if a.name != NAME and not a.name.startswith(IMAGES_PREFIX):
-            raise DistributionError(f"artifacts[{a.name}]", "not a K3s artifact",
-                                    f"name the binary {NAME!r} and image archives {IMAGES_PREFIX!r}*")
+            raise DistributionError(
+                f"artifacts[{a.name}]",
+                "not a K3s artifact",
+                f"name the binary {NAME!r} and image archives {IMAGES_PREFIX!r}*",
+            )
     binary = pick_artifact(artifacts, node.arch, NAME)
-    images: list[tuple[Artifact, str]] = []
+    images: list[tuple[UploadedArtifact, str]] = []
     if has_kubelet(node):
         for a in for_arch(artifacts, node.arch):
             if a.name.startswith(IMAGES_PREFIX):
                 images.append((a, f"{data_dir(node)}/agent/images/{a.name}{archive_suffix(a)}"))
     dests = [d for _, d in images]
     if len(set(dests)) != len(dests):
-        raise DistributionError("artifacts", f"several image archives for {node.arch} share a name",
-                                "give every image archive of one architecture its own name")
+        raise DistributionError(
+            "artifacts",
+            f"several image archives for {node.arch} share a name",
+            "give every image archive of one architecture its own name",
+        )
     return _Artifacts(binary, tuple(images))
 
 
@@ -367,168 +335,133 @@ def _binary_lines(node: NodeSpec, arts: _Artifacts) -> str:
     return lines
 
 
-def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
-    """Install, configure and start K3s on one node; re-running with the same inputs changes
-    nothing and restarts nothing, a changed binary or configuration restarts the service.
-    Joining nodes use the same script (their configuration carries ``server:``)."""
-    validate(node)
-    arts = _artifacts(node, artifacts)
-    svc = service(node)
-    body = svc.shell() + _ready_functions(node) + "require_root\n"
-    body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
-    body += _binary_lines(node, arts)
-    if has_kubelet(node) and node.protect_kernel_defaults:
-        body += sysctl_lines()
-    if node.role == "server":
-        body += f"install -d -m 0700 -- {q(_server_path(node, 'logs'))}\n"
-    body += _pinned_node_name(node.host)
-    for path, (content, mode) in {**config_files(node), **svc.files()}.items():
-        if path == CONFIG_FILE:
-            body += heredoc_file(path, content, mode).replace("put_file ", "put_config ", 1)
-            applied = hashlib.sha256(steady_config(node).encode()).hexdigest()
-            body += f"put_file {APPLIED_FILE} 0600 <<<{applied}\n"
-        else:
-            body += heredoc_file(path, content, mode)
-    if not node.registry_mirrors:
-        body += f"drop_file {REGISTRIES_FILE}\n"
-    body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
-    if node.role == "server":
-        body += f"write_secret {AGENT_TOKEN_ENV} {AGENT_TOKEN_FILE}\n"
-    body += "svc_apply\n" + _wait_ready(node, ready_timeout_s)
-    body += f"printf '{NODE_NAME_MARK}%s\\n' \"$K3S_NODE_NAME\"\n"
-    role = "server" if node.role == "server" else "agent"
-    return Script(f"Install or update K3s ({role}) on {node.host} of site {node.site}.\n"
-                  f"Reads the join token from ${TOKEN_ENV}; idempotent.", node.host, lib=_INSTALL_LIB).render(body)
+class K3sDriver(Driver):
+    """K3s. Node operations run on a server; deleting a server's node also removes its etcd member."""
 
+    name = NAME
+    token_env = TOKEN_ENV
+    title = "K3s"
+    on_server = " (runs on a server)"
+    access = ACCESS
 
-def _upgrade_body(node: NodeSpec, artifact: Artifact, ready_timeout_s: int) -> str:
-    arts = _Artifacts(artifact, ())
-    svc = service(node)
-    return (svc.shell() + _ready_functions(node) + "require_root\n" + verify_lines([artifact])
-            + _binary_lines(node, arts) + "svc_apply\n" + _wait_ready(node, ready_timeout_s))
+    def has_node(self, node: NodeSpec) -> bool:
+        return has_kubelet(node)
 
+    def config_files(self, node: NodeSpec) -> dict[str, tuple[str, int]]:
+        files = {CONFIG_FILE: (render_config(node), 0o600)}
+        if node.role == "server":
+            files[_server_path(node, "audit.yaml")] = (render_audit_policy(), 0o600)
+            files[_server_path(node, "psa.yaml")] = (render_psa_config(), 0o600)
+        if node.registry_mirrors:
+            files[REGISTRIES_FILE] = (render_registries(node), 0o600)
+        if has_kubelet(node) and node.protect_kernel_defaults:
+            files[SYSCTL_FILE] = (render_sysctl(), 0o644)
+        return files
 
-def render_upgrade_binary(node: NodeSpec, artifact: Artifact, *, ready_timeout_s: int = 300) -> str:
-    """Replace the binary (verified first) and restart the service only if it changed; wait
-    until the node is ready again. Run on the node between drain and uncordon."""
-    validate(node)
-    return Script(f"Upgrade the K3s binary on {node.host} of site {node.site}.", node.host,
-                  lib=_INSTALL_LIB).render(_upgrade_body(node, artifact, ready_timeout_s))
+    def install_facts(self, node: NodeSpec) -> InstallFacts:
+        """Read from the rendered config.yaml and the service's command line (a flag on the
+        command line wins over the file)."""
+        cfg = yaml.safe_load(render_config(node))
+        argv = service(node).argv[2:]
 
+        def values(name: str) -> list[str]:
+            in_file = cfg.get(name, [])
+            return [str(v) for v in (in_file if isinstance(in_file, list) else [in_file])] + flag_values(argv, name)
 
-def render_upgrade(node: NodeSpec, artifacts: Sequence[Artifact], drain_timeout_s: int = 300, *,
-                   ready_timeout_s: int = 300) -> str:
-    """The whole upgrade of one server, run on that server: drain it, replace the binary,
-    restart, wait until Ready, uncordon. Agents are drained through a server: use
-    :func:`upgrade_steps`."""
-    validate(node)
-    if node.role != "server":
-        raise DistributionError(f"{node.site}/{node.host}.role", "an agent cannot drain itself",
-                                "run upgrade_steps(): drain and uncordon on a server, the upgrade on the agent")
-    binary = pick_artifact(artifacts, node.arch, NAME)
-    body = ACCESS.prelude()
-    if has_kubelet(node):
-        body += drain_body(ACCESS, node.host, drain_timeout_s)
-    body += _upgrade_body(node, binary, ready_timeout_s)
-    body += node_ready_body(ACCESS, node.host, ready_timeout_s, has_node=has_kubelet(node))
-    return Script(f"Upgrade K3s on server {node.host} of site {node.site}: drain, replace, restart, uncordon.",
-                  node.host, lib=_INSTALL_LIB).render(body)
+        def last(name: str) -> str | None:
+            found = values(name)
+            return found[-1] if found else None
 
+        facts: InstallFacts = {}
+        if node.role == "server":
+            api = options(values("kube-apiserver-arg"))
+            facts["secretsEncryption"] = is_true(last("secrets-encryption")) or bool(
+                api.get("encryption-provider-config")
+            )
+            facts["auditLog"] = bool(api.get("audit-log-path")) and bool(api.get("audit-policy-file"))
+            facts["anonymousAuth"] = api.get("anonymous-auth", "true").lower() != "false"
+            facts["kubeconfigMode"] = last("write-kubeconfig-mode")
+        if has_kubelet(node):
+            kubelet = options(values("kubelet-arg"))
+            facts["protectKernelDefaults"] = is_true(last("protect-kernel-defaults")) and is_true(
+                kubelet.get("protect-kernel-defaults", "true")
+            )
+        return facts
 
-def render_join_token(node: NodeSpec) -> str | None:
-    """None: every K3s node reads the site's shared token from ``$K3S_TOKEN``."""
-    validate(node)
-    return None
+    def render_install(
+        self, node: NodeSpec, artifacts: Sequence[UploadedArtifact], *, ready_timeout_s: int = 300
+    ) -> str:
+        """Re-running with the same inputs changes nothing and restarts nothing; a changed
+        binary or configuration restarts the service. Joining nodes use the same script (their
+        configuration carries ``server:``). Prints the node name it registered with."""
+        validate(node)
+        arts = _artifacts(node, artifacts)
+        svc = service(node)
+        body = svc.shell() + _ready_functions(node) + "require_root\n"
+        body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
+        body += _binary_lines(node, arts)
+        if has_kubelet(node) and node.protect_kernel_defaults:
+            body += sysctl_lines()
+        if node.role == "server":
+            body += f"install -d -m 0700 -- {q(_server_path(node, 'logs'))}\n"
+        body += _pinned_node_name(node.host)
+        for path, (content, mode) in {**self.config_files(node), **svc.files()}.items():
+            if path == CONFIG_FILE:
+                body += heredoc_file(path, content, mode).replace("put_file ", "put_config ", 1)
+                applied = hashlib.sha256(steady_config(node).encode()).hexdigest()
+                body += f"put_file {APPLIED_FILE} 0600 <<<{applied}\n"
+            else:
+                body += heredoc_file(path, content, mode)
+        if not node.registry_mirrors:
+            body += f"drop_file {REGISTRIES_FILE}\n"
+        body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
+        if node.role == "server":
+            body += f"write_secret {AGENT_TOKEN_ENV} {AGENT_TOKEN_FILE}\n"
+        body += "svc_apply\n" + _wait_ready(node, ready_timeout_s)
+        body += f"printf '{NODE_NAME_MARK}%s\\n' \"$K3S_NODE_NAME\"\n"
+        role = "server" if node.role == "server" else "agent"
+        return Script(
+            f"Install or update K3s ({role}) on {node.host} of site {node.site}.\n"
+            f"Reads the join token from ${TOKEN_ENV}; idempotent.",
+            node.host,
+            lib=_INSTALL_LIB,
+        ).render(body)
 
+    def render_join_token(self, node: NodeSpec) -> str | None:
+        """None: every K3s node reads the site's shared token from ``$K3S_TOKEN``."""
+        validate(node)
+        return None
 
-def upgrade_steps(node: NodeSpec, artifacts: Sequence[Artifact], *, drain_timeout_s: int = 300,
-                  ready_timeout_s: int = 300) -> UpgradeSteps:
-    validate(node)
-    return UpgradeSteps(
-        drain=render_drain(node.host, timeout_s=drain_timeout_s),
-        upgrade=render_upgrade_binary(node, pick_artifact(artifacts, node.arch, NAME), ready_timeout_s=ready_timeout_s),
-        uncordon=render_node_ready(node, timeout_s=ready_timeout_s),
-    )
+    def render_uninstall(self, node: NodeSpec) -> str:
+        """Stop K3s, kill what it left running on this host (only this host's processes), undo
+        its mounts, interfaces and iptables chains, remove service, configuration, data, token
+        and binary. Idempotent: running it on a clean host changes nothing."""
+        svc = service(node)
+        dd = data_dir(node)
+        processes = rf"^({ere_literal(BIN)}|k3s) (server|agent)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
+        paths = [
+            CONFIG_DIR,
+            "/etc/rancher/node",
+            dd,
+            "/var/lib/kubelet",
+            "/var/lib/cni",
+            "/run/k3s",
+            "/run/flannel",
+            BIN,
+            SYSCTL_FILE,
+            svc.log_file,
+        ]
+        rmdirs = "/etc/rancher /var/lib/rancher" if dd == DEFAULT_DATA_DIR else "/etc/rancher"
+        body = svc.shell() + fill(
+            "k3s-uninstall.sh",
+            PROCESSES=q(processes),
+            DATA_DIR=q(dd),
+            PATHS=" ".join(q(p) for p in paths),
+            RMDIRS=rmdirs,
+        )
+        return Script(
+            f"Uninstall K3s from {node.host} of site {node.site}; idempotent.", node.host, lib=("root", "procs")
+        ).render(body)
 
-
-def render_drain(node_name: str, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Cordon and drain K3s node {node_name} (runs on a server).", ACCESS, drain_body(ACCESS, node_name, timeout_s))
-
-
-def render_uncordon(node_name: str) -> str:
-    return kube_script(f"Uncordon K3s node {node_name} (runs on a server).", ACCESS, uncordon_body(ACCESS, node_name))
-
-
-def render_node_ready(node: NodeSpec, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Wait until K3s node {node.host} is Ready; uncordon it after an upgrade drain (runs on a server).",
-                       ACCESS, node_ready_body(ACCESS, node.host, timeout_s, has_node=has_kubelet(node)))
-
-
-def render_remove_node(node_name: str, *, timeout_s: int = 300) -> str:
-    """Drain and delete a node (on K3s, deleting a server's node also removes its etcd member)."""
-    return kube_script(f"Drain and delete K3s node {node_name} (runs on a server).",
-                       ACCESS, remove_node_body(ACCESS, node_name, timeout_s))
-
-
-def render_uninstall(node: NodeSpec) -> str:
-    """Stop K3s, kill what it left running on this host (only this host's processes), undo
-    its mounts, interfaces and iptables chains, remove service, configuration, data, token
-    and binary. Idempotent: running it on a clean host changes nothing."""
-    svc = service(node)
-    dd = data_dir(node)
-    processes = rf"^({ere_literal(BIN)}|k3s) (server|agent)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
-    paths = [CONFIG_DIR, "/etc/rancher/node", dd, "/var/lib/kubelet", "/var/lib/cni", "/run/k3s", "/run/flannel",
-             BIN, SYSCTL_FILE, svc.log_file]
-    body = svc.shell() + f"""require_root
-svc_stop
-kill_matching {q(processes)}
-unmount_under /run/k3s
-# The kubelet's pod and plugin mounts, and /var/lib/kubelet itself when the kubelet made it
-# a (shared) mount point of its own.
-unmount_under /var/lib/kubelet
-unmount_under {q(dd)}
-unmount_under /run/netns/cni-
-if command -v ip >/dev/null 2>&1; then
-  ip netns show 2>/dev/null | awk '/^cni-/ {{ print $1 }}' | while read -r ns; do ip netns delete "$ns" || true; done
-  for link in cni0 flannel.1 flannel-v6.1 kube-ipvs0 flannel-wg flannel-wg-v6; do
-    if ip link show "$link" >/dev/null 2>&1; then ip link delete "$link" || true; fi
-  done
-fi
-for tables in iptables ip6tables; do
-  if command -v "$tables-save" >/dev/null 2>&1 && command -v "$tables-restore" >/dev/null 2>&1; then
-    if "$tables-save" 2>/dev/null | grep -qE 'KUBE-|CNI-|flannel'; then
-      "$tables-save" | grep -v KUBE- | grep -v CNI- | grep -iv flannel | "$tables-restore" || log "could not clean $tables rules"
-    fi
-  fi
-done
-svc_remove
-for path in {" ".join(q(p) for p in paths)}; do
-  if [[ -e "$path" || -L "$path" ]]; then
-    rm -rf -- "$path"
-    log "removed $path"
-  fi
-done
-rmdir /etc/rancher {"/var/lib/rancher " if dd == DEFAULT_DATA_DIR else ""}2>/dev/null || true
-log "K3s is removed from $HOST"
-"""
-    return Script(f"Uninstall K3s from {node.host} of site {node.site}; idempotent.", node.host,
-                  lib=("root", "procs")).render(body)
-
-
-def kubeconfig_path(node: NodeSpec) -> str:
-    return KUBECONFIG
-
-
-def render_fetch_kubeconfig(node: NodeSpec) -> str:
-    return render_cat(KUBECONFIG, "admin kubeconfig", node.host)
-
-
-def ready_check(node: NodeSpec) -> str:
-    """Exits 0 when the node's K3s is ready right now (server: API /readyz; agent: service
-    running and kubelet healthy); no waiting."""
-    svc = service(node)
-    return Script(f"Is K3s ready on {node.host}? Exit status 0 when it is.", node.host,
-                  lib=("kubelet_health",)).render(svc.shell() + _ready_functions(node) + "local_ready >/dev/null 2>&1\n")
-
-
-DRIVER = ModuleDriver(NAME, TOKEN_ENV, VERSION_PATTERNS[NAME], __name__)
+    def kubeconfig_path(self, node: NodeSpec) -> str:
+        return KUBECONFIG

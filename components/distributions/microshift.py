@@ -15,41 +15,24 @@ from collections.abc import Sequence
 
 import yaml
 
-from components.distributions.common import (
+from components.distributions.artifacts import UNAME_ARCH, UploadedArtifact, for_arch, verify_lines
+from components.distributions.base import DistributionError, NodeSpec
+from components.distributions.bash import Script, heredoc_file, q, wait_ready_lines
+from components.distributions.checks import check_mirrors, check_strings, mirror_host
+from components.distributions.driver import Driver
+from components.distributions.facts import InstallFacts
+from components.distributions.formats import toml_str, yaml_text
+from components.distributions.kube import KubeAccess
+from components.distributions.kubelet import (
     GATEWAY_EVICTION_HARD,
     GATEWAY_KUBE_RESERVED,
     GATEWAY_SYSTEM_RESERVED,
     SYSCTL_FILE,
-    UNAME_ARCH,
-    Artifact,
-    DistributionError,
-    KubeAccess,
-    ModuleDriver,
-    NodeSpec,
-    Script,
-    Service,
-    UpgradeSteps,
-    check_mirrors,
-    check_strings,
-    drain_body,
-    for_arch,
-    heredoc_file,
-    kube_script,
-    mirror_host,
-    node_ready_body,
-    q,
-    remove_node_body,
-    render_cat,
     render_sysctl,
     sysctl_lines,
-    toml_str,
-    uncordon_body,
-    verify_lines,
-    wait_ready_lines,
-    yaml_text,
 )
-from components.distributions.common import rewrite_kubeconfig  # noqa: F401  (part of this module's API)
-from components.inventory import VERSION_PATTERNS
+from components.distributions.templating import fill
+from components.distributions.units import Service
 
 NAME = "microshift"
 TOKEN_ENV = "MICROSHIFT_PULL_SECRET"
@@ -63,7 +46,9 @@ KUBEADMIN_DIR = f"{DATA_DIR}/resources/kubeadmin"
 LOCAL_KUBECONFIG = f"{KUBEADMIN_DIR}/kubeconfig"
 REBOOT_MARKER = "/var/lib/edgefleet/reboot-required"
 OVN_NODE_ADDRESS = "169.254.169.1"  # the OVN-Kubernetes gateway the host must trust
-ACCESS = KubeAccess(("oc", f"--kubeconfig={LOCAL_KUBECONFIG}"), BIN, client_fix="install openshift-clients")
+ACCESS = KubeAccess(
+    ("oc", f"--kubeconfig={LOCAL_KUBECONFIG}"), BIN, LOCAL_KUBECONFIG, client_fix="install openshift-clients"
+)
 GREENBOOT_TIMEOUT_S = 300
 # MicroShift (re)writes the kubeconfigs under KUBEADMIN_DIR when it starts; the install
 # narrows them to root once the API is up.
@@ -76,18 +61,27 @@ def validate(node: NodeSpec) -> None:
     if node.ha:
         raise DistributionError(f"{at}.topology", "MicroShift runs single-node only", "use k3s or k0s for an 'ha' site")
     if node.role != "server" or not node.first_server:
-        raise DistributionError(f"{at}.role", "MicroShift runs single-node only; nothing can join it",
-                                "keep one host with role 'server', or use k3s or k0s")
+        raise DistributionError(
+            f"{at}.role",
+            "MicroShift runs single-node only; nothing can join it",
+            "keep one host with role 'server', or use k3s or k0s",
+        )
     if node.disable_agent:
-        raise DistributionError(f"{at}.disable_agent", "a MicroShift node always runs its workloads", "drop disable_agent")
+        raise DistributionError(
+            f"{at}.disable_agent", "a MicroShift node always runs its workloads", "drop disable_agent"
+        )
     if node.service_manager != "systemd":
-        raise DistributionError(f"{at}.service_manager", f"MicroShift needs systemd, not {node.service_manager!r}",
-                                "set service_manager: systemd")
+        raise DistributionError(
+            f"{at}.service_manager",
+            f"MicroShift needs systemd, not {node.service_manager!r}",
+            "set service_manager: systemd",
+        )
     if node.data_dir not in (None, DATA_DIR):
         raise DistributionError(f"{at}.data_dir", f"MicroShift keeps its data in {DATA_DIR}", "drop data_dir")
     if node.extra_args:
-        raise DistributionError(f"{at}.extra_args", "MicroShift takes its settings from config.yaml, not flags",
-                                "drop extra_args")
+        raise DistributionError(
+            f"{at}.extra_args", "MicroShift takes its settings from config.yaml, not flags", "drop extra_args"
+        )
     check_strings(node)
 
 
@@ -124,34 +118,23 @@ def render_config(node: NodeSpec) -> str:
     if node.profile == "gateway":
         cfg["etcd"] = {"memoryLimitMB": 128}
         cfg["storage"] = {"driver": "none"}
-        kubelet.update(systemReserved=dict(GATEWAY_SYSTEM_RESERVED), kubeReserved=dict(GATEWAY_KUBE_RESERVED),
-                       evictionHard=dict(GATEWAY_EVICTION_HARD))
+        kubelet.update(
+            systemReserved=dict(GATEWAY_SYSTEM_RESERVED),
+            kubeReserved=dict(GATEWAY_KUBE_RESERVED),
+            evictionHard=dict(GATEWAY_EVICTION_HARD),
+        )
     if kubelet:
         cfg["kubelet"] = kubelet
     return yaml_text(cfg)
 
 
-def install_facts(node: NodeSpec) -> dict[str, object]:
-    """The hardening this node really gets, read from its rendered config.yaml. MicroShift's
-    configuration has no setting for Secrets encryption at rest nor for anonymous API
-    requests (its API server keeps them for discovery), so those facts are off and the
-    edge-secrets-encryption and edge-anonymous-auth-off rules fail for MicroShift sites."""
-    cfg = yaml.safe_load(render_config(node))
-    audit = (cfg.get("apiServer") or {}).get("auditLog") or {}
-    return {
-        "secretsEncryption": False,
-        "auditLog": audit.get("profile") not in (None, "None"),
-        "anonymousAuth": True,
-        "kubeconfigMode": KUBECONFIG_MODE if _kubeconfig_mode_lines() else None,
-        "protectKernelDefaults": (cfg.get("kubelet") or {}).get("protectKernelDefaults") is True,
-    }
-
-
 def _kubeconfig_mode_lines() -> str:
-    return (f"if [[ -d {q(KUBEADMIN_DIR)} ]]; then\n"
-            f"  find {q(KUBEADMIN_DIR)} -type f -name kubeconfig -exec chmod {KUBECONFIG_MODE} -- {{}} +\n"
-            f"  chmod 0700 -- {q(KUBEADMIN_DIR)}\n"
-            "fi\n")
+    return (
+        f"if [[ -d {q(KUBEADMIN_DIR)} ]]; then\n"
+        f"  find {q(KUBEADMIN_DIR)} -type f -name kubeconfig -exec chmod {KUBECONFIG_MODE} -- {{}} +\n"
+        f"  chmod 0700 -- {q(KUBEADMIN_DIR)}\n"
+        "fi\n"
+    )
 
 
 def render_mirrors(node: NodeSpec) -> str:
@@ -170,53 +153,13 @@ def render_greenboot_check(node: NodeSpec) -> str:
     """greenboot required check: the API and the core pods must be ready within a bounded
     time, otherwise the boot is declared red (and rpm-ostree hosts roll back)."""
     validate(node)
-    namespaces = " ".join(core_namespaces(node))
-    return f"""#!/usr/bin/env bash
-# greenboot required check (edgefleet): MicroShift's API and core pods are ready on {node.host}.
-set -euo pipefail
-KUBECONFIG_FILE={LOCAL_KUBECONFIG}
-TIMEOUT={GREENBOOT_TIMEOUT_S}
-NAMESPACES=({namespaces})
-
-if [[ "$(systemctl is-enabled microshift.service 2>/dev/null || true)" != enabled ]]; then
-  echo "MicroShift is not enabled; nothing to check"
-  exit 0
-fi
-client="$(command -v oc || command -v kubectl || true)"
-[[ -n "$client" ]] || {{ echo "neither oc nor kubectl is installed (fix: install openshift-clients)" >&2; exit 1; }}
-kube() {{ "$client" --kubeconfig="$KUBECONFIG_FILE" "$@"; }}
-deadline=$((SECONDS + TIMEOUT))
-remaining() {{ local left=$((deadline - SECONDS)); ((left > 0)) && echo "$left" || echo 1; }}
-
-until systemctl is-active --quiet microshift.service && kube get --raw /readyz >/dev/null 2>&1; do
-  if [[ "$(systemctl is-failed microshift.service 2>/dev/null || true)" == failed ]]; then
-    echo "microshift.service failed" >&2
-    exit 1
-  fi
-  ((SECONDS < deadline)) || {{ echo "MicroShift API not ready after ${{TIMEOUT}}s" >&2; exit 1; }}
-  sleep 5
-done
-for ns in "${{NAMESPACES[@]}}"; do
-  until [[ -n "$(kube get pods -n "$ns" -o name 2>/dev/null)" ]]; do
-    ((SECONDS < deadline)) || {{ echo "no pods in $ns after ${{TIMEOUT}}s" >&2; exit 1; }}
-    sleep 5
-  done
-  if ! kube wait --for=condition=Ready pod --all --field-selector=status.phase!=Succeeded -n "$ns" --timeout="$(remaining)s" >/dev/null; then
-    echo "pods in $ns not Ready within ${{TIMEOUT}}s" >&2
-    exit 1
-  fi
-done
-echo "MicroShift is healthy"
-"""
-
-
-def config_files(node: NodeSpec) -> dict[str, tuple[str, int]]:
-    files = {CONFIG_FILE: (render_config(node), 0o600), GREENBOOT_CHECK: (render_greenboot_check(node), 0o755)}
-    if node.registry_mirrors:
-        files[MIRRORS_FILE] = (render_mirrors(node), 0o644)
-    if node.protect_kernel_defaults:
-        files[SYSCTL_FILE] = (render_sysctl(), 0o644)
-    return files
+    return fill(
+        "microshift-greenboot.sh",
+        HOST=node.host,
+        KUBECONFIG=LOCAL_KUBECONFIG,
+        TIMEOUT=GREENBOOT_TIMEOUT_S,
+        NAMESPACES=" ".join(core_namespaces(node)),
+    )
 
 
 def service(node: NodeSpec) -> Service:
@@ -224,15 +167,19 @@ def service(node: NodeSpec) -> Service:
     return Service(name="microshift", manager="systemd", argv=(BIN, "run"), description="MicroShift")
 
 
-def _rpms(node: NodeSpec, artifacts: Sequence[Artifact]) -> list[Artifact]:
+def _rpms(node: NodeSpec, artifacts: Sequence[UploadedArtifact]) -> list[UploadedArtifact]:
     rpms = for_arch(artifacts, node.arch)
     for a in artifacts:
         if not a.url_or_path.endswith(".rpm"):
-            raise DistributionError(f"artifacts[{a.name}]", f"{a.url_or_path!r} is not an RPM",
-                                    "give MicroShift's release RPMs (and their dependencies) as artifacts")
+            raise DistributionError(
+                f"artifacts[{a.name}]",
+                f"{a.url_or_path!r} is not an RPM",
+                "give MicroShift's release RPMs (and their dependencies) as artifacts",
+            )
     if not any(a.name == NAME for a in rpms):
-        raise DistributionError("artifacts", f"no {NAME!r} RPM for {node.arch}",
-                                f"add the microshift RPM of the release, named {NAME!r}")
+        raise DistributionError(
+            "artifacts", f"no {NAME!r} RPM for {node.arch}", f"add the microshift RPM of the release, named {NAME!r}"
+        )
     return rpms
 
 
@@ -240,32 +187,11 @@ def _firewall_lines(node: NodeSpec, remove: bool = False) -> str:
     ports = ["6443/tcp"] + (["80/tcp", "443/tcp"] if ingress_enabled(node) else [])
     rules = [("source", "trusted", node.cluster_cidr), ("source", "trusted", OVN_NODE_ADDRESS)]
     rules += [("port", "public", p) for p in ports]
-    rules_off: list[tuple[str, str, str]] = []
-    if remove:
-        rules_off, rules = rules, []
-    lines = "".join(f"fw_add {kind} {zone} {q(value)}\n" for kind, zone, value in rules)
-    lines += "".join(f"fw_remove {kind} {zone} {q(value)}\n" for kind, zone, value in rules_off)
-    return f"""if command -v firewall-cmd >/dev/null 2>&1 && firewall-cmd --state >/dev/null 2>&1; then
-  FW_CHANGED=0
-  fw_add() {{
-    if ! firewall-cmd --permanent --zone="$2" "--query-$1=$3" >/dev/null 2>&1; then
-      firewall-cmd --permanent --zone="$2" "--add-$1=$3" >/dev/null
-      FW_CHANGED=1
-      log "firewall: $2 zone allows $1 $3"
-    fi
-  }}
-  fw_remove() {{
-    if firewall-cmd --permanent --zone="$2" "--query-$1=$3" >/dev/null 2>&1; then
-      firewall-cmd --permanent --zone="$2" "--remove-$1=$3" >/dev/null
-      FW_CHANGED=1
-      log "firewall: $2 zone no longer allows $1 $3"
-    fi
-  }}
-{_indent(lines)}  if ((FW_CHANGED)); then firewall-cmd --reload >/dev/null; fi
-else
-  log "firewalld is not running; no firewall rules changed"
-fi
-"""
+    verb = "fw_remove" if remove else "fw_add"
+    return fill(
+        "microshift-firewall.sh",
+        RULES=_indent("".join(f"{verb} {kind} {zone} {q(value)}\n" for kind, zone, value in rules)),
+    )
 
 
 def _indent(text: str) -> str:
@@ -285,139 +211,104 @@ local_ready() {{
 _INSTALL_LIB = ("root", "verify_artifact", "arch", "files", "secret", "sysctl", "wait")
 
 
-def render_install(node: NodeSpec, artifacts: Sequence[Artifact], *, ready_timeout_s: int = 300) -> str:
-    """Install or upgrade MicroShift from the verified RPMs, write its configuration, pull
-    secret, mirrors, firewall rules and greenboot check, then start it and wait for the API.
-    On rpm-ostree hosts the packages are layered and a reboot marker is left instead."""
-    validate(node)
-    rpms = _rpms(node, artifacts)
-    svc = service(node)
-    rpm_list = " ".join(q(a.dest) for a in rpms)
-    body = svc.shell() + _ready_functions() + "require_root\n"
-    body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
-    body += f"require_arch {UNAME_ARCH[node.arch]}\n"
-    if node.protect_kernel_defaults:
-        body += sysctl_lines()
-    body += f"""[[ -d /run/systemd/system ]] || die "MicroShift needs systemd (fix: use a systemd host, or k3s with service_manager: supervised)"
-RPMS=({rpm_list})
-missing=()
-for rpm_file in "${{RPMS[@]}}"; do
-  nevra="$(rpm -qp --qf '%{{NAME}}-%{{VERSION}}-%{{RELEASE}}.%{{ARCH}}' "$rpm_file" 2>/dev/null)" || die "$rpm_file is not a readable RPM"
-  rpm -q "$nevra" >/dev/null 2>&1 || missing+=("$rpm_file")
-done
-STAGED=0
-if ((${{#missing[@]}})); then
-  if [[ -e /run/ostree-booted ]]; then
-    rpm-ostree install --idempotent --allow-inactive "${{RPMS[@]}}" >&2
-    mkdir -p -- "$(dirname -- {REBOOT_MARKER})"
-    printf 'microshift\\n' >{REBOOT_MARKER}
-    STAGED=1
-    log "MicroShift packages layered into a new deployment"
-  else
-    dnf install -y "${{RPMS[@]}}" >&2
-    CHANGED=1
-    log "MicroShift packages installed"
-  fi
-fi
-"""
-    body += f"""if [[ -n "${{{TOKEN_ENV}:-}}" && "${{{TOKEN_ENV}}}" != *'"auths"'* ]]; then
+class MicroShiftDriver(Driver):
+    """MicroShift: one node, which runs its own node operations."""
+
+    name = NAME
+    token_env = TOKEN_ENV
+    title = "MicroShift"
+    on_server = ""
+    access = ACCESS
+
+    def config_files(self, node: NodeSpec) -> dict[str, tuple[str, int]]:
+        files = {CONFIG_FILE: (render_config(node), 0o600), GREENBOOT_CHECK: (render_greenboot_check(node), 0o755)}
+        if node.registry_mirrors:
+            files[MIRRORS_FILE] = (render_mirrors(node), 0o644)
+        if node.protect_kernel_defaults:
+            files[SYSCTL_FILE] = (render_sysctl(), 0o644)
+        return files
+
+    def install_facts(self, node: NodeSpec) -> InstallFacts:
+        """Read from the rendered config.yaml. MicroShift's configuration has no setting for
+        Secrets encryption at rest nor for anonymous API requests (its API server keeps them
+        for discovery), so those facts are off and the edge-secrets-encryption and
+        edge-anonymous-auth-off rules fail for MicroShift sites."""
+        cfg = yaml.safe_load(render_config(node))
+        audit = (cfg.get("apiServer") or {}).get("auditLog") or {}
+        return {
+            "secretsEncryption": False,
+            "auditLog": audit.get("profile") not in (None, "None"),
+            "anonymousAuth": True,
+            "kubeconfigMode": KUBECONFIG_MODE if _kubeconfig_mode_lines() else None,
+            "protectKernelDefaults": (cfg.get("kubelet") or {}).get("protectKernelDefaults") is True,
+        }
+
+    def render_install(
+        self, node: NodeSpec, artifacts: Sequence[UploadedArtifact], *, ready_timeout_s: int = 300
+    ) -> str:
+        """Install or upgrade MicroShift from the verified RPMs, write its configuration, pull
+        secret, mirrors, firewall rules and greenboot check, then start it and wait for the
+        API. On rpm-ostree hosts the packages are layered and a reboot marker is left instead."""
+        validate(node)
+        rpms = _rpms(node, artifacts)
+        svc = service(node)
+        body = svc.shell() + _ready_functions() + "require_root\n"
+        body += "# Every artifact is verified before anything on the host changes.\n" + verify_lines(artifacts)
+        body += f"require_arch {UNAME_ARCH[node.arch]}\n"
+        if node.protect_kernel_defaults:
+            body += sysctl_lines()
+        body += fill("microshift-rpms.sh", RPMS=" ".join(q(a.dest) for a in rpms), REBOOT_MARKER=REBOOT_MARKER)
+        body += f"""if [[ -n "${{{TOKEN_ENV}:-}}" && "${{{TOKEN_ENV}}}" != *'"auths"'* ]]; then
   die "{TOKEN_ENV} does not look like a pull secret (fix: pass the JSON pull secret from console.redhat.com)"
 fi
 write_secret {TOKEN_ENV} {PULL_SECRET_FILE}
 """
-    for path, (content, mode) in config_files(node).items():
-        body += heredoc_file(path, content, mode)
-    if not node.registry_mirrors:
-        body += f"drop_file {MIRRORS_FILE}\n"
-    body += _firewall_lines(node)
-    body += f"""if ((STAGED)); then
+        for path, (content, mode) in self.config_files(node).items():
+            body += heredoc_file(path, content, mode)
+        if not node.registry_mirrors:
+            body += f"drop_file {MIRRORS_FILE}\n"
+        body += _firewall_lines(node)
+        body += (
+            f"""if ((STAGED)); then
   log "reboot $HOST to activate MicroShift (marker: {REBOOT_MARKER}); greenboot checks it after the reboot"
   exit 0
 fi
 svc_apply
-""" + wait_ready_lines("the MicroShift API", ready_timeout_s) + _kubeconfig_mode_lines()
-    return Script(f"Install or update MicroShift on {node.host} of site {node.site}.\n"
-                  f"Reads the pull secret from ${TOKEN_ENV}; idempotent.", node.host, lib=_INSTALL_LIB).render(body)
-
-
-def render_join_token(node: NodeSpec) -> str | None:
-    validate(node)
-    return None  # a single node joins nothing
-
-
-def upgrade_steps(node: NodeSpec, artifacts: Sequence[Artifact], *, drain_timeout_s: int = 300,
-                  ready_timeout_s: int = 300) -> UpgradeSteps:
-    """MicroShift upgrades by installing the newer RPMs (the install restarts it)."""
-    return UpgradeSteps(drain=render_drain(node.host, timeout_s=drain_timeout_s),
-                        upgrade=render_install(node, artifacts, ready_timeout_s=ready_timeout_s),
-                        uncordon=render_node_ready(node, timeout_s=ready_timeout_s))
-
-
-def render_drain(node_name: str, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Cordon and drain MicroShift node {node_name}.", ACCESS, drain_body(ACCESS, node_name, timeout_s))
-
-
-def render_uncordon(node_name: str) -> str:
-    return kube_script(f"Uncordon MicroShift node {node_name}.", ACCESS, uncordon_body(ACCESS, node_name))
-
-
-def render_node_ready(node: NodeSpec, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Wait until MicroShift node {node.host} is Ready; uncordon it after an upgrade drain.", ACCESS,
-                       node_ready_body(ACCESS, node.host, timeout_s))
-
-
-def render_remove_node(node_name: str, *, timeout_s: int = 300) -> str:
-    return kube_script(f"Drain and delete MicroShift node {node_name}.", ACCESS, remove_node_body(ACCESS, node_name, timeout_s))
-
-
-def render_uninstall(node: NodeSpec) -> str:
-    """Clean MicroShift's data (keeping container images), remove its packages, firewall
-    rules and the files this fleet wrote. Idempotent."""
-    validate(node)
-    svc = service(node)
-    files = [CONFIG_FILE, PULL_SECRET_FILE, MIRRORS_FILE, GREENBOOT_CHECK, SYSCTL_FILE]
-    body = svc.shell() + f"""require_root
-if command -v microshift-cleanup-data >/dev/null 2>&1; then
-  echo 1 | microshift-cleanup-data --all --keep-images >&2 || log "microshift-cleanup-data reported errors"
-fi
-svc_stop
-mapfile -t packages < <(rpm -qa --qf '%{{NAME}}\\n' 'microshift*' 2>/dev/null || true)
-if ((${{#packages[@]}})); then
-  if [[ -e /run/ostree-booted ]]; then
-    rpm-ostree uninstall "${{packages[@]}}" >&2
-    mkdir -p -- "$(dirname -- {REBOOT_MARKER})"
-    printf 'microshift-removed\\n' >{REBOOT_MARKER}
-    log "MicroShift packages removed from the next deployment; reboot $HOST to finish"
-  else
-    dnf remove -y "${{packages[@]}}" >&2
-    log "MicroShift packages removed"
-  fi
-fi
-{_firewall_lines(node, remove=True)}for path in {" ".join(q(p) for p in files)} {DATA_DIR}; do
-  if [[ -e "$path" ]]; then
-    rm -rf -- "$path"
-    log "removed $path"
-  fi
-done
-log "MicroShift is removed from $HOST"
 """
-    return Script(f"Uninstall MicroShift from {node.host} of site {node.site}; idempotent.", node.host,
-                  lib=("root",)).render(body)
+            + wait_ready_lines("the MicroShift API", ready_timeout_s)
+            + _kubeconfig_mode_lines()
+        )
+        return Script(
+            f"Install or update MicroShift on {node.host} of site {node.site}.\n"
+            f"Reads the pull secret from ${TOKEN_ENV}; idempotent.",
+            node.host,
+            lib=_INSTALL_LIB,
+        ).render(body)
 
+    def render_join_token(self, node: NodeSpec) -> str | None:
+        validate(node)
+        return None  # a single node joins nothing
 
-def kubeconfig_path(node: NodeSpec) -> str:
-    """The kubeconfig MicroShift generates for the node's address (a subjectAltName)."""
-    return f"{KUBEADMIN_DIR}/{node.address}/kubeconfig"
+    def render_uninstall(self, node: NodeSpec) -> str:
+        """Clean MicroShift's data (keeping container images), remove its packages, firewall
+        rules and the files this fleet wrote. Idempotent."""
+        validate(node)
+        svc = service(node)
+        paths = [CONFIG_FILE, PULL_SECRET_FILE, MIRRORS_FILE, GREENBOOT_CHECK, SYSCTL_FILE]
+        body = svc.shell() + fill(
+            "microshift-uninstall.sh",
+            REBOOT_MARKER=REBOOT_MARKER,
+            FIREWALL=_firewall_lines(node, remove=True),
+            PATHS=" ".join(q(p) for p in paths) + f" {DATA_DIR}",
+        )
+        return Script(
+            f"Uninstall MicroShift from {node.host} of site {node.site}; idempotent.", node.host, lib=("root",)
+        ).render(body)
 
+    def kubeconfig_path(self, node: NodeSpec) -> str:
+        """The kubeconfig MicroShift generates for the node's address (a subjectAltName)."""
+        return f"{KUBEADMIN_DIR}/{node.address}/kubeconfig"
 
-def render_fetch_kubeconfig(node: NodeSpec) -> str:
-    validate(node)
-    return render_cat(kubeconfig_path(node), "admin kubeconfig", node.host)
-
-
-def ready_check(node: NodeSpec) -> str:
-    return Script(f"Is MicroShift ready on {node.host}? Exit status 0 when it is.", node.host).render(
-        _ready_functions() + "local_ready >/dev/null 2>&1\n")
-
-
-DRIVER = ModuleDriver(NAME, TOKEN_ENV, VERSION_PATTERNS[NAME], __name__)
+    def render_fetch_kubeconfig(self, node: NodeSpec) -> str:
+        validate(node)
+        return super().render_fetch_kubeconfig(node)

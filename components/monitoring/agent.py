@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from components.monitoring.rules import LABEL_VALUE, INFER_JOB, KUBELET_JOB
+from components.monitoring.rules import INFER_JOB, KUBELET_JOB, LABEL_VALUE
 
 NAME = "prometheus-agent"
 PORT = 9090
@@ -40,11 +40,15 @@ WAL_DIR = "/var/lib/prometheus-agent"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 API_VERSION_NP = "networking.k8s.io/v1"
 PROMETHEUS_VERSION = "2.42.0"  # Debian bookworm's prometheus package (images/prometheus)
-LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/version": PROMETHEUS_VERSION,
-          "app.kubernetes.io/component": "monitoring",
-          "app.kubernetes.io/part-of": "edgefleet", "app.kubernetes.io/managed-by": "pulumi"}
+LABELS = {
+    "app.kubernetes.io/name": NAME,
+    "app.kubernetes.io/version": PROMETHEUS_VERSION,
+    "app.kubernetes.io/component": "monitoring",
+    "app.kubernetes.io/part-of": "edgefleet",
+    "app.kubernetes.io/managed-by": "pulumi",
+}
 SELECTOR = {"app.kubernetes.io/name": NAME}
-# The inference pods (components/inference.py labels them so; their port is named "http").
+# The inference pods (components/serving.py labels them so; their port is named "http").
 INFER_SELECTOR = {"app.kubernetes.io/component": "inference-server"}
 PODS_SERVICE = "inference-pods"
 
@@ -105,8 +109,10 @@ class CoreEndpoint:
         try:
             ipaddress.ip_address(self.address)
         except ValueError:
-            raise AgentError(f"monitoring.core.address: {self.address!r} is not an IP address "
-                             "(fix: write the core's IP address; the agent's NetworkPolicy allows exactly it)") from None
+            raise AgentError(
+                f"monitoring.core.address: {self.address!r} is not an IP address "
+                "(fix: write the core's IP address; the agent's NetworkPolicy allows exactly it)"
+            ) from None
         if not 1 <= self.port <= 65535:
             raise AgentError(f"monitoring.core.port: {self.port} is not a TCP port (fix: 1-65535, e.g. 9090)")
         if self.scheme not in ("http", "https"):
@@ -144,20 +150,30 @@ class AgentArgs:
 
     def __post_init__(self) -> None:
         if self.hardware_class not in PROFILES:
-            raise AgentError(f"site {self.site}: hardware_class: {self.hardware_class!r} has no agent profile "
-                             f"(fix: one of {', '.join(PROFILES)})")
-        for what, value in (("site", self.site), ("namespace", self.namespace), ("latency_class", self.latency_class),
-                            *(("scrape namespace", n) for n in self.scrape_namespaces)):
+            raise AgentError(
+                f"site {self.site}: hardware_class: {self.hardware_class!r} has no agent profile "
+                f"(fix: one of {', '.join(PROFILES)})"
+            )
+        for what, value in (
+            ("site", self.site),
+            ("namespace", self.namespace),
+            ("latency_class", self.latency_class),
+            *(("scrape namespace", n) for n in self.scrape_namespaces),
+        ):
             if not LABEL_VALUE.fullmatch(value):
-                raise AgentError(f"site {self.site}: {what}: {value!r} is not a label value (fix: lowercase letters, digits, '-')")
+                raise AgentError(
+                    f"site {self.site}: {what}: {value!r} is not a label value (fix: lowercase letters, digits, '-')"
+                )
         if not self.nodes:
             raise AgentError(f"site {self.site}: no node address (fix: list the site's host addresses)")
         for a in self.nodes.values():
             try:
                 ipaddress.ip_address(a)
             except ValueError:
-                raise AgentError(f"site {self.site}: node address {a!r} is not an IP address "
-                                 "(fix: the hosts' IP addresses, which the kubelets listen on)") from None
+                raise AgentError(
+                    f"site {self.site}: node address {a!r} is not an IP address "
+                    "(fix: the hosts' IP addresses, which the kubelets listen on)"
+                ) from None
 
     @property
     def profile(self) -> ClassProfile:
@@ -165,20 +181,30 @@ class AgentArgs:
 
 
 def external_labels(args: AgentArgs) -> dict[str, str]:
-    return {"site": args.site, "wave": str(args.wave), "hardware_class": args.hardware_class,
-            "latency_class": args.latency_class}
+    return {
+        "site": args.site,
+        "wave": str(args.wave),
+        "hardware_class": args.hardware_class,
+        "latency_class": args.latency_class,
+    }
 
 
 def _kubelet_job(name: str, path: str, args: AgentArgs) -> dict[str, Any]:
     return {
-        "job_name": name, "scheme": "https", "metrics_path": path,
-        "static_configs": [{"targets": [_hostport(address, args.kubelet_port)], "labels": {"node": node}}
-                           for node, address in sorted(args.nodes.items())],
+        "job_name": name,
+        "scheme": "https",
+        "metrics_path": path,
+        "static_configs": [
+            {"targets": [_hostport(address, args.kubelet_port)], "labels": {"node": node}}
+            for node, address in sorted(args.nodes.items())
+        ],
         "authorization": {"credentials_file": f"{TOKEN_DIR}/token"},
-        "tls_config": {"ca_file": f"{TOKEN_DIR}/ca.crt",
-                       # Kubelet serving certificates are self-signed on K3s/k0s unless rotated
-                       # through the API; the bearer token still authenticates the agent.
-                       "insecure_skip_verify": True},
+        "tls_config": {
+            "ca_file": f"{TOKEN_DIR}/ca.crt",
+            # Kubelet serving certificates are self-signed on K3s/k0s unless rotated
+            # through the API; the bearer token still authenticates the agent.
+            "insecure_skip_verify": True,
+        },
     }
 
 
@@ -191,37 +217,67 @@ def prometheus_config(args: AgentArgs) -> dict[str, Any]:
     p = args.profile
     inference = {
         "job_name": INFER_JOB,
-        "dns_sd_configs": [{"names": [f"{PODS_SERVICE}.{ns}.svc.cluster.local" for ns in sorted(args.scrape_namespaces)],
-                            "type": "A", "port": args.infer_port, "refresh_interval": "30s"}],
-        "relabel_configs": [{"source_labels": ["__meta_dns_name"], "regex": f"{PODS_SERVICE}\\.([^.]+)\\..*",
-                             "target_label": "namespace"}],
+        "dns_sd_configs": [
+            {
+                "names": [f"{PODS_SERVICE}.{ns}.svc.cluster.local" for ns in sorted(args.scrape_namespaces)],
+                "type": "A",
+                "port": args.infer_port,
+                "refresh_interval": "30s",
+            }
+        ],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_dns_name"],
+                "regex": f"{PODS_SERVICE}\\.([^.]+)\\..*",
+                "target_label": "namespace",
+            }
+        ],
     }
     jobs = [inference] if args.scrape_namespaces else []
     return {
-        "global": {"scrape_interval": p.scrape_interval, "scrape_timeout": "10s",
-                   "external_labels": external_labels(args)},
-        "scrape_configs": [*jobs, _kubelet_job(KUBELET_JOB, "/metrics", args),
-                           _kubelet_job("cadvisor", "/metrics/cadvisor", args),
-                           _kubelet_job("node", "/metrics/resource", args)],
+        "global": {
+            "scrape_interval": p.scrape_interval,
+            "scrape_timeout": "10s",
+            "external_labels": external_labels(args),
+        },
+        "scrape_configs": [
+            *jobs,
+            _kubelet_job(KUBELET_JOB, "/metrics", args),
+            _kubelet_job("cadvisor", "/metrics/cadvisor", args),
+            _kubelet_job("node", "/metrics/resource", args),
+        ],
         "remote_write": [remote_write(args.core, p)],
     }
 
 
 def remote_write(core: CoreEndpoint, p: ClassProfile) -> dict[str, Any]:
     return {
-        "url": core.url, "remote_timeout": "30s",
-        "queue_config": {"capacity": p.capacity, "max_shards": p.max_shards, "min_shards": 1,
-                         "max_samples_per_send": p.max_samples_per_send, "batch_send_deadline": "5s",
-                         "min_backoff": "100ms", "max_backoff": "30s"},
+        "url": core.url,
+        "remote_timeout": "30s",
+        "queue_config": {
+            "capacity": p.capacity,
+            "max_shards": p.max_shards,
+            "min_shards": 1,
+            "max_samples_per_send": p.max_samples_per_send,
+            "batch_send_deadline": "5s",
+            "min_backoff": "100ms",
+            "max_backoff": "30s",
+        },
         "metadata_config": {"send": False},
     }
 
 
 def agent_flags(p: ClassProfile, config_file: str, wal_dir: str, listen: str) -> list[str]:
     """The command line (shared with the local tests, which run the same flags)."""
-    return [f"--config.file={config_file}", "--enable-feature=agent", f"--storage.agent.path={wal_dir}",
-            "--storage.agent.wal-compression", f"--storage.agent.retention.max-time={p.outage_window}",
-            f"--web.listen-address={listen}", "--log.format=json"]
+    return [
+        f"--config.file={config_file}",
+        "--enable-feature=agent",
+        f"--storage.agent.path={wal_dir}",
+        "--storage.agent.wal-compression",
+        f"--storage.agent.retention.max-time={p.outage_window}",
+        f"--web.listen-address={listen}",
+        "--log.format=json",
+    ]
 
 
 def _meta(args: AgentArgs, name: str = NAME, namespaced: bool = True) -> dict[str, Any]:
@@ -237,31 +293,51 @@ def config_map(args: AgentArgs) -> dict[str, Any]:
 
 
 def service_account(args: AgentArgs) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(args), "automountServiceAccountToken": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(args),
+        "automountServiceAccountToken": False,
+    }
 
 
 def cluster_role(args: AgentArgs) -> dict[str, Any]:
     """The kubelets' metrics endpoints, nothing else (targets are not discovered through the API)."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": _meta(args, f"{NAME}-{args.namespace}", namespaced=False),
-            "rules": [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": _meta(args, f"{NAME}-{args.namespace}", namespaced=False),
+        "rules": [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}],
+    }
 
 
 def cluster_role_binding(args: AgentArgs) -> dict[str, Any]:
     name = f"{NAME}-{args.namespace}"
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": _meta(args, name, namespaced=False),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": _meta(args, name, namespaced=False),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
+    }
 
 
 def pods_services(args: AgentArgs) -> dict[str, dict[str, Any]]:
     """A headless Service per scraped namespace: its DNS name resolves to the ready inference pods."""
-    return {f"pods-{ns}": {"apiVersion": "v1", "kind": "Service", "metadata": {**_meta(args, PODS_SERVICE), "namespace": ns},
-                           "spec": {"type": "ClusterIP", "clusterIP": "None", "selector": dict(INFER_SELECTOR),
-                                    "ports": [{"name": "http", "port": args.infer_port, "targetPort": args.infer_port,
-                                               "protocol": "TCP"}]}}
-            for ns in sorted(args.scrape_namespaces)}
+    return {
+        f"pods-{ns}": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {**_meta(args, PODS_SERVICE), "namespace": ns},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": "None",
+                "selector": dict(INFER_SELECTOR),
+                "ports": [{"name": "http", "port": args.infer_port, "targetPort": args.infer_port, "protocol": "TCP"}],
+            },
+        }
+        for ns in sorted(args.scrape_namespaces)
+    }
 
 
 def _resources(p: ClassProfile) -> dict[str, dict[str, str]]:
@@ -272,46 +348,84 @@ def deployment(args: AgentArgs) -> dict[str, Any]:
     """One replica (a second would send every sample twice); ``Recreate`` so two never share the WAL."""
     p = args.profile
     config_hash = hashlib.sha256(config_map(args)["data"]["prometheus.yml"].encode()).hexdigest()[:16]
-    probe = lambda path, period: {"httpGet": {"path": path, "port": PORT}, "periodSeconds": period,  # noqa: E731
-                                  "failureThreshold": 3, "timeoutSeconds": 5}
+
+    def probe(path: str, period: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": PORT},
+            "periodSeconds": period,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        }
+
     container = {
         "name": "prometheus",
         "image": args.image,
         "args": agent_flags(p, f"{CONFIG_DIR}/prometheus.yml", WAL_DIR, f"0.0.0.0:{PORT}"),
         "ports": [{"name": "web", "containerPort": PORT, "protocol": "TCP"}],
         "resources": _resources(p),
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "readinessProbe": probe("/-/ready", 10),
         "livenessProbe": probe("/-/healthy", 30),
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                         {"name": "wal", "mountPath": WAL_DIR},
-                         {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "wal", "mountPath": WAL_DIR},
+            {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+        ],
     }
-    token = {"projected": {"defaultMode": 0o444, "sources": [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
+    token = {
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ],
+        }
+    }
     pod = {
         "serviceAccountName": NAME,
         # The API token is mounted as a projected volume, only in this container.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
-        "volumes": [{"name": "config", "configMap": {"name": NAME}},
-                    {"name": "wal", "emptyDir": {"sizeLimit": p.wal_size}},
-                    {"name": "token", **token}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": NAME}},
+            {"name": "wal", "emptyDir": {"sizeLimit": p.wal_size}},
+            {"name": "token", **token},
+        ],
     }
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(args), "spec": {
-        "replicas": 1, "strategy": {"type": "Recreate"}, "revisionHistoryLimit": 3,
-        "selector": {"matchLabels": SELECTOR},
-        "template": {"metadata": {"labels": {**LABELS, "edgefleet.io/site": args.site},
-                                  "annotations": {"edgefleet.io/config-sha256": config_hash}},
-                     "spec": pod}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(args),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": SELECTOR},
+            "template": {
+                "metadata": {
+                    "labels": {**LABELS, "edgefleet.io/site": args.site},
+                    "annotations": {"edgefleet.io/config-sha256": config_hash},
+                },
+                "spec": pod,
+            },
+        },
+    }
 
 
 def _host_peers(addresses: Sequence[str]) -> list[dict[str, Any]]:
@@ -325,33 +439,68 @@ def network_policies(args: AgentArgs) -> dict[str, dict[str, Any]]:
     def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return {"apiVersion": API_VERSION_NP, "kind": "NetworkPolicy", "metadata": _meta(args, name), "spec": spec}
 
-    tcp = lambda port: [{"protocol": "TCP", "port": port}]  # noqa: E731
+    def tcp(port: int) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": port}]
+
     return {
         "network-default-deny": policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        "network-agent-egress": policy("agent-egress", {"podSelector": pod, "policyTypes": ["Egress"], "egress": [
-            {"to": [{"ipBlock": {"cidr": args.core.cidr}}], "ports": tcp(args.core.port)},
-            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.dns_namespace}},
-                     "podSelector": {"matchLabels": dict(args.dns_labels)}}],
-             "ports": [{"protocol": "UDP", "port": args.dns_port}, {"protocol": "TCP", "port": args.dns_port}]},
-            {"to": _host_peers(list(args.nodes.values())), "ports": tcp(args.kubelet_port)},
-            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
-                    for ns in sorted(args.scrape_namespaces)], "ports": tcp(args.infer_port)},
-        ]}),
+        "network-agent-egress": policy(
+            "agent-egress",
+            {
+                "podSelector": pod,
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {"to": [{"ipBlock": {"cidr": args.core.cidr}}], "ports": tcp(args.core.port)},
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": args.dns_namespace}
+                                },
+                                "podSelector": {"matchLabels": dict(args.dns_labels)},
+                            }
+                        ],
+                        "ports": [
+                            {"protocol": "UDP", "port": args.dns_port},
+                            {"protocol": "TCP", "port": args.dns_port},
+                        ],
+                    },
+                    {"to": _host_peers(list(args.nodes.values())), "ports": tcp(args.kubelet_port)},
+                    {
+                        "to": [
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+                            for ns in sorted(args.scrape_namespaces)
+                        ],
+                        "ports": tcp(args.infer_port),
+                    },
+                ],
+            },
+        ),
     }
 
 
 def namespace(args: AgentArgs) -> dict[str, Any]:
     psa = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
     psa.update({f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")})
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": args.namespace, "labels": {**LABELS, "edgefleet.io/site": args.site, **psa}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": args.namespace, "labels": {**LABELS, "edgefleet.io/site": args.site, **psa}},
+    }
 
 
 def render(args: AgentArgs) -> dict[str, dict[str, Any]]:
     """Every object of the agent by role, in creation order."""
-    out = {"namespace": namespace(args), **network_policies(args), "service-account": service_account(args),
-           "cluster-role": cluster_role(args), "cluster-role-binding": cluster_role_binding(args),
-           **pods_services(args), "config": config_map(args), "deployment": deployment(args)}
+    out = {
+        "namespace": namespace(args),
+        **network_policies(args),
+        "service-account": service_account(args),
+        "cluster-role": cluster_role(args),
+        "cluster-role-binding": cluster_role_binding(args),
+        **pods_services(args),
+        "config": config_map(args),
+        "deployment": deployment(args),
+    }
     if not args.scrape_namespaces:
         del out["network-agent-egress"]["spec"]["egress"][3]
     return out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.inference import register
 from components.monitoring.agent import AgentArgs, render
+from components.serving import object_name, register
 
 TYPE = "edge:monitoring:SiteMonitoring"
 
@@ -34,5 +34,5 @@ class SiteMonitoring(pulumi.ComponentResource):
             self.resources[role] = register(f"{name}-{role}", manifest, child(ns))
         # The pod starts once its namespace is isolated and its config, account and rights exist.
         self.resources["deployment"] = register(f"{name}-deployment", deployment, child(*self.resources.values()))
-        self.namespace = ns.metadata.name
+        self.namespace = object_name(ns)
         self.register_outputs({"namespace": self.namespace})

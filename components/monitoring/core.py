@@ -52,13 +52,26 @@ def core_config(args: CoreArgs = CoreArgs()) -> dict[str, Any]:
 
 
 def core_flags(config_file: str, data_dir: str, listen: str, retention: str = CoreArgs.retention) -> list[str]:
-    return [f"--config.file={config_file}", f"--storage.tsdb.path={data_dir}",
-            f"--storage.tsdb.retention.time={retention}", "--web.enable-remote-write-receiver",
-            f"--web.listen-address={listen}", "--log.format=json"]
+    return [
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--storage.tsdb.retention.time={retention}",
+        "--web.enable-remote-write-receiver",
+        f"--web.listen-address={listen}",
+        "--log.format=json",
+    ]
 
 
-def core_files(args: CoreArgs, budgets_s: Mapping[str, float], sites: Sequence[SiteExpectation],
-               thresholds: Thresholds = Thresholds()) -> dict[str, str]:
+def core_files(
+    args: CoreArgs,
+    budgets_s: Mapping[str, float],
+    sites: Sequence[SiteExpectation],
+    thresholds: Thresholds | None = None,
+) -> dict[str, str]:
     """The core's files by path: prometheus.yml and the rule file it loads."""
-    return {"prometheus.yml": yaml.safe_dump(core_config(args), sort_keys=False),
-            f"{args.rules_dir}/{RULES_FILE}": yaml.safe_dump(render_rules(budgets_s, sites, thresholds), sort_keys=False)}
+    return {
+        "prometheus.yml": yaml.safe_dump(core_config(args), sort_keys=False),
+        f"{args.rules_dir}/{RULES_FILE}": yaml.safe_dump(
+            render_rules(budgets_s, sites, thresholds or Thresholds()), sort_keys=False
+        ),
+    }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from policies.engine import PolicyConfigError, evaluate, load_settings, stack_settings
 from policies.rules import SEVERITIES, all_rules
-from policies.sources import InputProblem, YAML_SUFFIXES, manifests_from_paths, stack_export_from_file
+from policies.sources import YAML_SUFFIXES, InputProblem, manifests_from_paths, stack_export_from_file
 
 FORMATS = ("table", "json", "sarif", "junit")
 

@@ -11,7 +11,7 @@ from typing import IO, Any
 from xml.etree import ElementTree as ET
 
 from policies.engine import Finding, Report
-from policies.model import Resource
+from policies.resource import Resource
 from policies.rules import SEVERITIES, Rule
 from policies.sources import InputProblem
 

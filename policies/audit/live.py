@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from policies.model import Resource
+from policies.resource import Resource
 from policies.sources import InputProblem, resource_from_manifest
 
 # (apiVersion, kind, list path) of every kind the rules read.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from policies.model import Resource
+from policies.resource import Resource
 
 Severity = Literal["low", "medium", "high", "critical"]
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
@@ -27,7 +27,7 @@ Level = Literal["advisory", "mandatory", "disabled"]
 Scope = Literal["resource", "stack"]
 CATEGORIES = ("pod-security", "workload", "network", "edge-install", "stack", "policy")
 FIXTURES = Path(__file__).parent / "fixtures"
-_MODULES = ("pod_security", "workloads", "network", "edge", "stack", "exemptions")
+_MODULES = ("pod_security", "workload_hygiene", "network", "edge", "stack", "exemptions")
 # Targets that match by shape rather than by name: every Kubernetes object, every resource.
 ANY_KUBERNETES = "kubernetes:*"
 ANY_RESOURCE = "*"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from policies.model import PATCH_SUFFIX, UNKNOWN, Resource, dig, is_patch, items, mapping, reveal
+from policies.resource import PATCH_SUFFIX, UNKNOWN, Resource, dig, is_patch, items, mapping, reveal
 from policies.rules import ANY_KUBERNETES, Violation, key_path
 
 # Where each workload kind keeps its pod spec.

@@ -18,14 +18,14 @@ import json
 import re
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, is_secret_at, items, mapping
+from components.contract import SHA256, VERSION_EXAMPLES, VERSION_PATTERNS
+from policies.resource import UNKNOWN, Resource, dig, is_secret_at, items, mapping
 from policies.rules import Violation, key_path, rule
 
 SITE = "edge:site:EdgeSite"
 # pulumi-command's resources and this project's own (components/remote.py) share the shape.
 REMOTE = frozenset({"command:remote:Command", "command:remote:CopyToRemote",
                     "edgefleet:remote:Command", "edgefleet:remote:CopyToRemote"})
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Environment variable names that carry join tokens or other install secrets.
 TOKEN_ENV = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE_KEY", re.IGNORECASE)
 # A token written into the command line itself.
@@ -125,8 +125,6 @@ def edge_mirror_https(res: Resource, config: dict[str, Any]) -> list[Violation]:
     targets={SITE},
 )
 def edge_pinned_version(res: Resource, config: dict[str, Any]) -> list[Violation]:
-    from components.inventory import VERSION_EXAMPLES, VERSION_PATTERNS
-
     dist, version, channel = (dig(res.props, k) for k in ("distribution", "version", "channel"))
     out = []
     if isinstance(channel, str) and channel:
@@ -156,7 +154,7 @@ def edge_artifact_sha256(res: Resource, config: dict[str, Any]) -> list[Violatio
         digest = dig(art, "sha256")
         if digest is UNKNOWN:
             continue
-        if not isinstance(digest, str) or not SHA256.match(digest):
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
             out.append(Violation(f"artifact {dig(art, 'name')!r} has no valid sha256", f"artifacts[{i}].sha256"))
     return out
 

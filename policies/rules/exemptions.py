@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from policies.exemptions import exemption_of, problem_paths
-from policies.model import UNKNOWN, Resource
+from policies.resource import UNKNOWN, Resource
 from policies.rules import ANY_RESOURCE, Violation, rule
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, contains_unknown, dig, items, mapping
+from policies.resource import UNKNOWN, Resource, contains_unknown, dig, items, mapping
 from policies.rules import Violation, key_path, rule
 from policies.rules._k8s import WORKLOADS, labels, namespace, object_name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, items, mapping
+from policies.resource import UNKNOWN, Resource, dig, items, mapping
 from policies.rules import Violation, key_path, rule
 from policies.rules._k8s import POD_TARGETS, PodSpec, container_label, containers, per_pod_spec
 

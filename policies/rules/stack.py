@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, Secret
+from policies.resource import UNKNOWN, Resource, Secret
 from policies.rules import Violation, key_path, rule
 
 STACK = "pulumi:pulumi:Stack"

@@ -12,22 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from components.contract import cache_dir
+from fleet.toolchain import cli_dir, isolated_env, versions
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for line in (REPO / "scripts/versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-VERSIONS = _versions()
-CACHE = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache/edgefleet"))
+VERSIONS = versions()
+CACHE = cache_dir()
 TOOLCHAIN = CACHE / "toolchain"
-CLI_DIR = TOOLCHAIN / f"pulumi-{VERSIONS['PULUMI_VERSION']}"
+CLI_DIR = cli_dir()
 
 
 @dataclass
@@ -38,13 +32,23 @@ class Pulumi:
     backend: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None,
-            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 600,
+        input: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, **(extra_env or {})}
-        proc = subprocess.run(["pulumi", *args], cwd=self.cwd, env=env, text=True, capture_output=True,
-                              timeout=timeout, input=input)
+        proc = subprocess.run(
+            ["pulumi", *args], cwd=self.cwd, env=env, text=True, capture_output=True, timeout=timeout, input=input
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"pulumi {' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"pulumi {' '.join(args)} exited {proc.returncode}\n"
+                f"STDOUT:\n{proc.stdout[-6000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def json(self, *args: str, **kw) -> object:
@@ -52,19 +56,7 @@ class Pulumi:
 
 
 def pulumi_env(backend: Path, passphrase: str = "integration-test-passphrase") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-    env.update({
-        "PATH": f"{CLI_DIR}:{REPO / '.venv/bin'}:{env.get('PATH', '')}",
-        "PULUMI_HOME": str(CACHE / "pulumi-home"),
-        "PULUMI_BACKEND_URL": f"file://{backend}",
-        "PULUMI_CONFIG_PASSPHRASE": passphrase,
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
-        "PULUMI_PYTHON_CMD": str(REPO / ".venv/bin/python"),
-        "NO_COLOR": "1",
-    })
-    return env
+    return isolated_env(backend, passphrase)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,7 +73,9 @@ def make_pulumi(tmp_path: Path):
         cwd = project
         if copy:
             cwd = tmp_path / project.name
-            shutil.copytree(project, cwd, ignore=shutil.ignore_patterns(".venv", ".pulumi", "__pycache__", ".git", ".pytest_cache"))
+            shutil.copytree(
+                project, cwd, ignore=shutil.ignore_patterns(".venv", ".pulumi", "__pycache__", ".git", ".pytest_cache")
+            )
         b = backend or (tmp_path / "state")
         b.mkdir(parents=True, exist_ok=True)
         return Pulumi(cwd=cwd, backend=b, env=pulumi_env(b, **envkw))
@@ -137,6 +131,14 @@ def lab() -> Lab:
         if os.environ.get("CI"):
             pytest.fail(message)  # in CI a skipped lab would hide every end-to-end test
         pytest.skip(message)
+    claim = Path(os.environ.get("EDGEFLEET_LAB_DIR") or CACHE / "lab") / "dev-stack"
+    if claim.exists():
+        # `make up` installed the dev stack on these hosts: the lab tests would reinstall and
+        # then uninstall them under it, leaving a stack that claims hosts it no longer has.
+        pytest.fail(
+            f"the lab hosts run the dev stack of {claim.read_text().strip()} ({claim}) "
+            "(fix: run `make down` there first, then the lab tests)"
+        )
     proc = subprocess.run([str(REPO / "lab/lab"), "up"], text=True, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return Lab(dir=CACHE / "lab")

@@ -25,9 +25,25 @@ def test_site_stacks_preview_the_same_program_one_site_each(tmp_path: Path):
     env = {**project.env, "PYTHONPATH": str(REPO), "CI": "true"}
 
     def fleet(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fleet", *args, "--stack", "bench", "--project-dir", str(project.cwd),
-                               "--log-dir", str(tmp_path / "logs")], cwd=REPO, env=env, text=True, capture_output=True,
-                              timeout=900)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fleet",
+                *args,
+                "--stack",
+                "bench",
+                "--project-dir",
+                str(project.cwd),
+                "--log-dir",
+                str(tmp_path / "logs"),
+            ],
+            cwd=REPO,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=900,
+        )
 
     plan = json.loads(fleet("plan", "--format", "json").stdout)
     assert [[s["site"] for s in w["sites"]] for w in plan["waves"]] == [["site-0000"], ["site-0001"], ["site-0002"]]
@@ -42,10 +58,13 @@ def test_site_stacks_preview_the_same_program_one_site_each(tmp_path: Path):
         log = (tmp_path / "logs" / f"bench.{site}.log").read_text()
         assert f"pulumi:pulumi:Stack edgefleet-bench.{site}" in log
         other = "site-0001" if site == "site-0000" else "site-0000"
-        assert f"EdgeSite {other}" not in log and f"EdgeSite {site}" in log  # one site per stack
+        assert f"EdgeSite fleet-{other}" not in log and f"EdgeSite fleet-{site}" in log  # one site per stack
     config = yaml.safe_load((project.cwd / "Pulumi.bench.site-0000.yaml").read_text())
     assert config["config"]["edgefleet:site"] == "site-0000"
-    assert config["config"]["edgefleet:fleetSecret"] == yaml.safe_load((project.cwd / "Pulumi.bench.yaml").read_text())["config"]["edgefleet:fleetSecret"]
+    assert (
+        config["config"]["edgefleet:fleetSecret"]
+        == yaml.safe_load((project.cwd / "Pulumi.bench.yaml").read_text())["config"]["edgefleet:fleetSecret"]
+    )
 
     # The whole-fleet stack of the same project is untouched by all this and still previews.
     whole = project.survey()

@@ -40,17 +40,38 @@ class Sim:
     rollout: dict = field(default_factory=dict)
 
     def write(self) -> None:
-        doc = {"fleet": "sim", "environment": "dev", "rollout": self.rollout,
-               "defaults": {"ssh": {"private_key": {"config": "sshKey"}}}, "sites": self.sites}
+        doc = {
+            "fleet": "sim",
+            "environment": "dev",
+            "rollout": self.rollout,
+            "defaults": {"ssh": {"private_key": {"config": "sshKey"}}},
+            "sites": self.sites,
+        }
         (self.root / "sites/sim.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def site(self, name: str) -> dict:
         return next(s for s in self.sites if s["name"] == name)
 
     def fleet(self, *args: str, check: int | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "fleet", *args, "--stack", "sim", "--project-dir", str(self.root),
-                               "--log-dir", str(self.root / "logs")], cwd=REPO, env=self.env, text=True,
-                              capture_output=True, timeout=timeout)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fleet",
+                *args,
+                "--stack",
+                "sim",
+                "--project-dir",
+                str(self.root),
+                "--log-dir",
+                str(self.root / "logs"),
+            ],
+            cwd=REPO,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
         if check is not None:
             assert proc.returncode == check, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -62,8 +83,14 @@ class Sim:
         return {r["site"]: r for r in data.get("results", data.get("sites", []))}
 
     def pulumi(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["pulumi", *args, "--non-interactive"], cwd=self.root, env=self.env, text=True,
-                              capture_output=True, timeout=300)
+        proc = subprocess.run(
+            ["pulumi", *args, "--non-interactive"],
+            cwd=self.root,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
         assert not check or proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
@@ -76,8 +103,14 @@ class Sim:
 
 
 def sim_site(name: str, wave: int, address: str, port: int, key: str, **labels: str) -> dict:
-    return {"name": name, "topology": "single-node", "wave": wave, "distribution": {"version": "v1.33.4+k3s1"},
-            "labels": labels, "hosts": [{"name": f"{name}-h", "address": address, "ssh": {"port": port, "host_key": key}}]}
+    return {
+        "name": name,
+        "topology": "single-node",
+        "wave": wave,
+        "distribution": {"version": "v1.33.4+k3s1"},
+        "labels": labels,
+        "hosts": [{"name": f"{name}-h", "address": address, "ssh": {"port": port, "host_key": key}}],
+    }
 
 
 @pytest.fixture
@@ -91,10 +124,13 @@ def sim(tmp_path: Path):
     (tmp_path / "state").mkdir()
     env["PYTHONPATH"] = str(REPO)
     env["CI"] = "true"
-    (root / "Pulumi.sim.yaml").write_text(yaml.safe_dump({"config": {"fleetsim:inventory": "sites/sim.yaml",
-                                                                     "fleetsim:simDir": str(sim_dir)}}))
+    (root / "Pulumi.sim.yaml").write_text(
+        yaml.safe_dump({"config": {"fleetsim:inventory": "sites/sim.yaml", "fleetsim:simDir": str(sim_dir)}})
+    )
     with ExitStack() as stack:
-        servers = {addr: stack.enter_context(ssh_server(addr)) for addr in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")}
+        servers = {
+            addr: stack.enter_context(ssh_server(addr)) for addr in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+        }
         s = Sim(root, env, sim_dir)
         s.rollout = {"max_concurrency": 2, "max_failures": 1, "preflight_timeout": 2, "health_gate": False}
         s.sites = [
@@ -113,7 +149,13 @@ def test_waves_offline_within_budget_then_reruns_are_noops_and_status_is_true(si
     start = time.monotonic()
     first = sim.results("up", check=3)  # done within budget, one site offline
     assert {k: v["status"] for k, v in first.items()} == {
-        "canary": "succeeded", "a1": "succeeded", "a2": "succeeded", "gone": "offline", "b1": "succeeded", "resting": "skipped"}
+        "canary": "succeeded",
+        "a1": "succeeded",
+        "a2": "succeeded",
+        "gone": "offline",
+        "b1": "succeeded",
+        "resting": "skipped",
+    }
     assert first["gone"]["duration_s"] < 4 and "no SSH answer" in first["gone"]["reason"]
     assert time.monotonic() - start < 240
     assert not sim.stack_exists("sim.gone"), "an offline site never takes its stack's lock"
@@ -121,7 +163,8 @@ def test_waves_offline_within_budget_then_reruns_are_noops_and_status_is_true(si
 
     again = sim.results("up", check=3)
     assert {k: v["status"] for k, v in again.items() if k not in ("gone", "resting")} == dict.fromkeys(
-        ("canary", "a1", "a2", "b1"), "unchanged")
+        ("canary", "a1", "a2", "b1"), "unchanged"
+    )
     assert all(v["detail"].get("already") for k, v in again.items() if k not in ("gone", "resting"))
     assert len(sim.actions()) == 4
 
@@ -131,8 +174,15 @@ def test_waves_offline_within_budget_then_reruns_are_noops_and_status_is_true(si
     assert by_site["gone"]["state"] == "offline" and by_site["gone"]["last_seen"] is None
     assert by_site["canary"]["state"] == "available" and by_site["canary"]["last_result"] == "succeeded"
     assert by_site["resting"]["state"] == "maintenance"
-    assert status["summary"] == {"total": 6, "applied": 4, "available": 4, "progressing": 0, "degraded": 0,
-                                 "offline": 2, "skipped": 1}  # the site in maintenance is offline too
+    assert status["summary"] == {
+        "total": 6,
+        "applied": 4,
+        "available": 4,
+        "progressing": 0,
+        "degraded": 0,
+        "offline": 2,
+        "skipped": 1,
+    }  # the site in maintenance is offline too
     assert sim.fleet("status", "--check", "--format", "markdown").returncode == 5
     md = sim.fleet("status", "--format", "markdown", check=0).stdout
     assert "| gone | 1 | offline |" in md and "offline (last seen never)" in md
@@ -152,9 +202,25 @@ def test_a_canary_failure_stops_the_rollout_with_later_waves_untouched(sim: Sim)
 def test_sigkill_mid_rollout_then_rerun_converges_and_a_second_command_is_refused(sim: Sim):
     sim.site("a1")["labels"]["sim-seconds"] = "60"
     sim.write()
-    first = subprocess.Popen([sys.executable, "-m", "fleet", "up", "--stack", "sim", "--project-dir", str(sim.root),
-                              "--log-dir", str(sim.root / "logs")], cwd=REPO, env=sim.env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "up",
+            "--stack",
+            "sim",
+            "--project-dir",
+            str(sim.root),
+            "--log-dir",
+            str(sim.root / "logs"),
+        ],
+        cwd=REPO,
+        env=sim.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 180
         while "install a1-h" not in sim.actions():
@@ -169,7 +235,7 @@ def test_sigkill_mid_rollout_then_rerun_converges_and_a_second_command_is_refuse
         if first.poll() is None:
             first.kill()
     time.sleep(3)  # the workers follow their parent (PR_SET_PDEATHSIG) and take the engine down
-    leftovers = subprocess.run(["pgrep", "-f", f"--stack sim.a1"], capture_output=True, text=True).stdout.split()
+    leftovers = subprocess.run(["pgrep", "-f", "--stack sim.a1"], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "the engine of the interrupted site outlived the fleet command"
 
     sim.site("a1")["labels"]["sim-seconds"] = "0"

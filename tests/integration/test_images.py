@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from components.contract import cache_dir
 from images import oci, sources
 from images.build import read_index
 from images.spec import image_names, repository
@@ -28,7 +29,7 @@ from images.spec import image_names, repository
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGEFLEET_CACHE") or Path.home() / ".cache/edgefleet")
+CACHE = cache_dir()
 # Container ids of these tests; the lab's namespaces and containers are ef-*, never touched here.
 PREFIX = f"edgefleet-imgtest-{os.getpid()}"
 
@@ -63,8 +64,11 @@ def test_images_json_pins_each_archive_by_its_manifest_digest(built):
         image = oci.read_archive(archive)  # every blob checked against its digest
         assert entry["digest"] == image.manifest_digest
         assert entry["reference"] == f"{repository(name)}@{image.manifest_digest}"
-        assert entry["archive_sha256"] == oci.sha256_file(archive) == \
-            (archive.parent / f"{archive.name}.sha256").read_text().split()[0]
+        assert (
+            entry["archive_sha256"]
+            == oci.sha256_file(archive)
+            == (archive.parent / f"{archive.name}.sha256").read_text().split()[0]
+        )
         assert image.names == (f"{repository(name)}:latest", entry["reference"])
         assert not archive.is_relative_to(REPO)
     config = {name: oci.read_archive(Path(built[name]["archive"])).config["config"] for name in image_names()}
@@ -97,14 +101,19 @@ def unpack(archive: Path, dest: Path) -> Path:
     layout.mkdir(parents=True)
     with tarfile.open(archive) as tar:
         tar.extractall(layout, filter="data")
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", str(dest / "bundle")], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:latest", str(dest / "bundle")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     shutil.rmtree(layout)
     return dest / "bundle"
 
 
-def configure(bundle: Path, args: list[str] | None = None, host_network: bool = False,
-              mounts: list[dict] | None = None) -> dict:
+def configure(
+    bundle: Path, args: list[str] | None = None, host_network: bool = False, mounts: list[dict] | None = None
+) -> dict:
     """Pod-like settings: read-only root, /tmp as a tmpfs (the pod's emptyDir), no terminal."""
     path = bundle / "config.json"
     config = json.loads(path.read_text())
@@ -114,8 +123,14 @@ def configure(bundle: Path, args: list[str] | None = None, host_network: bool = 
         config["process"]["args"] = args
     if host_network:
         config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
-    config["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                             "options": ["nosuid", "nodev", "mode=1777", "size=64m"]})
+    config["mounts"].append(
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777", "size=64m"],
+        }
+    )
     config["mounts"] += mounts or []
     path.write_text(json.dumps(config))
     return config
@@ -126,14 +141,24 @@ class Runc:
         self.state, self.ids = state, []
 
     def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["runc", "--root", str(self.state), *args], capture_output=True, text=True,
-                              timeout=kw.pop("timeout", 60), **kw)
+        return subprocess.run(
+            ["runc", "--root", str(self.state), *args],
+            capture_output=True,
+            text=True,
+            timeout=kw.pop("timeout", 60),
+            **kw,
+        )
 
     def start(self, name: str, bundle: Path, log: Path) -> str:
         cid = f"{PREFIX}-{name}"
         with log.open("wb") as out:
-            proc = subprocess.run(["runc", "--root", str(self.state), "run", "-d", "--bundle", str(bundle), cid],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60)
+            proc = subprocess.run(
+                ["runc", "--root", str(self.state), "run", "-d", "--bundle", str(bundle), cid],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=60,
+            )
         assert proc.returncode == 0, log.read_text()
         self.ids.append(cid)
         return cid
@@ -179,9 +204,21 @@ def wait_ready(url: str, log: Path, seconds: float = 90) -> None:
 def test_inference_image_serves_under_runc_read_only_as_65532(built, tmp_path):
     bundle = unpack(Path(built["inference"]["archive"]), tmp_path / "inference")
     port = free_port()
-    config = configure(bundle, host_network=True, args=[
-        "python", "-m", "inference", "--host", "127.0.0.1", "--port", str(port),
-        "--model-repository", "/opt/app/models"])
+    config = configure(
+        bundle,
+        host_network=True,
+        args=[
+            "python",
+            "-m",
+            "inference",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-repository",
+            "/opt/app/models",
+        ],
+    )
     assert config["process"]["user"] == {"uid": 65532, "gid": 65532}  # from the image config, by umoci
     client = unpack(Path(built["client"]["archive"]), tmp_path / "client")
     base = f"http://127.0.0.1:{port}/v2"
@@ -191,9 +228,11 @@ def test_inference_image_serves_under_runc_read_only_as_65532(built, tmp_path):
         log = tmp_path / "inference.log"
         cid = runc.start("inference", bundle, log)
         wait_ready(f"{base}/health/ready", log)
-        status, answer = http("POST", f"{base}/models/predictive-maintenance/infer", {
-            "inputs": [{"name": "features", "datatype": "FP32", "shape": [4, 8],
-                        "data": features.ravel().tolist()}]})
+        status, answer = http(
+            "POST",
+            f"{base}/models/predictive-maintenance/infer",
+            {"inputs": [{"name": "features", "datatype": "FP32", "shape": [4, 8], "data": features.ravel().tolist()}]},
+        )
         assert status == 200
         pid = runc.pid(cid)
         status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -203,20 +242,30 @@ def test_inference_image_serves_under_runc_read_only_as_65532(built, tmp_path):
         assert write.returncode != 0 and "Read-only file system" in write.stderr, write.stderr
 
         # The client image, as its own non-root user, reaches the server over loopback.
-        configure(client, host_network=True, args=[
-            "/bin/sh", "-c", f"curl -sf --max-time 10 {base}/health/ready && wget -q -O - {base}/models/predictive-maintenance && id -u"])
+        configure(
+            client,
+            host_network=True,
+            args=[
+                "/bin/sh",
+                "-c",
+                f"curl -sf --max-time 10 {base}/health/ready"
+                f" && wget -q -O - {base}/models/predictive-maintenance && id -u",
+            ],
+        )
         client_run = runc("run", "--bundle", str(client), f"{PREFIX}-client", timeout=60, stdin=subprocess.DEVNULL)
         assert client_run.returncode == 0, client_run.stdout + client_run.stderr
         assert "predictive-maintenance" in client_run.stdout and client_run.stdout.rstrip().endswith("65532")
 
     version = answer["model_version"]
-    session = ort.InferenceSession(str(REPO / f"models/predictive-maintenance/{version}/model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(REPO / f"models/predictive-maintenance/{version}/model.onnx"), providers=["CPUExecutionProvider"]
+    )
     label, probabilities = session.run(["label", "probabilities"], {"features": features})
     outputs = {o["name"]: o for o in answer["outputs"]}
     assert outputs["label"]["data"] == label.tolist()
-    assert np.allclose(np.asarray(outputs["probabilities"]["data"]).reshape(probabilities.shape), probabilities,
-                       rtol=1e-6, atol=1e-7)
+    assert np.allclose(
+        np.asarray(outputs["probabilities"]["data"]).reshape(probabilities.shape), probabilities, rtol=1e-6, atol=1e-7
+    )
 
 
 def zombies_of(pid: int) -> list[int]:
@@ -243,8 +292,14 @@ def test_pause_image_reaps_orphans_and_exits_zero_on_sigterm(built, tmp_path):
     bundle = unpack(Path(built["pause"]["archive"]), tmp_path / "pause")
     client_rootfs = unpack(Path(built["client"]["archive"]), tmp_path / "client") / "rootfs"
     # busybox is bind-mounted in only to make orphans; the image itself is the one static binary.
-    busybox = [{"destination": "/busybox", "type": "bind", "source": str(client_rootfs / "bin/busybox"),
-                "options": ["bind", "ro"]}]
+    busybox = [
+        {
+            "destination": "/busybox",
+            "type": "bind",
+            "source": str(client_rootfs / "bin/busybox"),
+            "options": ["bind", "ro"],
+        }
+    ]
     configure(bundle, mounts=busybox)
     assert sorted(p.name for p in (bundle / "rootfs").iterdir()) == ["pause"]
     with runc_session(tmp_path) as runc:
@@ -259,8 +314,13 @@ def test_pause_image_reaps_orphans_and_exits_zero_on_sigterm(built, tmp_path):
         assert len(orphan_and_count_zombies(runc, control_id)) == 1
 
         # Foreground run: runc's exit status is the container's.
-        proc = subprocess.Popen(["runc", "--root", str(runc.state), "run", "--bundle", str(bundle), f"{PREFIX}-fg"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["runc", "--root", str(runc.state), "run", "--bundle", str(bundle), f"{PREFIX}-fg"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         runc.ids.append(f"{PREFIX}-fg")
         deadline = time.monotonic() + 30
         while runc("state", f"{PREFIX}-fg").returncode != 0 and time.monotonic() < deadline:
@@ -289,17 +349,25 @@ def test_containerd_imports_each_archive_under_its_tag_and_digest_references(bui
     socket_path = home / "sock"
     (home / "config.toml").write_text(
         f'version = 2\nroot = "{home}/root"\nstate = "{home}/state"\n'
-        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{socket_path}"\n')
-    daemon = subprocess.Popen([str(binaries / "containerd"), "--config", str(home / "config.toml")],
-                              stdout=subprocess.DEVNULL, stderr=(home / "log").open("wb"))
+        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{socket_path}"\n'
+    )
+    daemon = subprocess.Popen(
+        [str(binaries / "containerd"), "--config", str(home / "config.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=(home / "log").open("wb"),
+    )
     ctr = [str(binaries / "ctr"), "--address", str(socket_path), "--namespace", "k8s.io"]
     try:
         deadline = time.monotonic() + 30
         while not socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         for name in image_names():
-            proc = subprocess.run([*ctr, "images", "import", "--all-platforms", built[name]["archive"]],
-                                  capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [*ctr, "images", "import", "--all-platforms", built[name]["archive"]],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert proc.returncode == 0, proc.stderr
         listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, timeout=60, check=True)
         rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[1:]}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import shutil
 import subprocess
 import threading
 import time
@@ -20,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from fleet import toolchain
 
 from .conftest import REPO, Lab
 from .test_e2e import Fleet, _server_pids, kubectl
@@ -35,10 +35,7 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
     for action in ("down", "up"):
         subprocess.run([str(REPO / "lab/lab"), action], check=True, capture_output=True, timeout=180)
     tmp = tmp_path_factory.mktemp("lifecycle")
-    root = tmp / "edgefleet"
-    shutil.copytree(REPO, root, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".pulumi", ".git", "__pycache__", ".pytest_cache", ".hypothesis", "bench"))
-    (root / ".venv").symlink_to(REPO / ".venv")
+    root = toolchain.project_copy(tmp, skip=("bench",))
     (tmp / "state").mkdir()
     f = Fleet(root, tmp / "state", tmp)
     inv = f.inventory()
@@ -47,8 +44,14 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
     single["workloads"] = []
     # Lab hosts share this machine's kernel: the agent must not change its global settings.
     single["distribution"]["protect_kernel_defaults"] = False
-    single["hosts"].append({"name": "agent-1", "address": lab.address("agent-1"), "role": "agent",
-                            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"}})
+    single["hosts"].append(
+        {
+            "name": "agent-1",
+            "address": lab.address("agent-1"),
+            "role": "agent",
+            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"},
+        }
+    )
     f.write_inventory(inv)
     yield f
     subprocess.run([str(REPO / "lab/lab"), "down"], capture_output=True, timeout=180)
@@ -60,8 +63,13 @@ def site(inv: dict, name: str) -> dict:
 
 def etcd_members() -> list[tuple[str, str]]:
     """(member id, name) of the embedded etcd, through K3s's supervisor API on ha-1."""
-    out = in_host(None, "ha-1", "bash", "-c", 't="$(cat /etc/rancher/k3s/token)"; '
-                  'curl -sk -u "server:${t##*:}" https://127.0.0.1:6443/db/info').stdout
+    out = in_host(
+        None,
+        "ha-1",
+        "bash",
+        "-c",
+        't="$(cat /etc/rancher/k3s/token)"; curl -sk -u "server:${t##*:}" https://127.0.0.1:6443/db/info',
+    ).stdout
     return sorted((str(m["ID"]), m["name"]) for m in json.loads(out)["members"])
 
 
@@ -72,8 +80,9 @@ def not_ready_nodes(kubeconfig: Path, servers: list[str]) -> list[str]:
     """Nodes not Ready, asking whichever server answers (one may be restarting)."""
     errors = []
     for server in servers:
-        proc = kubectl(kubeconfig, f"--server=https://{server}:6443", "get", "nodes", "-o", "json",
-                       check=False, timeout=10)
+        proc = kubectl(
+            kubeconfig, f"--server=https://{server}:6443", "get", "nodes", "-o", "json", check=False, timeout=10
+        )
         if proc.returncode == 0:
             break
         errors.append(proc.stderr.strip()[:200])
@@ -114,8 +123,14 @@ class Watch:
 def snapshot(hosts: list[str]) -> dict[str, object]:
     """What an uninstall or a restart would change: K3s processes, the data directory marker,
     the machine's claim."""
-    return {h: (sorted(_server_pids(h)), in_host(None, h, "cat", MARKER).stdout,
-                in_host(None, h, "cat", "/var/lib/edgefleet/owner").stdout) for h in hosts}
+    return {
+        h: (
+            sorted(_server_pids(h)),
+            in_host(None, h, "cat", MARKER).stdout,
+            in_host(None, h, "cat", "/var/lib/edgefleet/owner").stdout,
+        )
+        for h in hosts
+    }
 
 
 def preview_is_safe(fleet: Fleet) -> str:
@@ -123,11 +138,20 @@ def preview_is_safe(fleet: Fleet) -> str:
     proc = fleet.p.run("preview", "--json", "--non-interactive", "--stack", "dev", timeout=600)
     steps = json.loads(proc.stdout).get("steps") or []
     # Only a renamed host's component (it owns nothing on the host) may go away.
-    deleting = [(s["urn"].split("::")[2].rsplit("$", 1)[-1], s["urn"].rsplit("::", 1)[-1]) for s in steps
-                if s.get("op") in ("delete", "replace", "delete-replaced", "create-replacement")]
+    deleting = [
+        (s["urn"].split("::")[2].rsplit("$", 1)[-1], s["urn"].rsplit("::", 1)[-1])
+        for s in steps
+        if s.get("op") in ("delete", "replace", "delete-replaced", "create-replacement")
+    ]
     assert [d for d in deleting if d[0] != "edge:host:EdgeHost"] == [], deleting
-    comment = subprocess.run([str(REPO / ".venv/bin/python"), str(REPO / "scripts/pr-preview"), "--stack", "dev"],
-                             input=proc.stdout, capture_output=True, text=True, timeout=60, check=True).stdout
+    comment = subprocess.run(
+        [str(REPO / ".venv/bin/python"), str(REPO / "scripts/pr-preview"), "--stack", "dev"],
+        input=proc.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert comment.splitlines()[1] == "### ✅ Pulumi preview of stack `dev`", comment
     assert "Destructive" not in comment, comment
     return comment
@@ -139,17 +163,52 @@ def test_first_up_installs_and_marks_the_data_directories(fleet: Fleet) -> None:
         in_host(None, host, "bash", "-c", f"echo {host} >{MARKER}")
     assert len(etcd_members()) == 3
     deadline = time.monotonic() + 90  # kwok's nodes turn Ready within its first heartbeats
-    while (waiting := [n for name in SERVERS for n in not_ready_nodes(fleet.kubeconfig(name), SERVERS[name])]) \
-            and time.monotonic() < deadline:
+    while (
+        waiting := [n for name in SERVERS for n in not_ready_nodes(fleet.kubeconfig(name), SERVERS[name])]
+    ) and time.monotonic() < deadline:
         time.sleep(3)
     assert waiting == []
+
+
+def test_a_stack_named_the_earlier_way_is_adopted_without_a_destructive_step(fleet: Fleet) -> None:
+    """Sites were once named by the site alone (``lab-ha``), their children after them
+    (``lab-ha-k8s``, ``lab-ha-ha-1``); they are now named under the fleet (``fleet-lab-ha…``).
+    A stack written the earlier way previews and updates with no create, delete or replace:
+    the site's alias carries every child named after it."""
+    state = fleet.p.run("stack", "export", "--stack", "dev").stdout
+    assert "::fleet-lab-ha-k8s" in state
+    earlier = state.replace("::fleet-lab-", "::lab-")
+    (fleet.tmp / "earlier.json").write_text(earlier)
+    before = snapshot(["single-1", "ha-1", "ha-2", "ha-3"])
+    fleet.p.run("stack", "import", "--stack", "dev", "--file", str(fleet.tmp / "earlier.json"))
+    preview_is_safe(fleet)
+    proc = fleet.p.run("preview", "--json", "--non-interactive", "--stack", "dev", timeout=600)
+    changed = [
+        s["urn"].rsplit("::", 1)[-1]
+        for s in json.loads(proc.stdout).get("steps") or []
+        if s.get("op") in ("create", "delete", "replace", "create-replacement", "delete-replaced", "update")
+    ]
+    assert changed == [], changed
+    fleet.stack("up", "--yes")
+    assert "::fleet-lab-ha-k8s" in fleet.p.run("stack", "export", "--stack", "dev").stdout
+    assert snapshot(["single-1", "ha-1", "ha-2", "ha-3"]) == before
 
 
 def test_agents_hold_only_the_agent_token_in_its_secure_form(fleet: Fleet) -> None:
     server_token = in_host(None, "single-1", "cat", "/etc/rancher/k3s/token").stdout.strip()
     assert server_token and "::" not in server_token
-    found = in_host(None, "agent-1", "grep", "-rlF", server_token, "/etc", "/var/lib/rancher", "/var/lib/edgefleet",
-                    "/usr/local/lib/edgefleet", "/run")
+    found = in_host(
+        None,
+        "agent-1",
+        "grep",
+        "-rlF",
+        server_token,
+        "/etc",
+        "/var/lib/rancher",
+        "/var/lib/edgefleet",
+        "/usr/local/lib/edgefleet",
+        "/run",
+    )
     assert found.returncode == 1 and found.stdout == "", f"the server token is on the agent: {found.stdout}"
     agent_token = in_host(None, "agent-1", "cat", "/etc/rancher/k3s/token").stdout.strip()
     ca = in_host(None, "single-1", "cat", "/var/lib/rancher/k3s/server/tls/server-ca.crt").stdout
@@ -160,11 +219,18 @@ def test_agents_hold_only_the_agent_token_in_its_secure_form(fleet: Fleet) -> No
 def test_a_join_with_a_wrong_ca_hash_is_refused(fleet: Fleet) -> None:
     # A second agent process on agent-1, with a configuration, data directory and load
     # balancer port of its own: it must refuse the server before sending any credentials.
-    config = ("server: https://10.213.7.11:6443\n"
-              f"token: K10{'0' * 64}::node:not-the-password\n"
-              "data-dir: /tmp/wrong-ca\nnode-name: intruder\nnode-ip: 10.213.7.41\nlb-server-port: 16444\n")
-    proc = in_host(None, "agent-1", "bash", "-c",
-                   f"printf '%s' '{config}' >/tmp/wrong-ca.yaml && timeout 20 /usr/local/bin/k3s agent -c /tmp/wrong-ca.yaml")
+    config = (
+        "server: https://10.213.7.11:6443\n"
+        f"token: K10{'0' * 64}::node:not-the-password\n"
+        "data-dir: /tmp/wrong-ca\nnode-name: intruder\nnode-ip: 10.213.7.41\nlb-server-port: 16444\n"
+    )
+    proc = in_host(
+        None,
+        "agent-1",
+        "bash",
+        "-c",
+        f"printf '%s' '{config}' >/tmp/wrong-ca.yaml && timeout 20 /usr/local/bin/k3s agent -c /tmp/wrong-ca.yaml",
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "token CA hash does not match the Cluster CA certificate hash" in output, output[-3000:]

@@ -13,8 +13,12 @@ import pytest
 
 from bench.monitoring_bench import MODEL, SITE, largest_gap, load, outage, running, wait_until
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (scripts/apt-packages.txt)")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None, reason="prometheus not installed (scripts/apt-packages.txt)"
+    ),
+]
 
 INTERVAL_S = 2.0
 OUTAGE_S = float(os.environ.get("EDGEFLEET_MONITORING_OUTAGE_S", "60"))
@@ -22,11 +26,15 @@ OUTAGE_S = float(os.environ.get("EDGEFLEET_MONITORING_OUTAGE_S", "60"))
 
 def test_agent_remote_writes_with_site_labels_and_bridges_a_core_outage(tmp_path: Path) -> None:
     with running(tmp_path, scrape_interval=f"{INTERVAL_S:g}s") as stack, load(stack.infer_port, 10) as counts:
-        requests = wait_until(lambda: stack.query(f'edge_infer_requests_total{{model="{MODEL}", status="200"}}'),
-                              60, "request counter at the core")
+        requests = wait_until(
+            lambda: stack.query(f'edge_infer_requests_total{{model="{MODEL}", status="200"}}'),
+            60,
+            "request counter at the core",
+        )
         labels = requests[0]["metric"]
-        assert {k: labels[k] for k in ("site", "wave", "hardware_class", "latency_class")} == \
-            {k: str(v) for k, v in SITE.items()}
+        assert {k: labels[k] for k in ("site", "wave", "hardware_class", "latency_class")} == {
+            k: str(v) for k, v in SITE.items()
+        }
         assert labels["job"] == "inference" and labels["version"] == "2"
         # The recording rules see the site too (the core evaluates every 5 s).
         wait_until(lambda: stack.query(f'site:up:sum{{site="{SITE["site"]}"}} >= 1'), 30, "site:up:sum at the core")
@@ -39,7 +47,20 @@ def test_agent_remote_writes_with_site_labels_and_bridges_a_core_outage(tmp_path
         assert result["largest_gap_s"] <= 2 * INTERVAL_S, result
         # ...and the series goes on after the restart.
         now = time.time()
-        wait_until(lambda: largest_gap(stack.samples(f'up{{job="inference", site="{SITE["site"]}"}}', now, now + 10),
-                                       now, now + 10) <= 2 * INTERVAL_S if time.time() > now + 12 else None,
-                   40, "samples after the restart")
-    assert stack.agent.proc.poll() is not None and stack.core.proc.poll() is not None and stack.server.proc.poll() is not None
+        wait_until(
+            lambda: (
+                largest_gap(
+                    stack.samples(f'up{{job="inference", site="{SITE["site"]}"}}', now, now + 10), now, now + 10
+                )
+                <= 2 * INTERVAL_S
+                if time.time() > now + 12
+                else None
+            ),
+            40,
+            "samples after the restart",
+        )
+    assert (
+        stack.agent.proc.poll() is not None
+        and stack.core.proc.poll() is not None
+        and stack.server.proc.poll() is not None
+    )

@@ -23,7 +23,12 @@ def _stack(make_pulumi, lab, tmp_path: Path, host: str, address: str):
     payload = tmp_path / "payload.txt"
     payload.write_text("generation-1")
     p.run("stack", "init", "remote", "--non-interactive")
-    for k, v in {"host": address, "keyFile": str(lab.key), "hostKey": lab.host_key(host), "payload": str(payload)}.items():
+    for k, v in {
+        "host": address,
+        "keyFile": str(lab.key),
+        "hostKey": lab.host_key(host),
+        "payload": str(payload),
+    }.items():
         p.run("config", "set", k, v)
     p.run("config", "set", "--secret", "token", "tok-3f9a8c1d")
     return p, payload
@@ -84,12 +89,23 @@ def test_a_host_that_drops_mid_command_fails_within_the_deadline(make_pulumi, la
     p = make_pulumi(HANG, copy=True)
     p.env["PYTHONPATH"] = str(REPO)
     p.run("stack", "init", "hang", "--non-interactive")
-    for k, v in {"host": lab.address(host), "keyFile": str(lab.key), "hostKey": lab.host_key(host),
-                 "sleep": "300", "commandTimeout": str(deadline)}.items():
+    for k, v in {
+        "host": lab.address(host),
+        "keyFile": str(lab.key),
+        "hostKey": lab.host_key(host),
+        "sleep": "300",
+        "commandTimeout": str(deadline),
+    }.items():
         p.run("config", "set", k, v)
     in_host(lab, host, "rm", "-f", "/var/lib/edgefleet/long-step-started")
-    up = subprocess.Popen(["pulumi", "up", "--yes", "--non-interactive"], cwd=p.cwd, env=p.env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        ["pulumi", "up", "--yes", "--non-interactive"],
+        cwd=p.cwd,
+        env=p.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         started = time.monotonic()
         while in_host(lab, host, "test", "-e", "/var/lib/edgefleet/long-step-started").returncode != 0:

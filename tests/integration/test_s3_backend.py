@@ -17,10 +17,16 @@ def test_up_and_destroy_with_state_in_s3(make_pulumi, moto_s3, tmp_path: Path):
     s3.create_bucket(Bucket="edgefleet-state")
     host_port = endpoint.removeprefix("http://")
     p = make_pulumi(REPO / "tests/integration/projects/toolchain", copy=True)
-    p.env.update({
-        "PULUMI_BACKEND_URL": f"s3://edgefleet-state?endpoint={host_port}&disableSSL=true&s3ForcePathStyle=true&region=us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-    })
+    p.env.update(
+        {
+            "PULUMI_BACKEND_URL": (
+                f"s3://edgefleet-state?endpoint={host_port}&disableSSL=true&s3ForcePathStyle=true&region=us-east-1"
+            ),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+    )
     p.run("login")
     p.run("stack", "init", "team", "--non-interactive")
     p.run("config", "set", "renderDir", str(tmp_path / "r"))

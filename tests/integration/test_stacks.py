@@ -9,12 +9,13 @@ uses a prod-like inventory whose hosts are on loopback."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from fleet import toolchain
 
 from .conftest import REPO, Pulumi, pulumi_env
 
@@ -24,16 +25,13 @@ BAD_IMAGE = "docker.io/library/busybox@sha256:" + "ab" * 32
 
 
 def project_copy(tmp_path: Path) -> Path:
-    root = tmp_path / "edgefleet"
-    shutil.copytree(REPO, root, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".pulumi", ".git", "__pycache__", ".pytest_cache", ".hypothesis", "bench", "tests"))
-    (root / ".venv").symlink_to(REPO / ".venv")
-    return root
+    return toolchain.project_copy(tmp_path)
 
 
 def stack_cmd(root: Path, env: dict[str, str], stack: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(root / "scripts/stack"), stack, *args], cwd=root, env=env, text=True,
-                          capture_output=True, timeout=900)
+    return subprocess.run(
+        [str(root / "scripts/stack"), stack, *args], cwd=root, env=env, text=True, capture_output=True, timeout=900
+    )
 
 
 @pytest.fixture
@@ -41,7 +39,9 @@ def dev(tmp_path: Path) -> Pulumi:
     subprocess.run([str(REPO / "lab/lab"), "keys"], check=True, capture_output=True, timeout=60)
     tmp_path = tmp_path / "dev"
     root = project_copy(tmp_path)
-    p = Pulumi(cwd=root, backend=tmp_path / "state", env=pulumi_env(tmp_path / "state", passphrase="edgefleet-dev-lab-only"))
+    p = Pulumi(
+        cwd=root, backend=tmp_path / "state", env=pulumi_env(tmp_path / "state", passphrase="edgefleet-dev-lab-only")
+    )
     p.backend.mkdir()
     p.env["PYTHONPATH"] = str(root)
     p.run("stack", "init", "dev", "--non-interactive")
@@ -60,7 +60,14 @@ def prod(tmp_path: Path) -> Pulumi:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     p.run("config", "set", "--secret", "sshKeyFleet", "--stack", "prod", input=key.read_text())
-    p.run("config", "set", "inferenceImage", "registry.edgefleet.local/edgefleet/inference-server@sha256:" + "3c" * 32, "--stack", "prod")
+    p.run(
+        "config",
+        "set",
+        "inferenceImage",
+        "registry.edgefleet.local/edgefleet/inference-server@sha256:" + "3c" * 32,
+        "--stack",
+        "prod",
+    )
     return p
 
 
@@ -76,7 +83,7 @@ def test_dev_preview_with_the_pack_shows_every_site(dev: Pulumi):
     assert all(counts.values()), counts
     assert counts["lab-ha"] > counts["lab-gw"], "three servers and more workloads than the gateway"
     for host in ("single-1", "ha-1", "ha-2", "ha-3", "gw-1"):
-        assert re.search(rf"edge:host:EdgeHost\s+lab-[a-z]+-{host}\s", out.stdout), host
+        assert re.search(rf"edge:host:EdgeHost\s+fleet-lab-[a-z]+-{host}\s", out.stdout), host
     # A host's steps are named by its machine (pinned host key), not by its inventory name.
     assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == 5
 
@@ -86,9 +93,10 @@ def test_prod_preview_with_mandatory_pack_passes_offline(prod: Pulumi):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     inv = yaml.safe_load((REPO / "sites/prod.yaml").read_text())
     for site in inv["sites"]:
-        assert f"edge:site:EdgeSite {site['name']} " in " ".join(out.stdout.split())
+        # Sites are named under the fleet component, their hosts under the site.
+        assert f"edge:site:EdgeSite fleet-{site['name']} " in " ".join(out.stdout.split())
         for host in site["hosts"]:
-            assert f"edge:host:EdgeHost {site['name']}-{host['name']} " in " ".join(out.stdout.split())
+            assert f"edge:host:EdgeHost fleet-{site['name']}-{host['name']} " in " ".join(out.stdout.split())
     assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == sum(len(s["hosts"]) for s in inv["sites"])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CACHE, REPO, VERSIONS
+from .conftest import REPO, VERSIONS
 
 pytestmark = pytest.mark.integration
 PROJECT = REPO / "tests/integration/projects/toolchain"
@@ -29,7 +29,9 @@ def test_plugins_match_what_the_python_sdks_ask_for():
 
     for pkg, key in (("pulumi_kubernetes", "PULUMI_KUBERNETES_VERSION"),):
         meta = json.loads((res.files(pkg) / "pulumi-plugin.json").read_text())
-        assert meta["version"] == VERSIONS[key], f"{pkg} asks for plugin {meta['version']}, versions.env pins {VERSIONS[key]}"
+        assert meta["version"] == VERSIONS[key], (
+            f"{pkg} asks for plugin {meta['version']}, versions.env pins {VERSIONS[key]}"
+        )
 
 
 def _changes(p, stack: str) -> dict[str, int]:
@@ -79,7 +81,9 @@ def test_config_secret_encrypted_at_rest_and_in_state(make_pulumi, tmp_path: Pat
 
 
 def _bootstrap(env: dict[str, str], *steps: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / "scripts/bootstrap"), *steps], env=env, text=True, capture_output=True, timeout=300)
+    return subprocess.run(
+        [str(REPO / "scripts/bootstrap"), *steps], env=env, text=True, capture_output=True, timeout=300
+    )
 
 
 def test_bootstrap_without_go_names_the_step_and_the_fix(tmp_path: Path):
@@ -93,8 +97,13 @@ def test_bootstrap_without_go_names_the_step_and_the_fix(tmp_path: Path):
 
 
 def test_bootstrap_with_unreachable_module_proxy_names_the_module(tmp_path: Path):
-    env = {**os.environ, "EDGEFLEET_CACHE": str(tmp_path / "cache"), "GOPROXY": "http://127.0.0.1:9/",
-           "GOMODCACHE": str(tmp_path / "modcache"), "GOFLAGS": "-mod=mod"}
+    env = {
+        **os.environ,
+        "EDGEFLEET_CACHE": str(tmp_path / "cache"),
+        "GOPROXY": "http://127.0.0.1:9/",
+        "GOMODCACHE": str(tmp_path / "modcache"),
+        "GOFLAGS": "-mod=mod",
+    }
     proc = _bootstrap(env, "kwok")
     assert proc.returncode != 0
     assert 'step "kwok" failed' in proc.stderr

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import ThreadingHTTPServer
 from xml.etree import ElementTree as ET
 
 import jsonschema
@@ -14,15 +12,11 @@ import pytest
 import yaml
 
 from policies.audit import main
-from tests.policy.conftest import DATA, PYTHON, REPO
+from tests.policy.conftest import DATA, FakeApiServer, audit
 
 CORPUS = DATA / "corpus"
 GOOD = [CORPUS / "good-detector.yaml", CORPUS / "good-model-sync.yaml"]
 EXPORT = DATA / "stack-export.json"
-
-
-def audit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "policies.audit", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -153,29 +147,6 @@ def test_stack_settings_apply(tmp_path):
     assert {f["level"] for f in doc["findings"]} == {"advisory"}
 
 
-class FakeApiServer(BaseHTTPRequestHandler):
-    """A Kubernetes API server on loopback that answers list calls from a dict."""
-
-    objects: dict[str, list[dict]] = {}
-    seen_auth: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - http.server naming
-        self.seen_auth.append(self.headers.get("Authorization", ""))
-        path = self.path.split("?")[0]
-        if path == "/apis/policy/v1/poddisruptionbudgets":
-            self.send_response(403)
-            self.end_headers()
-            return
-        body = json.dumps({"kind": "List", "metadata": {}, "items": self.objects.get(path, [])}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def cluster(tmp_path):
     docs = {d["kind"]: d for d in yaml.safe_load_all((CORPUS / "bad-privileged.yaml").read_text()) if d}
@@ -189,6 +160,7 @@ def cluster(tmp_path):
         "/api/v1/pods": [pod],
         "/api/v1/configmaps": [{"metadata": {"name": "kube-root-ca.crt", "namespace": "lab-a"}, "data": {"ca.crt": "x"}}],
     }
+    FakeApiServer.forbidden = frozenset({"/apis/policy/v1/poddisruptionbudgets"})
     FakeApiServer.seen_auth = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

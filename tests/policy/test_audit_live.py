@@ -5,40 +5,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
-import json
 import ssl
-import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.policy.conftest import PYTHON, REPO
+from tests.policy.conftest import FakeApiServer, audit
 
 SECRET = "t0ken-5ec2e7-do-not-leak"
-
-
-def audit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "policies.audit", *args], capture_output=True, text=True, cwd=REPO, timeout=60)
-
-
-class Recorder(BaseHTTPRequestHandler):
-    """An API server that answers every list with no items and records the Authorization header."""
-
-    seen: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - http.server naming
-        self.seen.append(self.headers.get("Authorization", ""))
-        body = json.dumps({"kind": "List", "metadata": {}, "items": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path, bytes]:
@@ -65,8 +42,8 @@ def _self_signed(tmp: Path) -> tuple[Path, Path, bytes]:
 
 
 def _serve(tmp_path: Path, tls: bool):
-    Recorder.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    FakeApiServer.objects, FakeApiServer.forbidden, FakeApiServer.seen_auth = {}, frozenset(), []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
     ca = None
     if tls:
         cert_file, key_file, ca = _self_signed(tmp_path)
@@ -118,18 +95,18 @@ def test_credentials_are_never_sent_over_plain_http(http_server, tmp_path, kind)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "over plain HTTP" in run.stderr and "(fix: " in run.stderr and "Traceback" not in run.stderr
     assert SECRET not in run.stdout + run.stderr
-    assert Recorder.seen == [], "no request reached the server"
+    assert FakeApiServer.seen_auth == [], "no request reached the server"
 
 
 def test_a_context_without_credentials_may_use_http(http_server, tmp_path):
     url, _ = http_server
     run = audit("--kubeconfig", str(kubeconfig(tmp_path, url, {})))
     assert run.returncode == 0, run.stderr
-    assert Recorder.seen and set(Recorder.seen) == {""}
+    assert FakeApiServer.seen_auth and set(FakeApiServer.seen_auth) == {""}
 
 
 def test_credentials_go_to_an_https_server(https_server, tmp_path):
     url, ca = https_server
     run = audit("--kubeconfig", str(kubeconfig(tmp_path, url, CREDENTIALS["token"], ca)))
     assert run.returncode == 0, run.stderr
-    assert Recorder.seen and set(Recorder.seen) == {f"Bearer {SECRET}"}
+    assert FakeApiServer.seen_auth and set(FakeApiServer.seen_auth) == {f"Bearer {SECRET}"}

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from policies.engine import CONFIG_DIR, EXEMPTIONS_POLICY, PolicyConfigError, load_settings, settings_from_mapping, stack_settings
+from policies.engine import (
+    CONFIG_DIR,
+    EXEMPTIONS_POLICY,
+    PolicyConfigError,
+    load_settings,
+    settings_from_mapping,
+    stack_settings,
+)
 from policies.rules import all_rules
 
 

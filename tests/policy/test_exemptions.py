@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from policies.engine import EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL, evaluate, exemption_of
-from policies.model import UNKNOWN
+from policies.resource import UNKNOWN
 from tests.policy.conftest import REPO, load, with_value
 
 TODAY = dt.date(2026, 6, 1)

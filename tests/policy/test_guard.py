@@ -18,6 +18,7 @@ from pulumi.runtime.rpc import wrap_rpc_secret
 from policies.engine import settings_from_mapping, stack_settings
 from policies.guard import PolicyViolationError, install_guard, make_transform
 from policies.sources import resources_from_fixture
+from tests.mocks import run_mocked
 from tests.policy.conftest import REPO
 
 TODAY = dt.date(2026, 6, 1)
@@ -184,17 +185,14 @@ def test_install_guard_needs_the_engine():
         def call(self, args):
             return {}
 
-    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run() above left none
-    pulumi.runtime.set_mocks(Mocks(), preview=True)
     errors = []
 
-    @pulumi.runtime.test
     def program():
         try:
             install_guard("prod")
         except Exception as e:  # noqa: BLE001 - the SDK raises a bare Exception
             errors.append(str(e))
-        return pulumi.Output.from_input(True)
+        return True
 
-    program()
+    run_mocked(program, Mocks(), preview=True)
     assert errors == ["No callback server registered."]

@@ -4,9 +4,7 @@ must hold."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -15,23 +13,13 @@ import pytest
 
 from policies.engine import evaluate
 from policies.sources import manifests_from_paths
-from tests.policy.conftest import DATA, REPO
+from tests.policy.conftest import DATA, REPO, built_tool
 
 CORPUS = DATA / "corpus"
 ROW = re.compile(r"^\| `([a-z0-9-]+)` \| `([a-z0-9-]+)` \| (same|pack stricter|kube-score stricter) \| `([^`]+)` \|$")
 
 
-def kube_score_binary() -> Path | None:
-    version = re.search(r"^KUBE_SCORE_VERSION=v?([0-9.]+)$", (REPO / "scripts/versions.env").read_text(), re.M)
-    cache = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache/edgefleet"))
-    built = cache / "toolchain" / f"kube-score-{version[1]}" / "kube-score" if version else None
-    if built is not None and built.is_file():
-        return built
-    found = shutil.which("kube-score")
-    return Path(found) if found else None
-
-
-BINARY = kube_score_binary()
+BINARY = built_tool("kube-score", "KUBE_SCORE_VERSION")
 
 
 @pytest.fixture(autouse=True)

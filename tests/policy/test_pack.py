@@ -12,7 +12,7 @@ from pulumi.runtime import proto
 from pulumi_policy import EnforcementLevel
 
 from policies import pack
-from policies.model import SECRET_SIG, SIG_KEY
+from policies.resource import SECRET_SIG, SIG_KEY
 from policies.rules import all_rules
 
 UNKNOWN_STRING = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"

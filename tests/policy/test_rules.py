@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from policies.engine import EXEMPTIONS_POLICY, evaluate
-from policies.model import UNKNOWN
 from policies.pack import build_policies
+from policies.resource import UNKNOWN, Partial, Resource
 from policies.rules import ANY_KUBERNETES, CATEGORIES, SEVERITIES, Rule, all_rules, run_rule
 from tests.policy.conftest import REPO, case_id, fixture_cases, load, parse_path, with_value
 
@@ -106,7 +106,6 @@ def test_rules_read_every_workload_kind():
     assert run_rule(rule, [cron], {})[0][1].path.startswith("spec.jobTemplate.spec.template.spec.containers[0]")
     deployment = load(REPO / "policies/rules/fixtures/no-privileged-containers/bad.yaml")[0]
     pod_spec = deployment.props["spec"]["template"]["spec"]
-    from policies.model import Resource
 
     for api, kind, props in [
         ("v1", "Pod", {"spec": pod_spec}),
@@ -124,8 +123,7 @@ def test_rules_read_every_workload_kind():
 POD_RULES = [r for r in all_rules() if ANY_KUBERNETES in r.targets and "Deployment" in r.targets]
 
 
-def _as_kind(deployment, api: str, kind: str, wrap) -> "Resource":
-    from policies.model import Resource
+def _as_kind(deployment, api: str, kind: str, wrap) -> Resource:
     from policies.sources import k8s_type
 
     props = {"metadata": dict(deployment.props["metadata"]), "spec": wrap(deployment.props["spec"]["template"])}
@@ -168,7 +166,6 @@ def test_a_custom_resources_pod_template_path_is_reported():
 def test_a_patch_is_judged_on_what_it_sets():
     """What a patch leaves out stays as the live object has it: no rule fails on it, and what
     it does set is judged like any workload's."""
-    from policies.model import Partial
 
     (patch,) = load(REPO / "policies/rules/fixtures/no-privileged-containers/good-deployment-patch.yaml")
     assert isinstance(patch.props, Partial)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,23 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.policy.conftest import REPO
+from tests.policy.conftest import REPO, built_tool
 
 WORKFLOWS = REPO / ".github" / "workflows"
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
 
-def tool(name: str, variable: str) -> Path | None:
-    match = re.search(rf"^{variable}=v?([0-9.]+)$", (REPO / "scripts/versions.env").read_text(), re.M)
-    cache = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache/edgefleet"))
-    built = cache / "toolchain" / f"{name}-{match[1]}" / name if match else None
-    if built is not None and built.is_file():
-        return built
-    found = shutil.which(name)
-    return Path(found) if found else None
-
-
-ACTIONLINT = tool("actionlint", "ACTIONLINT_VERSION")
+ACTIONLINT = built_tool("actionlint", "ACTIONLINT_VERSION")
 
 
 def test_actionlint_is_clean():

@@ -30,8 +30,9 @@ import onnx
 import orjson
 from onnx import TensorProto, helper, numpy_helper
 
+from models.synthetic import OPSET, mlp_model, mlp_reference, mlp_weights, onnx_model
+
 REPO = Path(__file__).resolve().parents[2]
-OPSET = [helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 3)]
 ONNX_TYPES = {
     "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
     "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
@@ -50,56 +51,16 @@ WORDS = ["ok", "scratch", "dent", "crack"]
 CATEGORIES = {"ok": "pass", "scratch": "cosmetic", "dent": "cosmetic", "crack": "reject"}
 
 
-def _model(nodes, inputs, outputs, initializers=(), name="model") -> bytes:
-    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=OPSET, producer_name="edgefleet-tests")
-    model.ir_version = 10
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def mlp_weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    sizes = [64, 128, 64, 1]
-    return [((rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32),
-             (rng.standard_normal(o) * 0.1).astype(np.float32)) for i, o in zip(sizes, sizes[1:])]
-
-
-def mlp_model(seed: int = 0, batch: int | str = "batch") -> bytes:
-    """The 64 -> 128 -> 64 -> 1 MLP (FP32); ``batch`` names a dynamic batch dimension or fixes it."""
-    nodes, inits, last = [], [], "features"
-    for i, (w, b) in enumerate(mlp_weights(seed)):
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        out = "score" if i == 2 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [f"g{i}" if i < 2 else out]))
-        if i < 2:
-            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
-        last = out
-    return _model(nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 64])],
-                  [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], inits, "mlp")
-
-
-def mlp_reference(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """What ``mlp_model(seed)`` computes, in numpy."""
-    x = features.astype(np.float32)
-    layers = mlp_weights(seed)
-    for i, (w, b) in enumerate(layers):
-        x = x @ w + b
-        if i < len(layers) - 1:
-            x = np.maximum(x, 0)
-    return x
-
-
 def arith_model() -> bytes:
     vi = helper.make_tensor_value_info
-    return _model([helper.make_node("Add", ["x", "y"], ["sum"]), helper.make_node("Greater", ["x", "y"], ["greater"])],
+    return onnx_model([helper.make_node("Add", ["x", "y"], ["sum"]), helper.make_node("Greater", ["x", "y"], ["greater"])],
                   [vi("x", TensorProto.INT64, ["n"]), vi("y", TensorProto.INT64, ["n"])],
                   [vi("sum", TensorProto.INT64, ["n"]), vi("greater", TensorProto.BOOL, ["n"])], name="arith")
 
 
 def logic_model() -> bytes:
     vi = helper.make_tensor_value_info
-    return _model([helper.make_node("And", ["a", "b"], ["and"]), helper.make_node("Xor", ["a", "b"], ["xor"])],
+    return onnx_model([helper.make_node("And", ["a", "b"], ["and"]), helper.make_node("Xor", ["a", "b"], ["xor"])],
                   [vi("a", TensorProto.BOOL, ["n", 2]), vi("b", TensorProto.BOOL, ["n", 2])],
                   [vi("and", TensorProto.BOOL, ["n", 2]), vi("xor", TensorProto.BOOL, ["n", 2])], name="logic")
 
@@ -112,7 +73,7 @@ def text_model() -> bytes:
         helper.make_node("LabelEncoder", ["text"], ["label"], domain="ai.onnx.ml",
                          keys_strings=WORDS, values_int64s=list(range(len(WORDS))), default_int64=-1),
     ]
-    return _model(nodes, [vi("text", TensorProto.STRING, ["n"])],
+    return onnx_model(nodes, [vi("text", TensorProto.STRING, ["n"])],
                   [vi("category", TensorProto.STRING, ["n"]), vi("label", TensorProto.INT64, ["n"])], name="text")
 
 
@@ -124,7 +85,7 @@ def echo_model() -> bytes:
         inputs.append(vi(f"in_{t}", onnx_type, ["n"]))
         outputs.append(vi(f"out_{t}", onnx_type, ["n"]))
         nodes.append(helper.make_node("Identity", [f"in_{t}"], [f"out_{t}"]))
-    return _model(nodes, inputs, outputs, name="echo")
+    return onnx_model(nodes, inputs, outputs, name="echo")
 
 
 def sha256(data: bytes) -> str:

@@ -1,6 +1,6 @@
 """Shared distribution machinery: artifact selection and verification, the pid-file
-supervisor (executed for real against harmless commands), kubeconfig rewriting, the driver
-registry."""
+supervisor (executed for real against harmless commands), kubeconfig rewriting, templates,
+the driver registry."""
 
 from __future__ import annotations
 
@@ -14,26 +14,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.distributions import driver_for
-from components.distributions.common import (
-    ARTIFACT_VERIFY_EXIT,
-    Artifact,
-    DistributionError,
-    artifact_arch,
-    ere_literal,
-    heredoc_file,
-    pick_artifact,
-    render_supervisor,
-    render_verify_artifact,
-    rewrite_kubeconfig,
-)
-from components.inventory import VERSION_EXAMPLES
+from components.contract import VERSION_PATTERNS
+from components.distributions import DistributionError, NodeSpec, driver_for
+from components.distributions.artifacts import UploadedArtifact, artifact_arch, pick_artifact, verify_lines
+from components.distributions.bash import ARTIFACT_VERIFY_EXIT, Script, ere_literal, heredoc_file
+from components.distributions.kube import rewrite_kubeconfig
+from components.distributions.templating import fill
+from components.distributions.units import render_supervisor
 
 SHA = "0" * 64
+NODE = NodeSpec(site="s", host="n1", address="10.0.0.11", role="server", first_server=True, server_url=None,
+                arch="amd64", labels={}, taints=[], tls_sans=[], cluster_cidr="10.42.0.0/16",
+                service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
+                registry_mirrors={})
 
 
-def art(name: str, path: str) -> Artifact:
-    return Artifact(name=name, url_or_path=path, sha256=SHA, dest=f"/var/lib/edgefleet/artifacts/{Path(path).name}")
+def art(name: str, path: str) -> UploadedArtifact:
+    return UploadedArtifact(name=name, url_or_path=path, sha256=SHA,
+                            dest=f"/var/lib/edgefleet/artifacts/{Path(path).name}")
 
 
 # --- artifacts ---------------------------------------------------------------------------------
@@ -66,11 +64,15 @@ def test_pick_artifact_refuses_missing_and_ambiguous_choices() -> None:
     assert err.value.fix
 
 
-def test_verify_artifact_script_accepts_the_published_file_and_refuses_a_tampered_one(tmp_path: Path) -> None:
+def test_the_install_verification_accepts_the_published_file_and_refuses_a_tampered_one(tmp_path: Path) -> None:
     blob = tmp_path / "k3s"
     blob.write_bytes(b"release bytes\n")
     good = hashlib.sha256(blob.read_bytes()).hexdigest()
-    script = render_verify_artifact(Artifact("k3s", str(blob), good, str(blob)))
+    artifact = UploadedArtifact("k3s", str(blob), good, str(blob))
+    # What every install runs before it changes anything on the host.
+    lines = verify_lines([artifact])
+    assert lines in driver_for("k3s").render_install(NODE, [artifact])
+    script = Script("verify", "unit", lib=("verify_artifact",)).render(lines + 'log "verified"\n')
     ok = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=20)
     assert ok.returncode == 0, ok.stderr
     assert "verified" in ok.stderr
@@ -87,11 +89,14 @@ def test_verify_artifact_script_accepts_the_published_file_and_refuses_a_tampere
     assert missing.returncode == ARTIFACT_VERIFY_EXIT and "does not exist" in missing.stderr
 
 
-def test_verify_artifact_rejects_malformed_digests() -> None:
+@pytest.mark.parametrize("name", sorted(VERSION_PATTERNS))
+def test_installs_refuse_malformed_digests_and_destinations(name: str) -> None:
+    binary = {"k3s": "dist/k3s", "k0s": "dist/k0s", "microshift": "rpms/microshift.rpm"}[name]
+    driver = driver_for(name)
     with pytest.raises(DistributionError, match="not a sha256 hex digest"):
-        render_verify_artifact(Artifact("k3s", "/x", "abc", "/x"))
+        driver.render_install(NODE, [UploadedArtifact(name, binary, "abc", "/x")])
     with pytest.raises(DistributionError, match="not an absolute path"):
-        render_verify_artifact(Artifact("k3s", "/x", SHA, "relative/x"))
+        driver.render_install(NODE, [UploadedArtifact(name, binary, SHA, "relative/x")])
 
 
 # --- supervisor ----------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def test_rewrite_kubeconfig_changes_only_the_server_address() -> None:
     out = rewrite_kubeconfig(KUBECONFIG, "https://10.213.7.21:6443")
     assert yaml.safe_load(out)["clusters"][0]["cluster"]["server"] == "https://10.213.7.21:6443"
     before, after = KUBECONFIG.splitlines(), out.splitlines()
-    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     assert changed == [("    server: https://127.0.0.1:6443", "    server: https://10.213.7.21:6443")]
 
 
@@ -246,17 +251,15 @@ def test_heredoc_carries_content_verbatim_even_with_the_delimiter_inside(tmp_pat
 
 def test_ere_literal_matches_paths_literally() -> None:
     pattern = ere_literal("/var/lib/rancher.k3s/")
-    ok = subprocess.run(["bash", "-c", f'[[ "/var/lib/rancher.k3s/data" =~ {pattern} ]] && ! [[ "/var/lib/rancherXk3s/" =~ {pattern} ]]'],
-                        timeout=10)
+    test = f'[[ "/var/lib/rancher.k3s/data" =~ {pattern} ]] && ! [[ "/var/lib/rancherXk3s/" =~ {pattern} ]]'
+    ok = subprocess.run(["bash", "-c", test], timeout=10)
     assert ok.returncode == 0
 
 
-@pytest.mark.parametrize("name", ["k3s", "k0s", "microshift"])
-def test_every_distribution_has_a_driver_with_its_version_pattern(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(VERSION_PATTERNS))
+def test_every_distribution_with_a_version_pattern_has_a_driver(name: str) -> None:
     driver = driver_for(name)
     assert driver.name == name
-    assert driver.version_pattern.match(VERSION_EXAMPLES[name])
-    assert not driver.version_pattern.match("latest")
     assert driver.token_env.isupper()
 
 
@@ -265,3 +268,18 @@ def test_unknown_distribution_is_refused_with_the_choices() -> None:
         driver_for("rke2")
     assert err.value.field == "distribution.name"
     assert "k0s, k3s, microshift" in err.value.fix
+
+
+# --- templates ----------------------------------------------------------------------------------------
+
+
+def test_templates_are_filled_exactly_or_not_at_all() -> None:
+    drain = fill("kube-drain.sh", TIMEOUT=90)
+    assert "--timeout=90s" in drain and "@@" not in drain
+    assert not drain.startswith("# shellcheck shell="), "the header is not part of the text"
+    with pytest.raises(ValueError, match=r"no value for \['TIMEOUT'\]"):
+        fill("kube-drain.sh")
+    with pytest.raises(ValueError, match=r"no placeholder for \['NODE'\]"):
+        fill("kube-drain.sh", TIMEOUT=90, NODE="n1")
+    with pytest.raises(ValueError, match="takes whole lines"):
+        fill("microshift-firewall.sh", RULES="  fw_add port public 6443/tcp")  # without its newline

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from components.distributions import k0s, k3s, microshift
-from components.distributions.common import DistributionError, NodeSpec, combine_facts
+from components.distributions import DistributionError, NodeSpec, combine_facts, driver_for, k0s, k3s, microshift
+from components.distributions.artifacts import UploadedArtifact
 from components.inventory import Inventory, Site
-from components.site import site_props
-from policies.model import Resource
+from components.topology import site_props
+from policies.resource import Resource
 from policies.rules import get_rule
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"
@@ -27,7 +27,8 @@ INSTALL_RULES = {"secretsEncryption": "edge-secrets-encryption", "auditLog": "ed
 
 
 def host(name: str, address: str, role: str = "server") -> dict[str, Any]:
-    return {"name": name, "address": address, "role": role, "ssh": {"host_key": HOST_KEY, "private_key": {"config": "k"}}}
+    return {"name": name, "address": address, "role": role,
+            "ssh": {"host_key": HOST_KEY, "private_key": {"config": "k"}}}
 
 
 SITES: dict[str, dict[str, Any]] = {
@@ -39,7 +40,8 @@ SITES: dict[str, dict[str, Any]] = {
             "artifacts": [{"name": "k0s", "source": "https://a.example/k0s", "sha256": SHA}],
             "hosts": [host("store-1", "10.0.1.10"), host("store-2", "10.0.1.11", "agent")]},
     "microshift": {"name": "tower", "topology": "gateway", "distribution": {"name": "microshift", "version": "4.19.0"},
-                   "artifacts": [{"name": "microshift", "source": "https://a.example/microshift-4.19.0.rpm", "sha256": SHA}],
+                   "artifacts": [{"name": "microshift", "source": "https://a.example/microshift-4.19.0.rpm",
+                                  "sha256": SHA}],
                    "hosts": [host("tower-gw", "10.0.2.2")]},
 }
 
@@ -83,7 +85,8 @@ def test_k0s_renders_every_setting_the_rules_check() -> None:
     assert failing(props("k0s")) == set()
 
 
-def test_a_k0s_encryption_config_that_writes_in_plain_text_fails_the_encryption_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_k0s_encryption_config_that_writes_in_plain_text_fails_the_encryption_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     assert "edge-secrets-encryption" not in failing(props("k0s"))
     cfg = yaml.safe_load(k0s.render_encryption_config())
     cfg["resources"][0]["providers"].reverse()  # identity first: Secrets are stored as they are
@@ -97,17 +100,18 @@ def test_microshift_renders_audit_and_the_kubeconfig_mode_but_not_encryption_or_
 
 def test_kubeconfig_mode_is_set_by_the_k0s_and_microshift_installs() -> None:
     node = k0s_node()
-    art = [k0s.Artifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/a/k0s")]
-    script = k0s.render_install(node, art)
+    art = [UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/a/k0s")]
+    script = driver_for("k0s").render_install(node, art)
     assert script.index("chmod 0600 -- /var/lib/k0s/pki/admin.conf") > script.index("svc_apply")
     ms = dataclasses.replace(node, host="ms-1", labels={}, registry_mirrors={})
-    rpm = [microshift.Artifact("microshift", "rpms/microshift-4.19.0.x86_64.rpm", "1" * 64, "/a/m.rpm")]
-    script = microshift.render_install(ms, rpm)
+    rpm = [UploadedArtifact("microshift", "rpms/microshift-4.19.0.x86_64.rpm", "1" * 64, "/a/m.rpm")]
+    script = driver_for("microshift").render_install(ms, rpm)
     assert "-name kubeconfig -exec chmod 0600 -- {} +" in script
 
 
 def k0s_node() -> NodeSpec:
-    return NodeSpec(site="store", host="store-1", address="10.0.1.10", role="server", first_server=True, server_url=None,
+    return NodeSpec(site="store", host="store-1", address="10.0.1.10", role="server", first_server=True,
+                    server_url=None,
                     arch="amd64", labels={}, taints=[], tls_sans=[], cluster_cidr="10.42.0.0/16",
                     service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
                     registry_mirrors={})
@@ -157,9 +161,9 @@ LACKING = [
 
 
 @pytest.mark.parametrize("dist, module, change, rule", LACKING, ids=[f"{d}-{r}" for d, _, _, r in LACKING])
-def test_a_setting_missing_from_the_rendered_config_fails_its_rule(monkeypatch: pytest.MonkeyPatch, dist: str, module: Any,
-                                                                  change: Callable[[dict[str, Any], NodeSpec], None],
-                                                                  rule: str) -> None:
+def test_a_setting_missing_from_the_rendered_config_fails_its_rule(
+        monkeypatch: pytest.MonkeyPatch, dist: str, module: Any, change: Callable[[dict[str, Any], NodeSpec], None],
+        rule: str) -> None:
     before = failing(props(dist))
     assert rule not in before
     monkeypatch.setattr(module, "render_config", drop_from_config(module, change))
@@ -167,8 +171,8 @@ def test_a_setting_missing_from_the_rendered_config_fails_its_rule(monkeypatch: 
 
 
 @pytest.mark.parametrize("module, attr", [(k0s, "_kubeconfig_mode_line"), (microshift, "_kubeconfig_mode_lines")])
-def test_an_install_that_does_not_narrow_the_kubeconfig_fails_the_mode_rule(monkeypatch: pytest.MonkeyPatch, module: Any,
-                                                                            attr: str) -> None:
+def test_an_install_that_does_not_narrow_the_kubeconfig_fails_the_mode_rule(
+        monkeypatch: pytest.MonkeyPatch, module: Any, attr: str) -> None:
     dist = module.NAME
     assert "edge-kubeconfig-mode" not in failing(props(dist))
     monkeypatch.setattr(module, attr, lambda *a: "")
@@ -224,16 +228,18 @@ def test_k3s_flags_overriding_the_baseline_are_refused_by_the_driver(flag: str) 
     assert info.value.field.endswith(".extra_args") and flag in info.value.message and "baseline" in info.value.fix
 
 
-@pytest.mark.parametrize("flag", ["--kubelet-extra-args=--protect-kernel-defaults=false", "--labels=a=b", "--data-dir=/x"])
+@pytest.mark.parametrize("flag", ["--kubelet-extra-args=--protect-kernel-defaults=false", "--labels=a=b",
+                                  "--data-dir=/x"])
 def test_k0s_flags_overriding_what_it_renders_are_refused(flag: str) -> None:
     with pytest.raises(DistributionError, match="overrides"):
         k0s.install_flags(dataclasses.replace(k0s_node(), extra_args=(flag,)))
 
 
 def test_flags_that_leave_the_baseline_alone_still_pass() -> None:
-    node = dataclasses.replace(k0s_node(), extra_args=("--kube-apiserver-arg=event-ttl=2h", "--disable=traefik,servicelb",
+    node = dataclasses.replace(k0s_node(), extra_args=("--kube-apiserver-arg=event-ttl=2h",
+                                                      "--disable=traefik,servicelb",
                                                       "--kubelet-arg=enforce-node-allocatable=", "--debug"))
-    assert k3s.install_facts(node)["secretsEncryption"] is True
+    assert driver_for("k3s").install_facts(node)["secretsEncryption"] is True
 
 
 # --- mirror endpoints ------------------------------------------------------------------------------

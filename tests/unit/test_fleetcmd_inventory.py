@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import components.inventory as inventory_module
+import components.inventory.loader as inventory_module
 from components.inventory import InventoryError, load_inventory
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"

@@ -140,6 +140,18 @@ def test_split_keeps_every_urn_but_the_stack_name():
     assert [r["urn"].rsplit("::", 1)[-1] for r in last["resources"]] == ["edgefleet-dev", "fleet"]
 
 
+def test_split_finds_a_site_named_under_the_fleet():
+    """Sites are named ``fleet-<site>`` now; a stack written before that names them ``<site>``."""
+    current = deployment()
+    for r in current["resources"]:
+        for key in ("urn", "parent"):
+            if key in r:
+                r[key] = r[key].replace("EdgeSite::a", "EdgeSite::fleet-a").replace("::a-install", "::fleet-a-install")
+    dest, source = split(current, "edgefleet", "dev", "a")
+    assert [r["urn"].rsplit("::", 1)[-1] for r in dest["resources"]][-2:] == ["fleet-a", "fleet-a-install"]
+    assert [r["urn"].rsplit("::", 1)[-1] for r in source["resources"]] == ["edgefleet-dev", "fleet", "default", "b", "b-install"]
+
+
 def test_split_refuses_an_unknown_site_and_pending_operations():
     with pytest.raises(FleetError, match="no resources of site 'c'"):
         split(deployment(), "edgefleet", "dev", "c")

@@ -23,9 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.distributions import driver_for
-from components.distributions.common import DistributionError, Service, toml_str
+from components.distributions import DistributionError
+from components.distributions.formats import toml_str
+from components.distributions.units import Service
+from components.host import NodeSteps
 from components.inventory import InventoryError, load_inventory
-from components.site import local_artifacts, node_spec, ordered_hosts
+from components.topology import local_artifacts, node_spec, ordered_hosts
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"
 SHA = "ab" * 32
@@ -188,11 +191,10 @@ def render_everything(path: Path, tmp: Path) -> None:
         for host in hosts:
             node = node_spec(site, host, hosts[0])
             arts = [a.for_driver() for a in local_artifacts(site, host, loaded.base)]
-            steps = driver.upgrade_steps(node, arts)
-            scripts += [driver.render_install(node, arts), driver.render_uninstall(node), driver.ready_check(node),
-                        driver.render_fetch_kubeconfig(node), driver.render_drain(node.host), driver.render_uncordon(node.host),
-                        driver.render_node_ready(node), driver.render_remove_node(node.host),
-                        steps.drain, steps.upgrade, steps.uncordon]
+            steps = NodeSteps(driver, node, arts, joined=not node.first_server)
+            scripts += [steps.install(), steps.ready(node.host), driver.render_uninstall(node),
+                        driver.render_fetch_kubeconfig(node), driver.render_drain(node.host),
+                        driver.render_remove_node(node.host)]
             scripts += [s for s in [driver.render_join_token(node)] if s]
             for p, (content, _) in driver.config_files(node).items():
                 check_config(p, content)

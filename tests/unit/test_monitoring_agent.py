@@ -16,7 +16,7 @@ from components.monitoring.agent import (PROFILES, AgentArgs, AgentError, CoreEn
                                          render, wal_bytes)
 from components.monitoring.component import SiteMonitoring
 from components.monitoring.rules import SiteExpectation
-from tests.unit.test_inference_component import TestSite, policy_findings, run_program
+from tests.unit.test_serving import TestSite, policy_findings, run_program
 
 IMAGE = "registry.edgefleet.local/edgefleet/prometheus@sha256:" + "ab" * 32
 # Installed by scripts/bootstrap (scripts/apt-packages.txt): missing, the tests fail rather than skip.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.inventory import LATENCY_BUDGET_MS
+from components.contract import LATENCY_BUDGET_MS
 from components.monitoring.rules import RulesError, SiteExpectation, Thresholds, render_rules
 
 # Installed by scripts/bootstrap (scripts/apt-packages.txt): missing, the tests fail rather than skip.

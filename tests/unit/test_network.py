@@ -10,9 +10,9 @@ from components.network import (
     ClusterDns, NetworkPolicyError, RegistryEgress, create_network_policies, default_deny, namespace_policies,
 )
 from policies.engine import evaluate
-from policies.model import Resource
+from policies.resource import Resource
 from policies.rules import get_rule
-from tests.unit.test_inference_component import run_program
+from tests.unit.test_serving import run_program
 
 POD = {"app.kubernetes.io/name": "quality-control", "app.kubernetes.io/component": "inference-server"}
 MICROSHIFT_DNS = ClusterDns("openshift-dns", {"dns.operator.openshift.io/daemonset-dns": "default"}, 5353)

@@ -69,18 +69,24 @@ def _fleet_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: str) 
             self.sites: dict[str, Any] = {}
 
     monkeypatch.setattr(program, "EdgeFleet", Capture)
-    monkeypatch.setattr("components.workloads.workload_deployers", lambda *a: ())
+    monkeypatch.setattr(program, "plan_fleet_workloads", lambda *a, **k: {})
+    monkeypatch.setattr(program, "fetch_artifacts", lambda *a: None)  # not about downloads
+    monkeypatch.setattr(program, "workload_settings", lambda *a, **k: None)
     inventory = tmp_path / "unit.yaml"
     inventory.write_text(DEV)
     run(lambda: program.build_fleet(pulumi.Config(), "dev"),
-        {"inventory": str(inventory), "fleetSecret": "s", **config}, secret_keys=("fleetSecret",))
+        {"inventory": str(inventory), "fleetSecret": "s", "sshKeyFleet": "k", **config},
+        secret_keys=("fleetSecret", "sshKeyFleet"))
     (args,) = captured
     return args
 
 
 def test_command_timeout_is_read_from_stack_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _fleet_args(tmp_path, monkeypatch).command_timeout_s is None
-    assert _fleet_args(tmp_path, monkeypatch, commandTimeoutSeconds="900").command_timeout_s == 900
+    def deadlines(args: Any) -> set[int | None]:
+        return {h.target.command_timeout_s for site in args.sites for h in site.hosts}
+
+    assert deadlines(_fleet_args(tmp_path, monkeypatch)) == {None}
+    assert deadlines(_fleet_args(tmp_path, monkeypatch, commandTimeoutSeconds="900")) == {900}
 
 
 def test_a_command_timeout_too_short_for_any_step_is_refused(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ rendered node configuration, and that secrets stay secret."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,13 +19,14 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from components import remote
-from components.fleet import EdgeFleet, FleetArgs, read_secret
+from components.fleet import EdgeFleet
 from components.inventory import LoadedInventory, Site, load_inventory
-from components.program import DEV_PASSPHRASE, build_fleet
-from components.site import (EdgeSite, SiteSettings, check_site, host_key, join_token, machine_ids, node_spec,
-                             ordered_hosts)
+from components.program import DEV_PASSPHRASE, build_fleet, fleet_args, read_secret
+from components.site import EdgeSite, join_token
+from components.topology import SiteSettings, check_site, host_key, machine_ids, node_spec, ordered_hosts, site_args
 from policies.engine import evaluate
-from policies.model import Resource
+from policies.resource import Resource
+from tests.mocks import run_mocked
 from tests.unit.test_inventory import ARTIFACTS, HOST_KEY, INVENTORIES, PRIVATE_KEY, REPO, lab_files
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
@@ -138,19 +138,9 @@ def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret
         preview: bool = False) -> Run:
     """``program`` under mocks (project ``edgefleet``): what it registered and what it returned.
     ``preview``: as in `pulumi preview` (nothing is downloaded)."""
-    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = Mocks()
     monitor = Monitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="edgefleet", stack="unit", preview=preview, monitor=monitor)
-    pulumi.runtime.set_all_config({f"edgefleet:{k}": v for k, v in (config or {}).items()},
-                                  [f"edgefleet:{k}" for k in secret_keys])
-    result: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def program_test() -> pulumi.Output[Any]:
-        return pulumi.Output.from_input(program()).apply(lambda v: result.setdefault("value", v))
-
-    program_test()
+    value = run_mocked(program, mocks, config=config, secret_keys=secret_keys, preview=preview, monitor=monitor)
     requests = [r for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
     aliases = {r.name: frozenset([*(a.spec.name for a in r.aliases if a.spec.name), *(_name(u) for u in r.aliasURNs)])
                for r in requests}
@@ -163,7 +153,7 @@ def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret
                    frozenset(r.additionalSecretOutputs), r.name, aliases[r.name], r.protect)
         for r in requests
     ]
-    return Run(registered, result.get("value"))
+    return Run(registered, value)
 
 
 def site_outputs(site: EdgeSite) -> pulumi.Output[dict[str, Any]]:
@@ -186,7 +176,7 @@ def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
                 private_keys={h.name: read_secret(h.ssh.private_key, loaded.base, config) for h in site.hosts},
                 machines=machines,
             )
-            outs[site.name] = site_outputs(EdgeSite(site.name, site, settings))
+            outs[site.name] = site_outputs(EdgeSite(site.name, site_args(site, settings)))
         return outs
     return run(program)
 
@@ -535,7 +525,7 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     loaded = load_inventory(REPO / "sites" / "prod.yaml")
 
     def program() -> Any:
-        fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
+        fleet = EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
     r = run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",), preview=True)
@@ -575,7 +565,7 @@ def test_microshift_example_installs_with_the_pull_secret_only() -> None:
     loaded = load_inventory(REPO / "sites" / "examples" / "microshift.yaml")
 
     def program() -> Any:
-        fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
+        fleet = EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
     r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
@@ -609,13 +599,12 @@ sites:
 
 
 def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("components.site.download_artifacts", lambda site, base: None)  # not about downloads
     path = tmp_path / "k0s.yaml"
     path.write_text(K0S_HA % {"sha": "5c" * 32, "hk": HOST_KEY})
     loaded = load_inventory(path)
 
     def program() -> Any:
-        fleet = EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET)))
+        fleet = EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
     r = run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",))
@@ -671,8 +660,7 @@ def test_stack_settings_reach_every_remote_step(tmp_path: Path) -> None:
     loaded = load_inventory(inv)
 
     def program() -> Any:
-        EdgeFleet("fleet", FleetArgs(inventory=loaded, fleet_secret=pulumi.Output.secret(FLEET_SECRET),
-                                     command_timeout_s=900))
+        EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET), command_timeout_s=900))
 
     r = run(program, {"sshKeyFleet": PRIVATE_KEY, "sshKeyPassphrase": "pass phrase"},
             secret_keys=("sshKeyFleet", "sshKeyPassphrase"), preview=True)

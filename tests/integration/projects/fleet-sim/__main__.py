@@ -53,10 +53,18 @@ class SimSite(pulumi.ComponentResource):
         super().__init__("sim:fleet:Site", site["name"], None, opts)
         labels = site.get("labels") or {}
         for host in site["hosts"]:
-            SimHost(f"{site['name']}-{host['name']}", {
-                "site": site["name"], "host": host["name"], "simDir": sim_dir,
-                "version": site["distribution"]["version"], "seconds": labels.get("sim-seconds", "0"),
-                "fail": labels.get("sim-fail") == "true"}, pulumi.ResourceOptions(parent=self))
+            SimHost(
+                f"{site['name']}-{host['name']}",
+                {
+                    "site": site["name"],
+                    "host": host["name"],
+                    "simDir": sim_dir,
+                    "version": site["distribution"]["version"],
+                    "seconds": labels.get("sim-seconds", "0"),
+                    "fail": labels.get("sim-fail") == "true",
+                },
+                pulumi.ResourceOptions(parent=self),
+            )
         self.register_outputs({})
 
 

@@ -1,6 +1,8 @@
 """One remote command that announces itself on the host, then runs for ``sleep`` seconds,
 within a ``commandTimeout`` deadline."""
 
+from pathlib import Path
+
 import pulumi
 
 from components import remote
@@ -10,7 +12,7 @@ conn = remote.connection(
     host=config.require("host"),
     port=22,
     user="root",
-    private_key=pulumi.Output.secret(open(config.require("keyFile")).read()),
+    private_key=pulumi.Output.secret(Path(config.require("keyFile")).read_text()),
     host_key=config.require("hostKey"),
     dial_timeout_s=10,
 )

@@ -10,7 +10,9 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 class _GreetingProvider(ResourceProvider):
     def create(self, props):
-        return CreateResult(id_=props["who"], outs={**props, "text": f"hello from {props['who']} on {platform.system()}"})
+        return CreateResult(
+            id_=props["who"], outs={**props, "text": f"hello from {props['who']} on {platform.system()}"}
+        )
 
     def diff(self, _id, olds, news):
         return DiffResult(changes=olds.get("generation") != news.get("generation"), replaces=["generation"])

@@ -1,22 +1,12 @@
 """What runs on each site: the model versions the catalog and its canary choose, proven before
-anything is deployed, and the deployer that creates one InferenceService per workload.
+anything is deployed.
 
-:func:`workload_deployers` does all the checking up front, in one pass over the fleet: catalog,
-image, registry settings, every site's version choice, and every (model, version) validated
-with onnxruntime (sha256, signature, p99 latency times the site's hardware factor within the
-site's latency budget). Any problem raises :class:`pulumi.RunError` naming model, version and
-site before a single resource is registered.
-
-Stack config read here (project ``edgefleet``)::
-
-    inferenceImage        registry/repository@sha256:<64 hex>   (required when a site has workloads)
-    modelCatalog          default models/catalog.yaml
-    validateModels        default true
-    modelRegistryCidr     address block of the S3 model registry; unset: no registry egress, so
-                          only repository-path models (carried by the image) can be deployed
-    modelRegistryPort     default 443
-    modelRegistryEndpoint S3 endpoint URL given to the fetching init container (on-prem S3)
-    modelRegistryAccessKeyId / modelRegistrySecretAccessKey (secrets): its credentials
+:func:`plan_fleet_workloads` does all the checking up front, in one pass over the fleet: the
+catalog, the registry settings, every site's version choice, and every (model, version)
+validated with onnxruntime (sha256, signature, p99 latency times the site's hardware factor
+within the site's latency budget). Any problem raises :class:`pulumi.RunError` naming model,
+version and site before a single resource is registered. The program then creates one
+:class:`components.serving.InferenceService` per planned workload on its site's provider.
 """
 
 from __future__ import annotations
@@ -28,16 +18,21 @@ from pathlib import Path
 
 import pulumi
 
-from components.fleet import WorkloadDeployer
-from components.inference import IMAGE, GpuSpec, InferenceArgs, InferenceArgsError, InferenceService, ModelRegistry
-from components.inventory import Host, Inventory, LoadedInventory, Site, Workload
-from components.models import (
-    CACHE, HARDWARE_FACTORS, CatalogEntry, LoadedCatalog, ModelError, SiteRef,
-    fetch_verified, load_catalog, select_versions, validate_model,
+from components.catalog import (
+    CACHE,
+    HARDWARE_FACTORS,
+    CatalogEntry,
+    LoadedCatalog,
+    ModelError,
+    SiteRef,
+    fetch_verified,
+    load_catalog,
+    select_versions,
+    validate_model,
 )
-from components.network import ClusterDns, NetworkPolicyError, RegistryEgress
-from components.site import EdgeSite
-
+from components.inventory import Host, Inventory, LoadedInventory, Site, Workload
+from components.network import ClusterDns
+from components.serving import GpuSpec, InferenceArgs, InferenceArgsError, ModelRegistry
 
 # The device plugin's resource and the runtime class per GPU vendor.
 GPU_RESOURCES: dict[str, tuple[str, str | None]] = {
@@ -71,40 +66,6 @@ class WorkloadSettings:
     registry: ModelRegistry | None
 
 
-def _config_error(key: str, message: str, fix: str) -> pulumi.RunError:
-    return pulumi.RunError(f"config edgefleet:{key} {message} (fix: {fix})")
-
-
-def read_settings(config: pulumi.Config, project_dir: Path, *, need_image: bool) -> WorkloadSettings:
-    """The stack config this module reads, checked (see the module docstring)."""
-    image = config.get("inferenceImage") or ""
-    if need_image and not image:
-        raise _config_error("inferenceImage", "is not set", "pulumi config set inferenceImage registry.edgefleet.local/edgefleet/inference@sha256:<digest>")
-    if image and not IMAGE.match(image):
-        raise _config_error("inferenceImage", f"{image!r} is not pinned by digest",
-                            "write registry/repository@sha256:<64 hex> (e.g. from `crane digest` or `docker buildx imagetools inspect`)")
-    # The project's config schema gives these defaults ("" and 0): both mean "not set".
-    cidr, port = config.get("modelRegistryCidr"), config.get_int("modelRegistryPort") or None
-    endpoint = config.get("modelRegistryEndpoint")
-    key_id, secret_key = config.get_secret("modelRegistryAccessKeyId"), config.get_secret("modelRegistrySecretAccessKey")
-    registry = None
-    if cidr:
-        try:
-            egress = RegistryEgress(cidr, port if port is not None else 443)
-        except NetworkPolicyError as exc:
-            raise pulumi.RunError(f"config edgefleet:modelRegistryCidr/modelRegistryPort: {exc}") from None
-        if (key_id is None) != (secret_key is None):
-            raise _config_error("modelRegistryAccessKeyId", "and modelRegistrySecretAccessKey must be set together",
-                                "set both with `pulumi config set --secret`, or neither for a registry that needs no keys")
-        registry = ModelRegistry(egress, endpoint or None, key_id, secret_key)
-    elif port is not None or endpoint:
-        raise _config_error("modelRegistryCidr", "is not set but the registry's port or endpoint is",
-                            "set modelRegistryCidr to the registry's address block (e.g. 10.0.5.20/32) so pods may reach it")
-    catalog = project_dir / (config.get("modelCatalog") or "models/catalog.yaml")
-    validate = config.get_bool("validateModels")
-    return WorkloadSettings(image, catalog, True if validate is None else validate, registry)
-
-
 def plan_workloads(inventory: Inventory, catalog: LoadedCatalog) -> dict[str, list[PlannedWorkload]]:
     """Each site's workloads with the version it runs: its pin, or the model's canary version
     where the canary selects the site. Raises :class:`pulumi.RunError` listing every problem."""
@@ -114,7 +75,10 @@ def plan_workloads(inventory: Inventory, catalog: LoadedCatalog) -> dict[str, li
         pins[site.name] = {}
         for wl in site.workloads:
             if wl.model in pins[site.name]:
-                problems.append(f"site {site.name!r}: model {wl.model!r} is listed twice (fix: keep one workload per model and site)")
+                problems.append(
+                    f"site {site.name!r}: model {wl.model!r} is listed twice "
+                    "(fix: keep one workload per model and site)"
+                )
             pins[site.name][wl.model] = wl.version
     refs = [SiteRef(s.name, s.wave) for s in inventory.sites]
     chosen: dict[tuple[str, str], str] = {}
@@ -131,11 +95,11 @@ def plan_workloads(inventory: Inventory, catalog: LoadedCatalog) -> dict[str, li
     for site in inventory.sites:
         plan[site.name] = []
         for wl in site.workloads:
-            version = chosen.get((site.name, wl.model))
-            if version is None:
+            chosen_version = chosen.get((site.name, wl.model))
+            if chosen_version is None:
                 continue  # the model is unknown: reported above
             try:
-                plan[site.name].append(PlannedWorkload(site, wl, catalog.entry(wl.model, version)))
+                plan[site.name].append(PlannedWorkload(site, wl, catalog.entry(wl.model, chosen_version)))
             except ModelError as exc:
                 problems.append(f"site {site.name!r}: {exc}")
     if problems:
@@ -157,21 +121,33 @@ def validate_planned(plan: dict[str, list[PlannedWorkload]], catalog: LoadedCata
         sites = ", ".join(repr(p.site.name) for p in users)
         if entry.spec.uri.startswith("s3://"):
             try:
-                path = fetch_verified(entry.spec.uri, entry.spec.sha256, cache_dir / "models",
-                                      s3_endpoint=os.environ.get("AWS_ENDPOINT_URL") or None)
+                path = fetch_verified(
+                    entry.spec.uri,
+                    entry.spec.sha256,
+                    cache_dir / "models",
+                    s3_endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
+                )
             except ModelError as exc:
-                failures.append(f"model {model!r} version {version!r} for site(s) {sites}: " + "; ".join(map(str, exc.problems)))
+                failures.append(
+                    f"model {model!r} version {version!r} for site(s) {sites}: " + "; ".join(map(str, exc.problems))
+                )
                 continue
         else:
             path = catalog.root / entry.spec.uri
         for p in users:
             try:
-                validate_model(entry, path, budget_ms=p.site.latency_budget_ms,
-                               hardware_factor=HARDWARE_FACTORS[p.site.hardware_class],
-                               cache_dir=cache_dir / "model-validation",
-                               site=p.site.name)
+                validate_model(
+                    entry,
+                    path,
+                    budget_ms=p.site.latency_budget_ms,
+                    hardware_factor=HARDWARE_FACTORS[p.site.hardware_class],
+                    cache_dir=cache_dir / "model-validation",
+                    site=p.site.name,
+                )
             except ModelError as exc:
-                failures.append(f"model {model!r} version {version!r} at site {p.site.name!r}: " + "; ".join(map(str, exc.problems)))
+                failures.append(
+                    f"model {model!r} version {version!r} at site {p.site.name!r}: " + "; ".join(map(str, exc.problems))
+                )
     if failures:
         raise pulumi.RunError("model validation failed; nothing was deployed:\n  " + "\n  ".join(failures))
 
@@ -180,7 +156,9 @@ def gpu_hosts(site: Site) -> list[Host]:
     """The hosts whose GPUs workloads use: those of the first GPU vendor listed."""
     vendors = [h.gpu.vendor for h in site.hosts if h.gpu is not None]
     if not vendors:
-        raise pulumi.RunError(f"site {site.name!r} has no GPU host (fix: add `gpu: {{vendor: nvidia, count: 1}}` to a host)")
+        raise pulumi.RunError(
+            f"site {site.name!r} has no GPU host (fix: add `gpu: {{vendor: nvidia, count: 1}}` to a host)"
+        )
     return [h for h in site.hosts if h.gpu is not None and h.gpu.vendor == vendors[0]]
 
 
@@ -197,7 +175,11 @@ def gpu_spec(site: Site) -> GpuSpec:
         for taint in h.taints:
             key_value, effect = taint.rsplit(":", 1)
             key, eq, value = key_value.partition("=")
-            t = {"key": key, "operator": "Equal", "value": value, "effect": effect} if eq else {"key": key, "operator": "Exists", "effect": effect}
+            t = (
+                {"key": key, "operator": "Equal", "value": value, "effect": effect}
+                if eq
+                else {"key": key, "operator": "Exists", "effect": effect}
+            )
             tolerations[taint] = t
     resource, runtime_class = GPU_RESOURCES[vendor]
     return GpuSpec(resource, 1, runtime_class, dict(sorted(common)), tuple(tolerations[k] for k in sorted(tolerations)))
@@ -244,19 +226,21 @@ def gpu_capacity_warning(planned: PlannedWorkload, args: InferenceArgs) -> str |
     available = sum(h.gpu.count for h in gpu_hosts(planned.site) if h.gpu)
     if args.replicas * args.gpu.count <= available:
         return None
-    return (f"site {args.site!r}: model {args.model!r} needs {args.replicas * args.gpu.count} GPU(s) for {args.replicas} "
-            f"replica(s) but the site has {available}; the others stay Pending")
+    return (
+        f"site {args.site!r}: model {args.model!r} needs {args.replicas * args.gpu.count} GPU(s) for {args.replicas} "
+        f"replica(s) but the site has {available}; the others stay Pending"
+    )
 
 
-def workload_deployers(inventory: LoadedInventory, config: pulumi.Config, project_dir: Path, *,
-                       cache_dir: Path | None = None) -> tuple[WorkloadDeployer, ...]:
-    """The deployers the fleet calls once per site as ``deploy(site, edge_site)``. Everything
-    is checked here first (see the module docstring); ``cache_dir`` holds fetched models and
-    validation results (default: $EDGEFLEET_CACHE)."""
+def plan_fleet_workloads(
+    inventory: LoadedInventory, settings: WorkloadSettings, *, cache_dir: Path | None = None
+) -> dict[str, list[InferenceArgs]]:
+    """Each site's InferenceService arguments, every one checked first (see the module
+    docstring); ``cache_dir`` holds fetched models and validation results (default:
+    $EDGEFLEET_CACHE)."""
     inv = inventory.inventory
-    settings = read_settings(config, project_dir, need_image=any(s.workloads for s in inv.sites))
     if not any(s.workloads for s in inv.sites):
-        return ()
+        return {}
     try:
         catalog = load_catalog(settings.catalog, check_files=settings.validate)
     except ModelError as exc:
@@ -268,10 +252,12 @@ def workload_deployers(inventory: LoadedInventory, config: pulumi.Config, projec
         args[site_name] = []
         for p in planned:
             if p.entry.spec.uri.startswith("s3://") and settings.registry is None:
-                problems.append(f"model {p.entry.model!r} version {p.entry.version!r} at site {site_name!r} comes from "
-                                f"{p.entry.spec.uri} but pods may not reach the model registry: config edgefleet:modelRegistryCidr "
-                                "is not set (fix: pulumi config set modelRegistryCidr <registry address>/32, or serve a "
-                                "repository-path version, which the image carries)")
+                problems.append(
+                    f"model {p.entry.model!r} version {p.entry.version!r} at site {site_name!r} comes "
+                    f"from {p.entry.spec.uri} but pods may not reach the model registry: config "
+                    "edgefleet:modelRegistryCidr is not set (fix: pulumi config set modelRegistryCidr "
+                    "<registry address>/32, or serve a repository-path version, which the image carries)"
+                )
                 continue
             try:
                 a = inference_args(p, settings.image, settings.registry)
@@ -286,9 +272,4 @@ def workload_deployers(inventory: LoadedInventory, config: pulumi.Config, projec
         raise pulumi.RunError("cannot deploy workloads:\n  " + "\n  ".join(problems))
     if settings.validate:
         validate_planned(plan, catalog, cache_dir or CACHE)
-
-    def deploy(site: Site, edge_site: EdgeSite) -> None:
-        for a in args.get(site.name, []):
-            InferenceService(f"{site.name}-{a.model}", a, pulumi.ResourceOptions(parent=edge_site, provider=edge_site.provider))
-
-    return (deploy,)
+    return args

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.models import ModelError, fetch_verified, load_catalog
+from components.catalog import ModelError, fetch_verified, load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISH = REPO / "scripts" / "publish-model"

@@ -39,13 +39,25 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from components.inventory import LATENCY_BUDGET_MS, NAME, SHA256, _custom, _display, _loc
+from components.contract import LATENCY_BUDGET_MS, S3_URI, SHA256, Problem, cache_dir, file_sha256
+from components.schema import (
+    Hints,
+    StrictModel,
+    checked_name,
+    checked_sha256,
+    custom_error,
+    display_path,
+    error_parts,
+    exactly_one,
+    location,
+    yaml_error,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOG = REPO / "models" / "catalog.yaml"
-CACHE = Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet"))
+CACHE = cache_dir()
 DEFAULT_VALIDATION_CACHE = CACHE / "model-validation"
 
 # Conservative multipliers of the p99 latency measured on the machine running the preview (taken
@@ -53,62 +65,87 @@ DEFAULT_VALIDATION_CACHE = CACHE / "model-validation"
 # that passes here does not miss its budget on the device; a site that has measured its own
 # hardware passes its factor instead (``hardware_factor=``).
 HARDWARE_FACTORS: dict[str, float] = {
-    "x86-server": 1.0,   # rack server core, same class as the preview machine
-    "x86-edge": 2.5,     # Atom / Celeron / NUC-class fanless box
-    "arm64-edge": 4.0,   # Jetson / Raspberry Pi-class Cortex-A CPU (CPU execution only)
-    "gateway": 8.0,      # constrained gateway, shared with protocol adapters
+    "x86-server": 1.0,  # rack server core, same class as the preview machine
+    "x86-edge": 2.5,  # Atom / Celeron / NUC-class fanless box
+    "arm64-edge": 4.0,  # Jetson / Raspberry Pi-class Cortex-A CPU (CPU execution only)
+    "gateway": 8.0,  # constrained gateway, shared with protocol adapters
 }
 
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                   "FP16", "FP32", "FP64", "BYTES"]
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
 LatencyClass = Literal["control", "video", "batch"]
 
 # onnxruntime's tensor type names -> Open Inference Protocol v2 datatypes, and the numpy dtype
 # the synthetic inputs use for each.
 ORT_DATATYPES: dict[str, str] = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
 NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
 }
 
-S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^\s]+)$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,62}$")
 CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
 MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-FORMAT_HINT = "see the catalog format in components/models.py"
+FORMAT_HINT = "see the catalog format in components/catalog.py"
+HINTS = Hints(
+    missing=f"add this field; {FORMAT_HINT}",
+    unknown=f"check the spelling; {FORMAT_HINT}",
+    correct=f"correct the value; {FORMAT_HINT}",
+)
 
 # A model is served in a namespace of its own name, which the stack creates and, when the model
 # is dropped, deletes with everything in it. These belong to the cluster, its distribution or
 # common add-ons: a model named after one would adopt that namespace and later delete it.
-RESERVED_NAMESPACES = frozenset({
-    "default", "monitoring", "observability", "logging", "cert-manager", "ingress-nginx", "metallb-system",
-    "longhorn-system", "gpu-operator", "nvidia-gpu-operator", "flux-system", "argocd", "istio-system", "velero",
-})
+RESERVED_NAMESPACES = frozenset(
+    {
+        "default",
+        "monitoring",
+        "observability",
+        "logging",
+        "cert-manager",
+        "ingress-nginx",
+        "metallb-system",
+        "longhorn-system",
+        "gpu-operator",
+        "nvidia-gpu-operator",
+        "flux-system",
+        "argocd",
+        "istio-system",
+        "velero",
+    }
+)
 RESERVED_NAMESPACE_PREFIXES = ("kube-", "openshift", "k0s-", "cattle-", "calico-", "tigera-", "edgefleet-system")
 
 
 def reserved_namespace(name: str) -> bool:
     """Whether ``name`` is a namespace the fleet never creates for a model (see above)."""
     return name in RESERVED_NAMESPACES or name.startswith(RESERVED_NAMESPACE_PREFIXES)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong, where it is, and what to do about it."""
-
-    file: str
-    field: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message} (fix: {self.fix})"
 
 
 class ModelError(Exception):
@@ -121,11 +158,8 @@ class ModelError(Exception):
 
 # --- catalog schema ---------------------------------------------------------------------------
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class Tensor(_Model):
+class Tensor(StrictModel):
     """A named input or output tensor in Open Inference Protocol v2 terms."""
 
     name: Annotated[str, Field(min_length=1)]
@@ -136,12 +170,15 @@ class Tensor(_Model):
     @classmethod
     def _dims(cls, v: list[int]) -> list[int]:
         if any(d == 0 or d < -1 for d in v):
-            raise _custom("shape", f"{v} has a dimension that is neither -1 nor positive",
-                          "write each dimension as a positive size, or -1 where it is dynamic (e.g. the batch)")
+            raise custom_error(
+                "shape",
+                f"{v} has a dimension that is neither -1 nor positive",
+                "write each dimension as a positive size, or -1 where it is dynamic (e.g. the batch)",
+            )
         return v
 
 
-class Resources(_Model):
+class Resources(StrictModel):
     """What one replica needs, as Kubernetes quantities."""
 
     cpu: str = "250m"
@@ -157,18 +194,20 @@ class Resources(_Model):
     @classmethod
     def _cpu(cls, v: str) -> str:
         if not CPU.match(str(v)):
-            raise _custom("cpu", f"{v!r} is not a CPU quantity", "write millicores like '250m' or cores like '1' or '0.5'")
+            raise custom_error(
+                "cpu", f"{v!r} is not a CPU quantity", "write millicores like '250m' or cores like '1' or '0.5'"
+            )
         return v
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: str) -> str:
         if not MEMORY.match(str(v)):
-            raise _custom("memory", f"{v!r} is not a memory quantity", "write a size like '256Mi' or '1Gi'")
+            raise custom_error("memory", f"{v!r} is not a memory quantity", "write a size like '256Mi' or '1Gi'")
         return v
 
 
-class ModelVersion(_Model):
+class ModelVersion(StrictModel):
     uri: str
     sha256: str
     inputs: Annotated[list[Tensor], Field(min_length=1)]
@@ -180,22 +219,27 @@ class ModelVersion(_Model):
     @classmethod
     def _uri(cls, v: str) -> str:
         if v.startswith("s3://"):
-            if not S3_URI.match(v):
-                raise _custom("uri", f"{v!r} is not an s3://bucket/key URI", "write s3://BUCKET/PREFIX/NAME/VERSION/model.onnx (scripts/publish-model prints it)")
+            if s3_object(v) is None:
+                raise custom_error(
+                    "uri",
+                    f"{v!r} is not an s3://bucket/key URI",
+                    "write s3://BUCKET/PREFIX/NAME/VERSION/model.onnx (scripts/publish-model prints it)",
+                )
         elif "://" in v or Path(v).is_absolute() or ".." in Path(v).parts or not v:
-            raise _custom("uri", f"{v!r} is neither s3://bucket/key nor a path inside the repository",
-                          "write a relative path such as models/NAME/VERSION/model.onnx or an s3:// URI")
+            raise custom_error(
+                "uri",
+                f"{v!r} is neither s3://bucket/key nor a path inside the repository",
+                "write a relative path such as models/NAME/VERSION/model.onnx or an s3:// URI",
+            )
         return v
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not SHA256.match(v):
-            raise _custom("sha256", f"{v!r} is not a sha256 hex digest", "write the 64 lowercase hex characters printed by `sha256sum model.onnx`")
-        return v
+        return checked_sha256(v, "model.onnx")
 
 
-class Canary(_Model):
+class Canary(StrictModel):
     """A version rolled out ahead of the pins: to whole rollout waves, or to a stable
     percentage of sites (see :func:`canary_bucket`)."""
 
@@ -205,13 +249,17 @@ class Canary(_Model):
 
     @model_validator(mode="after")
     def _one_selector(self) -> Canary:
-        if (self.waves is None) == (self.percent is None):
-            raise _custom("canary", "exactly one of 'waves' or 'percent' must be set",
-                          "write `canary: {version: '2', waves: [0]}` or `canary: {version: '2', percent: 10}`")
+        exactly_one(
+            self,
+            "waves",
+            "percent",
+            "canary",
+            "write `canary: {version: '2', waves: [0]}` or `canary: {version: '2', percent: 10}`",
+        )
         return self
 
 
-class CatalogModel(_Model):
+class CatalogModel(StrictModel):
     name: str
     description: Annotated[str, Field(min_length=1)]
     versions: Annotated[dict[str, ModelVersion], Field(min_length=1)]
@@ -220,12 +268,14 @@ class CatalogModel(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise _custom("name", f"{v!r} is not a valid model name", "use lowercase letters, digits and '-', at most 63 characters")
+        checked_name(v, "model")
         if reserved_namespace(v):
-            raise _custom("name", f"{v!r} names a namespace the fleet does not own (a model is served in a namespace of "
-                          "its own name, which the stack would adopt and later delete)",
-                          "rename the model, e.g. to a name that says what it predicts")
+            raise custom_error(
+                "name",
+                f"{v!r} names a namespace the fleet does not own (a model is served in a namespace of "
+                "its own name, which the stack would adopt and later delete)",
+                "rename the model, e.g. to a name that says what it predicts",
+            )
         return v
 
     @field_validator("versions")
@@ -233,11 +283,15 @@ class CatalogModel(_Model):
     def _version_keys(cls, v: dict[str, ModelVersion]) -> dict[str, ModelVersion]:
         for key in v:
             if not VERSION.match(key):
-                raise _custom("version", f"{key!r} is not a valid version name", "use letters, digits, '.', '_' or '-', e.g. \"1\" or \"2024.06\"")
+                raise custom_error(
+                    "version",
+                    f"{key!r} is not a valid version name",
+                    "use letters, digits, '.', '_' or '-', e.g. \"1\" or \"2024.06\"",
+                )
         return v
 
 
-class Catalog(_Model):
+class Catalog(StrictModel):
     models: list[CatalogModel]
 
 
@@ -248,8 +302,8 @@ class CatalogEntry:
     model: str
     version: str
     spec: ModelVersion
-    file: str    # the catalog as the user would type it
-    field: str   # e.g. models[1].versions.2
+    file: str  # the catalog as the user would type it
+    field: str  # e.g. models[1].versions.2
 
     def problem(self, field: str, message: str, fix: str, site: str | None = None) -> Problem:
         where = f"model {self.model!r} version {self.version!r}" + (f" at site {site!r}" if site else "")
@@ -268,41 +322,44 @@ class LoadedCatalog:
         return self.path.parent.parent
 
     def entries(self) -> list[CatalogEntry]:
-        shown = _display(self.path)
-        return [CatalogEntry(m.name, v, spec, shown, f"models[{i}].versions.{v}")
-                for i, m in enumerate(self.catalog.models) for v, spec in m.versions.items()]
+        shown = display_path(self.path)
+        return [
+            CatalogEntry(m.name, v, spec, shown, f"models[{i}].versions.{v}")
+            for i, m in enumerate(self.catalog.models)
+            for v, spec in m.versions.items()
+        ]
 
     def model(self, name: str) -> CatalogModel:
         for m in self.catalog.models:
             if m.name == name:
                 return m
         known = ", ".join(repr(m.name) for m in self.catalog.models) or "none"
-        raise ModelError([Problem(_display(self.path), "models", f"no model named {name!r} (the catalog has {known})",
-                                  "add the model to the catalog (scripts/make-models) or correct the workload's model name")])
+        raise ModelError(
+            [
+                Problem(
+                    display_path(self.path),
+                    "models",
+                    f"no model named {name!r} (the catalog has {known})",
+                    "add the model to the catalog (scripts/make-models) or correct the workload's model name",
+                )
+            ]
+        )
 
     def entry(self, name: str, version: str) -> CatalogEntry:
         model = self.model(name)
         for e in self.entries():
             if e.model == name and e.version == version:
                 return e
-        raise ModelError([Problem(_display(self.path), "models", f"model {name!r} has no version {version!r} (it has {', '.join(map(repr, model.versions))})",
-                                  "pin one of the catalog's versions, or add and publish the new version first")])
-
-
-def _message(err: dict[str, Any]) -> tuple[str, str]:
-    """One pydantic error as (message, fix)."""
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if "fix" in ctx:  # our own validators name the value and the fix
-        return ctx["message"], ctx["fix"]
-    if kind == "missing":
-        return "is required", f"add this field; {FORMAT_HINT}"
-    if kind == "extra_forbidden":
-        return "is not a known field", f"check the spelling; {FORMAT_HINT}"
-    if kind == "literal_error":
-        return f"{err['input']!r} is not allowed", f"use one of {ctx['expected']}"
-    value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f"{value!r}: "
-    return f"{shown}{err['msg']}", f"correct the value; {FORMAT_HINT}"
+        raise ModelError(
+            [
+                Problem(
+                    display_path(self.path),
+                    "models",
+                    f"model {name!r} has no version {version!r} (it has {', '.join(map(repr, model.versions))})",
+                    "pin one of the catalog's versions, or add and publish the new version first",
+                )
+            ]
+        )
 
 
 def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
@@ -322,43 +379,73 @@ def _cross_checks(cat: Catalog, root: Path, check_files: bool) -> list[tuple[str
     for i, m in enumerate(cat.models):
         at = f"models[{i}]"
         if m.name in seen:
-            problems.append((f"{at}.name", f"model name {m.name!r} is already used by models[{seen[m.name]}]", "give every model a unique name; versions go under `versions`"))
+            problems.append(
+                (
+                    f"{at}.name",
+                    f"model name {m.name!r} is already used by models[{seen[m.name]}]",
+                    "give every model a unique name; versions go under `versions`",
+                )
+            )
         seen.setdefault(m.name, i)
         if m.canary is not None and m.canary.version not in m.versions:
-            problems.append((f"{at}.canary.version", f"{m.canary.version!r} is not a version of {m.name!r} (it has {', '.join(map(repr, m.versions))})",
-                             "add the version under `versions` first, or canary an existing one"))
+            problems.append(
+                (
+                    f"{at}.canary.version",
+                    f"{m.canary.version!r} is not a version of {m.name!r} (it has {', '.join(map(repr, m.versions))})",
+                    "add the version under `versions` first, or canary an existing one",
+                )
+            )
         for v, spec in m.versions.items():
             for side in ("inputs", "outputs"):
                 names: dict[str, int] = {}
                 for j, t in enumerate(getattr(spec, side)):
                     if t.name in names:
-                        problems.append((f"{at}.versions.{v}.{side}[{j}].name", f"tensor name {t.name!r} is already used by {side}[{names[t.name]}]", "tensor names are unique within inputs and within outputs"))
+                        problems.append(
+                            (
+                                f"{at}.versions.{v}.{side}[{j}].name",
+                                f"tensor name {t.name!r} is already used by {side}[{names[t.name]}]",
+                                "tensor names are unique within inputs and within outputs",
+                            )
+                        )
                     names.setdefault(t.name, j)
             if check_files and not spec.uri.startswith("s3://") and not (root / spec.uri).is_file():
-                problems.append((f"{at}.versions.{v}.uri", f"{spec.uri!r} does not exist under {_display(root) or '.'}",
-                                 "run scripts/make-models, or point uri at the published s3:// object"))
+                problems.append(
+                    (
+                        f"{at}.versions.{v}.uri",
+                        f"{spec.uri!r} does not exist under {display_path(root) or '.'}",
+                        "run scripts/make-models, or point uri at the published s3:// object",
+                    )
+                )
     return problems
 
 
 def load_catalog(path: str | Path = DEFAULT_CATALOG, *, check_files: bool = True) -> LoadedCatalog:
     """Load and validate a catalog; raise :class:`ModelError` with every problem."""
     path = Path(path)
-    shown = _display(path)
+    shown = display_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ModelError([Problem(shown, "(file)", f"cannot read the catalog: {exc.strerror}", "check the path; the default is models/catalog.yaml")]) from None
+        raise ModelError(
+            [
+                Problem(
+                    shown,
+                    "(file)",
+                    f"cannot read the catalog: {exc.strerror}",
+                    "check the path; the default is models/catalog.yaml",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ModelError([Problem(shown, where, f"invalid YAML: {getattr(exc, 'problem', exc)}", "correct the YAML syntax")]) from None
+        where, message = yaml_error(exc)
+        raise ModelError([Problem(shown, where or "(file)", message, "correct the YAML syntax")]) from None
     if not isinstance(raw, dict):
         raise ModelError([Problem(shown, "(top level)", "expected a mapping with `models`", FORMAT_HINT)])
     raw = _normalise(raw)
     try:
         cat = Catalog.model_validate(raw)
     except ValidationError as exc:
-        raise ModelError([Problem(shown, _loc(e["loc"], raw), *_message(e)) for e in exc.errors()]) from None
+        raise ModelError([Problem(shown, location(e["loc"]), *error_parts(e, HINTS)) for e in exc.errors()]) from None
     problems = _cross_checks(cat, path.resolve().parent.parent, check_files)
     if problems:
         raise ModelError([Problem(shown, *p) for p in problems])
@@ -366,7 +453,7 @@ def load_catalog(path: str | Path = DEFAULT_CATALOG, *, check_files: bool = True
 
 
 CATALOG_HEADER = """\
-# Model catalog: every model version the fleet may serve (format: components/models.py).
+# Model catalog: every model version the fleet may serve (format: components/catalog.py).
 # scripts/make-models writes uri, sha256, inputs and outputs of the versions it builds and keeps
 # description, latency_class, resources, canary and published s3:// URIs of unchanged files;
 # scripts/publish-model --update-catalog points a version's uri at its S3 object.
@@ -378,7 +465,9 @@ class _CatalogDumper(yaml.SafeDumper):
 
 
 def _flat(value: Any) -> bool:
-    return not isinstance(value, (dict, list)) or (isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value))
+    return not isinstance(value, (dict, list)) or (
+        isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)
+    )
 
 
 def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
@@ -401,6 +490,7 @@ def write_catalog(path: Path, data: dict[str, Any]) -> None:
 
 
 # --- rollout ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SiteRef:
@@ -425,8 +515,9 @@ def in_canary(site: SiteRef, canary: Canary) -> bool:
     return canary_bucket(site.name) < round(canary.percent * 100)
 
 
-def select_versions(model: str, sites: Iterable[SiteRef], pins: Mapping[str, Mapping[str, str]],
-                    canary: Canary | None) -> dict[str, str]:
+def select_versions(
+    model: str, sites: Iterable[SiteRef], pins: Mapping[str, Mapping[str, str]], canary: Canary | None
+) -> dict[str, str]:
     """The version of ``model`` each site runs. ``pins`` maps site -> {model: version} (a site's
     workloads); sites that do not pin ``model`` do not run it and are left out. Sites the canary
     selects run the canary version, the others their pin."""
@@ -440,13 +531,6 @@ def select_versions(model: str, sites: Iterable[SiteRef], pins: Mapping[str, Map
 
 
 # --- files and S3 -----------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -462,11 +546,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def s3_object(uri: str) -> tuple[str, str] | None:
+    """(bucket, key) of an ``s3://bucket/key`` URI that names one object, or None."""
+    m = S3_URI.fullmatch(uri)
+    return (m["bucket"], m["key"]) if m and m["key"] else None
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    m = S3_URI.match(uri)
-    if not m:
+    located = s3_object(uri)
+    if located is None:
         raise ModelError([Problem(uri, "uri", "is not an s3://bucket/key URI", "write s3://BUCKET/KEY")])
-    return m["bucket"], m["key"]
+    return located
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:
@@ -475,8 +565,11 @@ def s3_client(endpoint_url: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint_url or None,
-                        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}),
+    )
 
 
 def s3_problem(uri: str, exc: Exception) -> Problem:
@@ -484,11 +577,19 @@ def s3_problem(uri: str, exc: Exception) -> Problem:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return Problem(uri, "credentials", "no usable AWS credentials",
-                       "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role (the standard boto3 chain)")
+        return Problem(
+            uri,
+            "credentials",
+            "no usable AWS credentials",
+            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role (the standard boto3 chain)",
+        )
     if isinstance(exc, EndpointConnectionError):
-        return Problem(uri, "endpoint", f"cannot reach {exc.kwargs.get('endpoint_url', 'the S3 endpoint')}",
-                       "check --endpoint-url / AWS_ENDPOINT_URL and that the S3 service is running")
+        return Problem(
+            uri,
+            "endpoint",
+            f"cannot reach {exc.kwargs.get('endpoint_url', 'the S3 endpoint')}",
+            "check --endpoint-url / AWS_ENDPOINT_URL and that the S3 service is running",
+        )
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NotFound"):
@@ -496,18 +597,38 @@ def s3_problem(uri: str, exc: Exception) -> Problem:
         if code == "NoSuchBucket":
             return Problem(uri, "uri", "no such bucket", "create the bucket or correct the uri")
         if code in ("403", "AccessDenied"):
-            return Problem(uri, "credentials", "access denied", "grant s3:GetObject (and s3:PutObject to publish) on the model prefix to these credentials")
-        return Problem(uri, "uri", f"S3 error {code}: {exc.response.get('Error', {}).get('Message', '')}", "check the bucket, key and endpoint")
+            return Problem(
+                uri,
+                "credentials",
+                "access denied",
+                "grant s3:GetObject (and s3:PutObject to publish) on the model prefix to these credentials",
+            )
+        return Problem(
+            uri,
+            "uri",
+            f"S3 error {code}: {exc.response.get('Error', {}).get('Message', '')}",
+            "check the bucket, key and endpoint",
+        )
     return Problem(uri, "uri", f"{type(exc).__name__}: {exc}", "check the bucket, key and endpoint")
 
 
-def fetch_verified(uri: str, sha256: str, cache_dir: Path, *, s3_endpoint: str | None = None,
-                   repo_root: Path | None = None) -> Path:
+def fetch_verified(
+    uri: str, sha256: str, cache_dir: Path, *, s3_endpoint: str | None = None, repo_root: Path | None = None
+) -> Path:
     """The artifact at ``uri`` (a path relative to ``repo_root``, default the repository, or
     s3://bucket/key) as a file in ``cache_dir`` named by its sha256, verified before it is
     moved into place. A digest mismatch raises :class:`ModelError`; no partial file remains."""
-    if not SHA256.match(sha256):
-        raise ModelError([Problem(uri, "sha256", f"{sha256!r} is not a sha256 hex digest", "pass the catalog's 64-hex-character sha256")])
+    if not SHA256.fullmatch(sha256):
+        raise ModelError(
+            [
+                Problem(
+                    uri,
+                    "sha256",
+                    f"{sha256!r} is not a sha256 hex digest",
+                    "pass the catalog's 64-hex-character sha256",
+                )
+            ]
+        )
     cache_dir = Path(cache_dir)
     target = cache_dir / sha256 / Path(uri).name
     if target.is_file():
@@ -531,11 +652,29 @@ def fetch_verified(uri: str, sha256: str, cache_dir: Path, *, s3_endpoint: str |
                     with open(source, "rb") as src:
                         shutil.copyfileobj(src, out)
                 except OSError as exc:
-                    raise ModelError([Problem(uri, "uri", f"cannot read {source}: {exc.strerror}", "run scripts/make-models or correct the uri")]) from None
+                    raise ModelError(
+                        [
+                            Problem(
+                                uri,
+                                "uri",
+                                f"cannot read {source}: {exc.strerror}",
+                                "run scripts/make-models or correct the uri",
+                            )
+                        ]
+                    ) from None
         actual = file_sha256(tmp)
         if actual != sha256:
-            raise ModelError([Problem(uri, "sha256", f"content has sha256 {actual}, expected {sha256}",
-                                      "the object was changed or corrupted after publishing: republish the catalog's file under a new version, or fix the catalog if the new content is intended")])
+            raise ModelError(
+                [
+                    Problem(
+                        uri,
+                        "sha256",
+                        f"content has sha256 {actual}, expected {sha256}",
+                        "the object was changed or corrupted after publishing: republish the catalog's file under a "
+                        "new version, or fix the catalog if the new content is intended",
+                    )
+                ]
+            )
         os.chmod(tmp, 0o644)  # the content is public; mkstemp makes 0600
         os.replace(tmp, target)
         return target
@@ -544,6 +683,7 @@ def fetch_verified(uri: str, sha256: str, cache_dir: Path, *, s3_endpoint: str |
 
 
 # --- validation -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ValidationResult:
@@ -558,8 +698,8 @@ class ValidationResult:
     runs: int
     hardware_factor: float
     budget_ms: float
-    runtime: str   # onnxruntime version that measured
-    cached: bool   # measurement came from the cache (no session was opened)
+    runtime: str  # onnxruntime version that measured
+    cached: bool  # measurement came from the cache (no session was opened)
 
     @property
     def expected_p99_ms(self) -> float:
@@ -569,9 +709,17 @@ class ValidationResult:
 def session_signature(session: Any) -> dict[str, list[dict[str, Any]]]:
     """An onnxruntime session's inputs and outputs as catalog tensors (symbolic dims -> -1;
     non-tensor types keep onnxruntime's name so a mismatch shows what the model has)."""
+
     def tensors(args: list[Any]) -> list[dict[str, Any]]:
-        return [{"name": a.name, "datatype": ORT_DATATYPES.get(a.type, a.type),
-                 "shape": [d if isinstance(d, int) and d > 0 else -1 for d in (a.shape or [])]} for a in args]
+        return [
+            {
+                "name": a.name,
+                "datatype": ORT_DATATYPES.get(a.type, a.type),
+                "shape": [d if isinstance(d, int) and d > 0 else -1 for d in (a.shape or [])],
+            }
+            for a in args
+        ]
+
     return {"inputs": tensors(session.get_inputs()), "outputs": tensors(session.get_outputs())}
 
 
@@ -587,10 +735,15 @@ def open_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def signature_problems(entry: CatalogEntry, real: Mapping[str, list[dict[str, Any]]], site: str | None = None) -> list[Problem]:
+def signature_problems(
+    entry: CatalogEntry, real: Mapping[str, list[dict[str, Any]]], site: str | None = None
+) -> list[Problem]:
     """Every difference between the declared and the real inputs/outputs."""
     problems: list[Problem] = []
-    fix = "declare the model's real signature (scripts/make-models writes it) or use the artifact built for this declaration"
+    fix = (
+        "declare the model's real signature (scripts/make-models writes it) or use the artifact built for this "
+        "declaration"
+    )
     for side in ("inputs", "outputs"):
         kind = side[:-1]
         have = {t["name"]: t for t in real[side]}
@@ -599,15 +752,43 @@ def signature_problems(entry: CatalogEntry, real: Mapping[str, list[dict[str, An
             r = have.get(t.name)
             if r is None:
                 names = ", ".join(repr(n) for n in have) or "none"
-                problems.append(entry.problem(f"{side}[{j}].name", f"declared {kind} {t.name!r} is not an {kind} of the model (it has {names})", fix, site))
+                problems.append(
+                    entry.problem(
+                        f"{side}[{j}].name",
+                        f"declared {kind} {t.name!r} is not an {kind} of the model (it has {names})",
+                        fix,
+                        site,
+                    )
+                )
                 continue
             if r["datatype"] != t.datatype:
-                problems.append(entry.problem(f"{side}[{j}].datatype", f"{kind} {t.name!r} is declared {t.datatype}, the model has {r['datatype']}", fix, site))
+                problems.append(
+                    entry.problem(
+                        f"{side}[{j}].datatype",
+                        f"{kind} {t.name!r} is declared {t.datatype}, the model has {r['datatype']}",
+                        fix,
+                        site,
+                    )
+                )
             if list(r["shape"]) != list(t.shape):
-                problems.append(entry.problem(f"{side}[{j}].shape", f"{kind} {t.name!r} is declared {list(t.shape)}, the model has {list(r['shape'])}", fix, site))
+                problems.append(
+                    entry.problem(
+                        f"{side}[{j}].shape",
+                        f"{kind} {t.name!r} is declared {list(t.shape)}, the model has {list(r['shape'])}",
+                        fix,
+                        site,
+                    )
+                )
         for name, r in have.items():
             if name not in {t.name for t in declared}:
-                problems.append(entry.problem(side, f"the model's {kind} {name!r} ({r['datatype']} {list(r['shape'])}) is not declared", fix, site))
+                problems.append(
+                    entry.problem(
+                        side,
+                        f"the model's {kind} {name!r} ({r['datatype']} {list(r['shape'])}) is not declared",
+                        fix,
+                        site,
+                    )
+                )
     return problems
 
 
@@ -656,9 +837,17 @@ def _measure(session: Any, feeds: dict[str, np.ndarray], runs: int, warmup: int)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def validate_model(entry: CatalogEntry, artifact_path: Path, *, budget_ms: float | None = None,
-                   hardware_factor: float = 1.0, runs: int = 200, warmup: int = 20,
-                   cache_dir: Path | None = None, site: str | None = None) -> ValidationResult:
+def validate_model(
+    entry: CatalogEntry,
+    artifact_path: Path,
+    *,
+    budget_ms: float | None = None,
+    hardware_factor: float = 1.0,
+    runs: int = 200,
+    warmup: int = 20,
+    cache_dir: Path | None = None,
+    site: str | None = None,
+) -> ValidationResult:
     """Check an artifact against its catalog entry: sha256, loadable by onnxruntime, the
     declared signature, and p99 latency (batch 1) times ``hardware_factor`` within
     ``budget_ms`` (default: the budget of the entry's latency class). Measurements are cached
@@ -672,10 +861,28 @@ def validate_model(entry: CatalogEntry, artifact_path: Path, *, budget_ms: float
     try:
         actual = file_sha256(artifact_path)
     except OSError as exc:
-        raise ModelError([entry.problem("uri", f"cannot read {artifact_path}: {exc.strerror}", "fetch the artifact (fetch_verified) or run scripts/make-models", site)]) from None
+        raise ModelError(
+            [
+                entry.problem(
+                    "uri",
+                    f"cannot read {artifact_path}: {exc.strerror}",
+                    "fetch the artifact (fetch_verified) or run scripts/make-models",
+                    site,
+                )
+            ]
+        ) from None
     if actual != entry.spec.sha256:
-        raise ModelError([entry.problem("sha256", f"{_display(artifact_path)} has sha256 {actual}, the catalog declares {entry.spec.sha256}",
-                                        "use the artifact the catalog names; if this file is the intended new model, give it a new version with its sha256", site)])
+        raise ModelError(
+            [
+                entry.problem(
+                    "sha256",
+                    f"{display_path(artifact_path)} has sha256 {actual}, the catalog declares {entry.spec.sha256}",
+                    "use the artifact the catalog names; if this file is the intended new model, give it a new "
+                    "version with its sha256",
+                    site,
+                )
+            ]
+        )
     cache_file = (cache_dir or DEFAULT_VALIDATION_CACHE) / "results.json"
     key = _cache_key(actual, runs, warmup)
     hit = _read_cache(cache_file).get(key)
@@ -686,8 +893,17 @@ def validate_model(entry: CatalogEntry, artifact_path: Path, *, budget_ms: float
             session = open_session(artifact_path)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError([entry.problem("uri", f"{_display(artifact_path)} cannot be loaded by onnxruntime {ort.__version__}: {first[:300]}",
-                                            "rebuild the model (scripts/make-models) or check its opset is supported by this onnxruntime", site)]) from None
+            raise ModelError(
+                [
+                    entry.problem(
+                        "uri",
+                        f"{display_path(artifact_path)} cannot be loaded by onnxruntime {ort.__version__}: "
+                        f"{first[:300]}",
+                        "rebuild the model (scripts/make-models) or check its opset is supported by this onnxruntime",
+                        site,
+                    )
+                ]
+            ) from None
         signature, cached = session_signature(session), False
     problems = signature_problems(entry, signature, site)
     if problems:
@@ -695,15 +911,28 @@ def validate_model(entry: CatalogEntry, artifact_path: Path, *, budget_ms: float
     if not cached:
         p50, p99 = _measure(session, synthetic_inputs(entry.spec.inputs), runs, warmup)
         data = _read_cache(cache_file)
-        data[key] = {"model": entry.model, "version": entry.version, "signature": signature,
-                     "p50_ms": p50, "p99_ms": p99, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        data[key] = {
+            "model": entry.model,
+            "version": entry.version,
+            "signature": signature,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         _atomic_write(cache_file, json.dumps(data, indent=1, sort_keys=True).encode())
     if p99 * hardware_factor > budget:
-        raise ModelError([entry.problem(
-            "latency_class",
-            f"p99 {p99:.3f} ms x hardware factor {hardware_factor:g} = {p99 * hardware_factor:.3f} ms exceeds the "
-            f"{entry.spec.latency_class!r} budget of {budget:g} ms",
-            "serve a smaller/faster version at this site, move it to a slower latency class, or run it on faster hardware "
-            "(or give the site its measured hardware factor)", site)])
-    return ValidationResult(entry.model, entry.version, actual, site, p50, p99, runs, hardware_factor, budget,
-                            ort.__version__, cached)
+        raise ModelError(
+            [
+                entry.problem(
+                    "latency_class",
+                    f"p99 {p99:.3f} ms x hardware factor {hardware_factor:g} = {p99 * hardware_factor:.3f} ms "
+                    f"exceeds the {entry.spec.latency_class!r} budget of {budget:g} ms",
+                    "serve a smaller/faster version at this site, move it to a slower latency class, or run it on "
+                    "faster hardware (or give the site its measured hardware factor)",
+                    site,
+                )
+            ]
+        )
+    return ValidationResult(
+        entry.model, entry.version, actual, site, p50, p99, runs, hardware_factor, budget, ort.__version__, cached
+    )

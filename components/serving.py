@@ -4,7 +4,7 @@ What it creates (children ``{name}-<role>``, all in the model's own namespace):
 
 - ``namespace``: Pod Security admission ``restricted`` (enforce, audit, warn, pinned version).
   Never one the stack does not own (the cluster's, the site's monitoring or DNS namespace, see
-  ``components.models.RESERVED_NAMESPACES``): it is deleted with the model.
+  ``components.catalog.RESERVED_NAMESPACES``): it is deleted with the model.
 - ``network-*``: default-deny ingress and egress plus the declared paths (components/network.py).
 - ``service-account``: no API token is mounted anywhere.
 - ``registry-credentials``: a Secret with the registry's access key, when one is given.
@@ -32,7 +32,8 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.models import reserved_namespace
+from components import contract
+from components.catalog import reserved_namespace
 from components.network import ClusterDns, RegistryEgress, create_network_policies, namespace_policies
 
 TYPE = "edge:inference:InferenceService"
@@ -40,16 +41,18 @@ PORT = 8080
 PORT_NAME = "http"
 RUN_AS = 65532  # the conventional "nonroot" user of distroless-style images
 MODELS_DIR = "/models"
-PRE_STOP_S = 5         # lets endpoints drop the pod before the server stops accepting
-SERVER_GRACE_S = 20    # in-flight requests may take this long after SIGTERM
+PRE_STOP_S = 5  # lets endpoints drop the pod before the server stops accepting
+SERVER_GRACE_S = 20  # in-flight requests may take this long after SIGTERM
 TERMINATION_GRACE_S = PRE_STOP_S + SERVER_GRACE_S + 5
 MAX_REPLICAS_CAP = 100  # the pack's default hpa-bounds cap
 CPU_TARGET_PERCENT = 70
 PART_OF = "edgefleet"
 COMPONENT = "inference-server"
-IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)+"
-                   r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+IMAGE = re.compile(
+    r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)+"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?" + contract.IMAGE_DIGEST.pattern
+)
+SHA256 = re.compile(rf"^{contract.SHA256.pattern}\Z")
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 CPU_QUANTITY = re.compile(r"^(?P<cores>\d+(\.\d+)?)(?P<milli>m?)$")
@@ -110,7 +113,7 @@ class InferenceArgs:
     monitoring_namespace: str | None = None
     vpa: bool = False
     registry: ModelRegistry | None = None
-    dns: ClusterDns = ClusterDns()
+    dns: ClusterDns = field(default_factory=ClusterDns)
     pod_security_version: str = "latest"
     namespace: str | None = None  # default: the model's name
 
@@ -119,37 +122,55 @@ class InferenceArgs:
         if not DNS_LABEL.match(self.model):
             problems.append(f"model name {self.model!r} is not a DNS label (fix: lowercase letters, digits and '-')")
         if not LABEL_VALUE.match(self.version) or not self.version:
-            problems.append(f"version {self.version!r} is not a Kubernetes label value (fix: letters, digits, '.', '_', '-', "
-                            "starting and ending with a letter or digit)")
+            problems.append(
+                f"version {self.version!r} is not a Kubernetes label value (fix: letters, digits, '.', '_', '-', "
+                "starting and ending with a letter or digit)"
+            )
         if not SHA256.match(self.sha256):
             problems.append(f"sha256 {self.sha256!r} is not 64 lowercase hex digits (fix: use the catalog's digest)")
         if not IMAGE.match(self.image):
-            problems.append(f"image {self.image!r} is not pinned by digest (fix: write registry/repository@sha256:<64 hex>)")
+            problems.append(
+                f"image {self.image!r} is not pinned by digest (fix: write registry/repository@sha256:<64 hex>)"
+            )
         if not 1 <= self.replicas <= MAX_REPLICAS_CAP:
             problems.append(f"replicas {self.replicas} is outside 1-{MAX_REPLICAS_CAP}")
         if self.max_replicas is not None and not self.replicas <= self.max_replicas <= MAX_REPLICAS_CAP:
-            problems.append(f"max_replicas {self.max_replicas} is outside {self.replicas}-{MAX_REPLICAS_CAP} (fix: replicas <= max_replicas <= {MAX_REPLICAS_CAP})")
+            problems.append(
+                f"max_replicas {self.max_replicas} is outside {self.replicas}-{MAX_REPLICAS_CAP} "
+                f"(fix: replicas <= max_replicas <= {MAX_REPLICAS_CAP})"
+            )
         if self.topology == "gateway" and (self.replicas != 1 or self.clients):
-            problems.append("a gateway site runs one replica and accepts calls from its own namespace only "
-                            "(fix: set replicas: 1 and no clients)")
+            problems.append(
+                "a gateway site runs one replica and accepts calls from its own namespace only "
+                "(fix: set replicas: 1 and no clients)"
+            )
         if self.uri.startswith("s3://") and self.registry is None:
-            problems.append(f"{self.uri} is in the model registry but no registry egress is given "
-                            "(fix: pass registry=ModelRegistry(...) or a repository path the image carries)")
+            problems.append(
+                f"{self.uri} is in the model registry but no registry egress is given "
+                "(fix: pass registry=ModelRegistry(...) or a repository path the image carries)"
+            )
         for ns in (*self.clients, *([self.monitoring_namespace] if self.monitoring_namespace else []), self.ns):
             if not DNS_LABEL.match(ns):
                 problems.append(f"namespace {ns!r} is not a DNS label")
         # The service creates its namespace and deletes it when the model goes: never one it does not own.
-        foreign = {self.monitoring_namespace: "the site's monitoring namespace", self.dns.namespace: "the cluster DNS namespace"}
+        foreign = {
+            self.monitoring_namespace: "the site's monitoring namespace",
+            self.dns.namespace: "the cluster DNS namespace",
+        }
         if self.ns in foreign or reserved_namespace(self.ns):
             what = foreign.get(self.ns, "a namespace of the cluster or its add-ons")
-            problems.append(f"namespace {self.ns!r} is {what}; the service would adopt it and delete it with the model "
-                            "(fix: serve the model under another name)")
+            problems.append(
+                f"namespace {self.ns!r} is {what}; the service would adopt it and delete it with the model "
+                "(fix: serve the model under another name)"
+            )
         try:
             _millicores(self.cpu)
         except InferenceArgsError as exc:
             problems.append(str(exc))
         if problems:
-            raise InferenceArgsError(f"InferenceService {self.model}:{self.version} at site {self.site}: " + "; ".join(problems))
+            raise InferenceArgsError(
+                f"InferenceService {self.model}:{self.version} at site {self.site}: " + "; ".join(problems)
+            )
 
     @property
     def ns(self) -> str:
@@ -177,12 +198,15 @@ class InferenceArgs:
 
 # --- quantities -------------------------------------------------------------------------------
 
+
 def _millicores(cpu: str) -> int:
     m = CPU_QUANTITY.match(cpu)
     if not m:
-        raise InferenceArgsError(f"{cpu!r} is not a CPU quantity (fix: write millicores like '250m' or cores like '0.5')")
+        raise InferenceArgsError(
+            f"{cpu!r} is not a CPU quantity (fix: write millicores like '250m' or cores like '0.5')"
+        )
     value = float(m["cores"])
-    return int(value) if m["milli"] else int(round(value * 1000))
+    return int(value) if m["milli"] else round(value * 1000)
 
 
 def _cpu(millicores: int) -> str:
@@ -214,6 +238,7 @@ FETCH_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu
 
 # --- manifests --------------------------------------------------------------------------------
 
+
 def labels(args: InferenceArgs) -> dict[str, str]:
     """The recommended labels, plus the site."""
     return {
@@ -236,14 +261,21 @@ def _metadata(args: InferenceArgs, name: str | None = None) -> dict[str, Any]:
 
 
 def namespace_manifest(args: InferenceArgs) -> dict[str, Any]:
-    psa = {f"pod-security.kubernetes.io/{mode}{suffix}": value
-           for mode in ("enforce", "audit", "warn")
-           for suffix, value in (("", "restricted"), ("-version", args.pod_security_version))}
+    psa = {
+        f"pod-security.kubernetes.io/{mode}{suffix}": value
+        for mode in ("enforce", "audit", "warn")
+        for suffix, value in (("", "restricted"), ("-version", args.pod_security_version))
+    }
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": args.ns, "labels": {**labels(args), **psa}}}
 
 
 def service_account_manifest(args: InferenceArgs) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(args), "automountServiceAccountToken": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(args),
+        "automountServiceAccountToken": False,
+    }
 
 
 def registry_secret_manifest(args: InferenceArgs) -> dict[str, Any] | None:
@@ -251,8 +283,16 @@ def registry_secret_manifest(args: InferenceArgs) -> dict[str, Any] | None:
     if registry is None or not registry.has_credentials:
         return None
     # pulumi-kubernetes keeps a Secret's stringData secret in the state whatever the inputs are.
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": _metadata(args, REGISTRY_SECRET), "type": "Opaque",
-            "stringData": {"AWS_ACCESS_KEY_ID": registry.access_key_id, "AWS_SECRET_ACCESS_KEY": registry.secret_access_key}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(args, REGISTRY_SECRET),
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": registry.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": registry.secret_access_key,
+        },
+    }
 
 
 CONTAINER_SECURITY = {
@@ -267,8 +307,12 @@ CONTAINER_SECURITY = {
 
 
 def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": PORT_NAME}, "periodSeconds": period, "timeoutSeconds": 2,
-            "failureThreshold": failures}
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
 
 
 def fetch_container(args: InferenceArgs) -> dict[str, Any]:
@@ -277,7 +321,17 @@ def fetch_container(args: InferenceArgs) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "fetch-model",
         "image": args.image,
-        "command": ["python", "-m", "inference.fetch", "--uri", args.uri, "--sha256", args.sha256, "--dest", args.model_path],
+        "command": [
+            "python",
+            "-m",
+            "inference.fetch",
+            "--uri",
+            args.uri,
+            "--sha256",
+            args.sha256,
+            "--dest",
+            args.model_path,
+        ],
         "resources": FETCH_RESOURCES,
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -294,8 +348,19 @@ def server_container(args: InferenceArgs) -> dict[str, Any]:
     return {
         "name": "server",
         "image": args.image,
-        "command": ["python", "-m", "inference", "--model-repository", MODELS_DIR, "--port", str(PORT),
-                    "--grace-seconds", str(SERVER_GRACE_S), "--expect-sha256", f"{args.model}:{args.version}={args.sha256}"],
+        "command": [
+            "python",
+            "-m",
+            "inference",
+            "--model-repository",
+            MODELS_DIR,
+            "--port",
+            str(PORT),
+            "--grace-seconds",
+            str(SERVER_GRACE_S),
+            "--expect-sha256",
+            f"{args.model}:{args.version}={args.sha256}",
+        ],
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "resources": server_resources(args),
         "securityContext": CONTAINER_SECURITY,
@@ -303,8 +368,10 @@ def server_container(args: InferenceArgs) -> dict[str, Any]:
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
         "readinessProbe": _http_probe("/v2/health/ready", 5, 2),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_S}}},
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
 
 
@@ -326,15 +393,17 @@ def pod_spec(args: InferenceArgs) -> dict[str, Any]:
         "volumes": [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
     if args.topology == "ha":
-        spec["topologySpreadConstraints"] = [{
-            "maxSkew": 1,
-            "topologyKey": "kubernetes.io/hostname",
-            "whenUnsatisfiable": "DoNotSchedule",
-            # A cordoned (draining) node carries a NoSchedule taint and then does not count.
-            "nodeTaintsPolicy": "Honor",
-            "labelSelector": {"matchLabels": selector(args)},
-            "matchLabelKeys": ["pod-template-hash"],
-        }]
+        spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                # A cordoned (draining) node carries a NoSchedule taint and then does not count.
+                "nodeTaintsPolicy": "Honor",
+                "labelSelector": {"matchLabels": selector(args)},
+                "matchLabelKeys": ["pod-template-hash"],
+            }
+        ]
     if args.gpu is not None:
         if args.gpu.runtime_class:
             spec["runtimeClassName"] = args.gpu.runtime_class
@@ -366,11 +435,16 @@ def deployment_manifest(args: InferenceArgs) -> dict[str, Any]:
 
 
 def service_manifest(args: InferenceArgs) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(args), "spec": {
-        "type": "ClusterIP",
-        "selector": selector(args),
-        "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-    }}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(args),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(args),
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
 
 
 def _target(args: InferenceArgs) -> dict[str, str]:
@@ -380,42 +454,77 @@ def _target(args: InferenceArgs) -> dict[str, str]:
 def hpa_manifest(args: InferenceArgs) -> dict[str, Any] | None:
     if not args.autoscaled:
         return None
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(args), "spec": {
-        "scaleTargetRef": _target(args),
-        "minReplicas": args.replicas,
-        "maxReplicas": args.max_replica_count,
-        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT}}}],
-    }}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(args),
+        "spec": {
+            "scaleTargetRef": _target(args),
+            "minReplicas": args.replicas,
+            "maxReplicas": args.max_replica_count,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT},
+                    },
+                }
+            ],
+        },
+    }
 
 
 def pdb_manifest(args: InferenceArgs) -> dict[str, Any] | None:
     if args.replicas < 2:
         return None
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(args), "spec": {
-        "maxUnavailable": 1,
-        "selector": {"matchLabels": selector(args)},
-        # A crash-looping pod must not block a node drain during an upgrade.
-        "unhealthyPodEvictionPolicy": "AlwaysAllow",
-    }}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(args),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(args)},
+            # A crash-looping pod must not block a node drain during an upgrade.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
 
 
 def vpa_manifest(args: InferenceArgs) -> dict[str, Any] | None:
     if not args.vpa:
         return None
-    return {"apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscaler", "metadata": _metadata(args), "spec": {
-        "targetRef": _target(args),
-        # Recommendations only: evicting pods to resize them would fight the HPA and the PDB.
-        "updatePolicy": {"updateMode": "Off"},
-        "resourcePolicy": {"containerPolicies": [{"containerName": "server", "controlledResources": ["cpu", "memory"]}]},
-    }}
+    return {
+        "apiVersion": "autoscaling.k8s.io/v1",
+        "kind": "VerticalPodAutoscaler",
+        "metadata": _metadata(args),
+        "spec": {
+            "targetRef": _target(args),
+            # Recommendations only: evicting pods to resize them would fight the HPA and the PDB.
+            "updatePolicy": {"updateMode": "Off"},
+            "resourcePolicy": {
+                "containerPolicies": [{"containerName": "server", "controlledResources": ["cpu", "memory"]}]
+            },
+        },
+    }
 
 
 def network_manifests(args: InferenceArgs) -> dict[str, dict[str, Any]]:
     """The namespace's NetworkPolicies. A gateway accepts calls from its own namespace only."""
     clients = (args.ns,) if args.gateway else args.clients
-    meta_labels = {k: labels(args)[k] for k in ("app.kubernetes.io/part-of", "app.kubernetes.io/managed-by", "edgefleet.io/site")}
-    return namespace_policies(args.ns, selector(args), PORT, clients=clients, monitoring_namespace=args.monitoring_namespace,
-                              registry=args.registry.egress if args.registry else None, dns=args.dns, labels=meta_labels)
+    meta_labels = {
+        k: labels(args)[k] for k in ("app.kubernetes.io/part-of", "app.kubernetes.io/managed-by", "edgefleet.io/site")
+    }
+    return namespace_policies(
+        args.ns,
+        selector(args),
+        PORT,
+        clients=clients,
+        monitoring_namespace=args.monitoring_namespace,
+        registry=args.registry.egress if args.registry else None,
+        dns=args.dns,
+        labels=meta_labels,
+    )
 
 
 def render(args: InferenceArgs) -> dict[str, dict[str, Any]]:
@@ -462,7 +571,14 @@ def register(resource_name: str, manifest: Mapping[str, Any], opts: pulumi.Resou
     cls = _RESOURCE_CLASSES.get((api_version, kind))
     if cls is None:
         return k8s.apiextensions.CustomResource(resource_name, api_version=api_version, kind=kind, opts=opts, **body)
-    return cls(resource_name, **body, opts=opts)
+    resource: pulumi.CustomResource = cls(resource_name, **body, opts=opts)
+    return resource
+
+
+def object_name(resource: pulumi.CustomResource) -> pulumi.Output[str]:
+    """The name of a Kubernetes object :func:`register` created (every such class has ``metadata``)."""
+    meta: pulumi.Output[Any] = resource.metadata  # type: ignore[attr-defined]  # set by each pulumi_kubernetes class
+    return meta.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 
 
 class InferenceService(pulumi.ComponentResource):
@@ -484,8 +600,13 @@ class InferenceService(pulumi.ComponentResource):
         ns = register(f"{name}-namespace", manifests.pop("namespace"), child())
         policies = create_network_policies(
             f"{name}-network",
-            {role.removeprefix("network-"): manifests.pop(role) for role in list(manifests) if role.startswith("network-")},
-            child(ns))
+            {
+                role.removeprefix("network-"): manifests.pop(role)
+                for role in list(manifests)
+                if role.startswith("network-")
+            },
+            child(ns),
+        )
         sa = register(f"{name}-service-account", manifests.pop("service-account"), child(ns))
         secret = manifests.pop("registry-credentials", None)
         pod_deps: list[pulumi.Resource] = [ns, sa, *policies.values()]
@@ -495,13 +616,20 @@ class InferenceService(pulumi.ComponentResource):
         deployment = register(f"{name}-deployment", manifests.pop("deployment"), child(*pod_deps))
         service = register(f"{name}-service", manifests.pop("service"), child(ns))
         self.resources: dict[str, pulumi.CustomResource] = {
-            "namespace": ns, **{f"network-{r}": p for r, p in policies.items()}, "service-account": sa,
-            "deployment": deployment, "service": service,
+            "namespace": ns,
+            **{f"network-{r}": p for r, p in policies.items()},
+            "service-account": sa,
+            "deployment": deployment,
+            "service": service,
         }
         for role, manifest in manifests.items():  # hpa, pdb, vpa
             self.resources[role] = register(f"{name}-{role}", manifest, child(deployment))
 
-        self.namespace = ns.metadata.name
-        self.service_name = service.metadata.name
-        self.endpoint = pulumi.Output.concat("http://", self.service_name, ".", self.namespace, f".svc.cluster.local:{PORT}")
-        self.register_outputs({"namespace": self.namespace, "service_name": self.service_name, "endpoint": self.endpoint})
+        self.namespace = object_name(ns)
+        self.service_name = object_name(service)
+        self.endpoint = pulumi.Output.concat(
+            "http://", self.service_name, ".", self.namespace, f".svc.cluster.local:{PORT}"
+        )
+        self.register_outputs(
+            {"namespace": self.namespace, "service_name": self.service_name, "endpoint": self.endpoint}
+        )

@@ -1,4 +1,4 @@
-"""workload_deployers: versions per site (pins and canary), models proven before anything is
+"""plan_fleet_workloads: versions per site (pins and canary), models proven before anything is
 registered, and the InferenceServices the fleet's sites get."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pulumi
 import pytest
 import yaml
 
-import components.models as models
+import components.catalog as models
 from components.inventory import Inventory, LoadedInventory
-from components.workloads import PlannedWorkload, gpu_capacity_warning, inference_args, workload_deployers
-from tests.unit.test_inference_component import Run, TestSite, pod, policy_findings, run_program
+from components.program import deploy_workloads, workload_settings
+from components.workload_plan import PlannedWorkload, gpu_capacity_warning, inference_args, plan_fleet_workloads
+from tests.unit.test_serving import Run, TestSite, pod, policy_findings, run_program
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "registry.edgefleet.local/edgefleet/inference@sha256:" + "c" * 64
@@ -70,13 +71,13 @@ def edit_catalog(project: Path, change: Callable[[dict[str, Any]], None]) -> Non
 
 
 def deploy_fleet(inventory: LoadedInventory, project: Path, cache: Path, **config: str) -> Run:
-    """What the program does: build the deployers, then call them once per site."""
+    """What the program does: plan and check every site's workloads, then deploy them on each site."""
     def program() -> bool:
-        deployers = workload_deployers(inventory, pulumi.Config(), project, cache_dir=cache)
+        need_image = any(s.workloads for s in inventory.inventory.sites)
+        planned = plan_fleet_workloads(inventory, workload_settings(pulumi.Config(), project, need_image=need_image),
+                                       cache_dir=cache)
         for site in inventory.inventory.sites:
-            edge_site = TestSite(site.name)
-            for deploy in deployers:
-                deploy(site, edge_site)
+            deploy_workloads(TestSite(site.name), planned.get(site.name, []))
         return True
     return run_program(program, {"inferenceImage": IMAGE, **config}, ["modelRegistrySecretAccessKey"])
 

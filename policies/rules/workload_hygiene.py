@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from policies.model import UNKNOWN, Resource, dig, items, mapping, reveal
+from components.contract import IMAGE_DIGEST
+from policies.resource import UNKNOWN, Resource, dig, items, mapping, reveal
 from policies.rules import Violation, key_path, rule
 from policies.rules._k8s import (
     LONG_RUNNING,
@@ -25,7 +26,6 @@ from policies.rules._k8s import (
     selector_matches,
 )
 
-DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/version", "app.kubernetes.io/part-of")
 # Words that make a variable or key name a credential (compared per word of the name).
 CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "token", "credential", "credentials", "apikey"})
@@ -79,7 +79,7 @@ def image_pinned(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Vi
     return [
         Violation(f"{container_label(c, p)} image {c['image']} is not pinned by digest", f"{p}.image")
         for c, p in containers(spec, base)
-        if isinstance(reveal(c.get("image")), str) and not DIGEST.search(reveal(c["image"]))
+        if isinstance(reveal(c.get("image")), str) and not IMAGE_DIGEST.search(reveal(c["image"]))
     ]
 
 

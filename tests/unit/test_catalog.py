@@ -12,8 +12,15 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from components.models import (
-    DEFAULT_CATALOG, Canary, ModelError, SiteRef, canary_bucket, load_catalog, select_versions, write_catalog,
+from components.catalog import (
+    DEFAULT_CATALOG,
+    Canary,
+    ModelError,
+    SiteRef,
+    canary_bucket,
+    load_catalog,
+    select_versions,
+    write_catalog,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +101,12 @@ BAD = [
     (_set("models.0.description", _DELETE), "models[0].description", "is required", "add this field"),
     (_set("models.0.versions.1.checksum", "abc"), "models[0].versions.1.checksum", "is not a known field", "check the spelling"),
     (_set("models.1.name", "Quality_Control"), "models[1].name", "'Quality_Control' is not a valid model name", "lowercase letters"),
+    # The whole value must match, not a valid beginning of it.
+    (_set("models.1.name", "quality_control"), "models[1].name", "'quality_control' is not a valid model name", "lowercase"),
+    (_set("models.1.versions.1.sha256", "ab" * 32 + "zz"), "models[1].versions.1.sha256",
+     f"'{'ab' * 30}'... is not a sha256 hex digest", "`sha256sum model.onnx`"),
+    (_set("models.1.versions.1.uri", "s3://models/"), "models[1].versions.1.uri",
+     "'s3://models/' is not an s3://bucket/key URI", "scripts/publish-model prints it"),
     (_set("models.1.name", "monitoring"), "models[1].name", "'monitoring' names a namespace the fleet does not own",
      "rename the model"),
     (_set("models.1.name", "kube-system"), "models[1].name", "'kube-system' names a namespace the fleet does not own",
@@ -211,7 +224,7 @@ def test_raising_percent_only_adds_sites():
 
 
 def test_percent_selection_is_the_same_in_another_process():
-    code = ("from components.models import *; import json; "
+    code = ("from components.catalog import *; import json; "
             f"sites=[SiteRef(n) for n in {[s.name for s in SITES]!r}]; "
             f"print(json.dumps(select_versions('m', sites, {{n.name: {{'m': '1'}} for n in sites}}, Canary(version='2', percent=37.5))))")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed},

@@ -3,7 +3,6 @@ finds nothing wrong with any of it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -13,12 +12,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 
-from components.inference import (
+from components.serving import (
     FETCH_RESOURCES, GpuSpec, InferenceArgs, InferenceArgsError, InferenceService, ModelRegistry, render,
 )
 from components.network import ClusterDns, RegistryEgress
 from policies.engine import evaluate
-from policies.model import Resource, Secret, neutralize
+from policies.resource import Resource, Secret, neutralize
+from tests.mocks import run_mocked
 
 IMAGE = "registry.edgefleet.local/edgefleet/inference@sha256:" + "a" * 64
 SHA = "b" * 64
@@ -36,7 +36,7 @@ def sample(**changes: Any) -> InferenceArgs:
     return replace(base, **changes)
 
 
-# --- the mock harness (also used by test_network.py and test_workloads.py) ---------------------
+# --- the mock harness (also used by test_network.py and test_workload_plan.py) ---------------------
 
 @dataclass(frozen=True)
 class Registered:
@@ -95,19 +95,9 @@ class Run:
 def run_program(program: Callable[[], Any], config: dict[str, str] | None = None, secret_keys: list[str] | None = None) -> Run:
     """Run ``program`` under Pulumi mocks (project ``edgefleet``) and return what it registered
     and the resolved value of what it returned."""
-    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = Recorder()
-    pulumi.runtime.set_mocks(mocks, project="edgefleet", stack="unit", preview=False)
-    pulumi.runtime.set_all_config({f"edgefleet:{k}": v for k, v in (config or {}).items()},
-                                  [f"edgefleet:{k}" for k in secret_keys or []])
-    result: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def test_program() -> pulumi.Output[Any]:
-        return pulumi.Output.from_input(program()).apply(lambda v: result.setdefault("value", v))
-
-    test_program()
-    return Run(mocks.registered, result.get("value"))
+    value = run_mocked(program, mocks, config=config, secret_keys=secret_keys or ())
+    return Run(mocks.registered, value)
 
 
 class TestSite(pulumi.ComponentResource):
@@ -117,6 +107,7 @@ class TestSite(pulumi.ComponentResource):
 
     def __init__(self, name: str):
         super().__init__("test:site:Site", name, {}, None)
+        self.resource_name = name
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig="{}", opts=pulumi.ResourceOptions(parent=self))
 
 

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-import components.models as models
-from components.models import (
-    HARDWARE_FACTORS, CatalogEntry, ModelError, Tensor, fetch_verified, load_catalog, validate_model,
+import components.catalog as catalog
+from components.catalog import (
+    HARDWARE_FACTORS,
+    CatalogEntry,
+    ModelError,
+    Tensor,
+    fetch_verified,
+    load_catalog,
+    validate_model,
 )
 
 CATALOG = load_catalog()
@@ -33,7 +39,7 @@ def test_catalog_models_pass_on_every_hardware_class(tmp_path: Path, model: str,
         result = validate_model(entry, path, hardware_factor=factor, cache_dir=tmp_path, site=f"site-{hw}", **FAST)
         assert (result.model, result.version, result.sha256, result.site) == (model, version, entry.spec.sha256, f"site-{hw}")
         assert 0 < result.p50_ms <= result.p99_ms
-        assert result.expected_p99_ms <= result.budget_ms == models.LATENCY_BUDGET_MS[entry.spec.latency_class]
+        assert result.expected_p99_ms <= result.budget_ms == catalog.LATENCY_BUDGET_MS[entry.spec.latency_class]
 
 
 def test_wrong_sha256_names_model_version_site_and_both_digests(tmp_path: Path):
@@ -104,7 +110,7 @@ def test_second_validation_comes_from_the_cache_without_a_session(tmp_path: Path
     def no_session(_path):
         raise AssertionError("the session was opened although the measurement is cached")
 
-    monkeypatch.setattr(models, "open_session", no_session)
+    monkeypatch.setattr(catalog, "open_session", no_session)
     second = validate_model(entry, path, hardware_factor=4.0, cache_dir=tmp_path, site="plant-b", **FAST)
     assert second.cached and (second.p50_ms, second.p99_ms) == (first.p50_ms, first.p99_ms)
     assert (second.hardware_factor, second.site) == (4.0, "plant-b")

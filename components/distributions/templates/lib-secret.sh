@@ -1,0 +1,11 @@
+# shellcheck shell=bash
+# write_secret VAR FILE: the secret in environment variable VAR goes to FILE (0600), never to
+# the output. Without VAR, an existing FILE is kept (re-runs need not carry the secret).
+write_secret() {
+  local var="$1" file="$2"
+  if [[ -n "${!var:-}" ]]; then
+    put_file "$file" 0600 < <(printf '%s' "${!var}")
+  elif [[ ! -s "$file" ]]; then
+    die "$var is not set and $file does not exist (fix: pass $var in the remote command's environment)"
+  fi
+}
