@@ -55,8 +55,10 @@ def fetch(url: str, sha256: str, *, what: str, timeout_s: float = DEFAULT_TIMEOU
     """The verified local copy of ``url`` (downloaded once; a cached copy is checked again).
     Raises :class:`DownloadError` naming ``what`` (site and artifact), the URL and the fix."""
     dest = cache_path(url, sha256)
-    fix = (f"check that the URL is reachable from this machine and its server's certificate is trusted "
-           f"(set {CA_BUNDLE_ENV} to a PEM bundle for an internal CA), or download the file and give its local path")
+    fix = (
+        f"check that the URL is reachable from this machine and its server's certificate is trusted "
+        f"(set {CA_BUNDLE_ENV} to a PEM bundle for an internal CA), or download the file and give its local path"
+    )
     if not url.startswith("https://"):
         raise DownloadError(f"{what}: {url!r} is not an https URL (fix: publish the artifact over https)")
     if dest.is_file():
@@ -77,8 +79,10 @@ def fetch(url: str, sha256: str, *, what: str, timeout_s: float = DEFAULT_TIMEOU
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != sha256:
-            raise DownloadError(f"{what}: {url} has sha256 {h.hexdigest()}, expected {sha256} "
-                                "(fix: correct the sha256 in the inventory, or check who serves this file)")
+            raise DownloadError(
+                f"{what}: {url} has sha256 {h.hexdigest()}, expected {sha256} "
+                "(fix: correct the sha256 in the inventory, or check who serves this file)"
+            )
         tmp.chmod(0o644)
         tmp.replace(dest)
         return dest

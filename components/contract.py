@@ -79,8 +79,10 @@ LABEL_VALUE = re.compile(rf"({LABEL_NAME.pattern})?")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 REGISTRY = re.compile(rf"(?P<host>{DNS_NAME.pattern})(:(?P<port>[0-9]{{1,5}}))?")
-MIRROR_URL = re.compile(rf"(?P<scheme>https?)://(?P<host>{DNS_NAME.pattern}|\[[0-9a-f:]+\])"
-                        r"(:(?P<port>[0-9]{1,5}))?/?")
+MIRROR_URL = re.compile(
+    rf"(?P<scheme>https?)://(?P<host>{DNS_NAME.pattern}|\[[0-9a-f:]+\])"
+    r"(:(?P<port>[0-9]{1,5}))?/?"
+)
 # A distribution flag: --name or --name=value, the value without spaces, quotes, `$`, `%`,
 # backslashes or control characters (none of them is needed by a real flag).
 FLAG = re.compile(r"--(?P<name>[a-z0-9][a-z0-9-]{0,63})(=(?P<value>[A-Za-z0-9._:/=,@+-]{0,512}))?")
@@ -90,12 +92,21 @@ FLAG = re.compile(r"--(?P<name>[a-z0-9][a-z0-9-]{0,63})(=(?P<value>[A-Za-z0-9._:
 # flags (``--kube-apiserver-arg=anonymous-auth=true``) are listed as ``flag:option``.
 BASELINE_FLAGS: dict[str, dict[str, str]] = {
     "k3s": {
-        "secrets-encryption": "Secrets encryption at rest", "write-kubeconfig-mode": "the kubeconfig mode 0600",
-        "write-kubeconfig": "the kubeconfig path", "write-kubeconfig-group": "the kubeconfig mode 0600",
-        "protect-kernel-defaults": "kernel protection", "token": "the join token file",
-        "token-file": "the join token file", "agent-token": "the agent token", "agent-token-file": "the agent token",
-        "data-dir": "the data directory", "config": "the configuration file", "server": "the join address",
-        "node-name": "the node name", "node-ip": "the node address", "cluster-init": "the topology",
+        "secrets-encryption": "Secrets encryption at rest",
+        "write-kubeconfig-mode": "the kubeconfig mode 0600",
+        "write-kubeconfig": "the kubeconfig path",
+        "write-kubeconfig-group": "the kubeconfig mode 0600",
+        "protect-kernel-defaults": "kernel protection",
+        "token": "the join token file",
+        "token-file": "the join token file",
+        "agent-token": "the agent token",
+        "agent-token-file": "the agent token",
+        "data-dir": "the data directory",
+        "config": "the configuration file",
+        "server": "the join address",
+        "node-name": "the node name",
+        "node-ip": "the node address",
+        "cluster-init": "the topology",
         "private-registry": "the registry mirrors file",
         "kube-apiserver-arg:anonymous-auth": "anonymous-auth=false",
         "kube-apiserver-arg:audit-policy-file": "the API audit log",
@@ -114,9 +125,13 @@ BASELINE_FLAGS: dict[str, dict[str, str]] = {
         "kubelet-arg:protect-kernel-defaults": "kernel protection",
     },
     "k0s": {
-        "data-dir": "the data directory", "config": "the ClusterConfig", "token-file": "the join token file",
-        "kubelet-extra-args": "the kubelet flags (node address, kernel protection)", "labels": "the node labels",
-        "taints": "the node taints", "profile": "the worker profile",
+        "data-dir": "the data directory",
+        "config": "the ClusterConfig",
+        "token-file": "the join token file",
+        "kubelet-extra-args": "the kubelet flags (node address, kernel protection)",
+        "labels": "the node labels",
+        "taints": "the node taints",
+        "profile": "the worker profile",
     },
 }
 
@@ -157,15 +172,25 @@ def flag_problems(flags: list[str], distribution: str) -> list[tuple[int, str, s
     for i, flag in enumerate(flags):
         m = FLAG.fullmatch(flag)
         if m is None:
-            out.append((i, f"{shown(flag)} is not a {distribution} flag",
-                        "write --name or --name=value; a value uses only letters, digits and . _ : / = , @ + -, "
-                        "at most 512 characters"))
+            out.append(
+                (
+                    i,
+                    f"{shown(flag)} is not a {distribution} flag",
+                    "write --name or --name=value; a value uses only letters, digits and . _ : / = , @ + -, "
+                    "at most 512 characters",
+                )
+            )
             continue
         name, value = m.group("name"), m.group("value") or ""
         option = value.split("=", 1)[0].lstrip("-")
         protects = baseline.get(name) or baseline.get(f"{name}:{option}")
         if protects:
             what = f"--{name}" + (f"={option}" if f"{name}:{option}" in baseline else "")
-            out.append((i, f"{shown(flag)} overrides {what}, which edgefleet renders for {protects}",
-                        "remove the flag; the hardening baseline is not configurable per site"))
+            out.append(
+                (
+                    i,
+                    f"{shown(flag)} overrides {what}, which edgefleet renders for {protects}",
+                    "remove the flag; the hardening baseline is not configurable per site",
+                )
+            )
     return out

@@ -20,7 +20,9 @@ from pathlib import Path
 import pulumi
 
 from components.fleet import EdgeFleet, FleetArgs
-from components.inventory import InventoryError, LoadedInventory, SecretRef, expand_path, load_inventory
+from components.inventory import InventoryError, LoadedInventory, SecretRef, Site, expand_path, load_inventory
+from components.monitoring.agent import AgentArgs, AgentError, CoreEndpoint
+from components.monitoring.component import SiteMonitoring
 from components.network import NetworkPolicyError, RegistryEgress
 from components.serving import IMAGE, InferenceArgs, InferenceService, ModelRegistry
 from components.site import EdgeSite
@@ -115,15 +117,19 @@ def fleet_args(
     dial_timeout_s: int = 60,
     ready_timeout_s: int = 300,
     command_timeout_s: int | None = None,
+    whole: LoadedInventory | None = None,
 ) -> FleetArgs:
     """The fleet component's arguments: every site with its secrets read (key files, config
-    secrets) and machine ids computed over the whole fleet, so that a host key pinned twice
-    (a cloned image) anywhere falls back to name-based ids and names can never collide."""
+    secrets) and machine ids computed over the whole fleet (``whole``: the full inventory when
+    ``inventory`` is one site of it, as in a site stack), so that a host key pinned twice (a
+    cloned image) anywhere falls back to name-based ids, names never collide, and a site is
+    named alike in a whole-fleet stack and in its own."""
     inv = inventory.inventory
     base = inventory.base
-    machines = machine_ids([(h.name, host_key(h, base)) for s in inv.sites for h in s.hosts])
-    for host, machine in machines.items():
-        if machine.endswith(f"-{host}"):
+    every = (whole or inventory).inventory
+    machines = machine_ids([(h.name, host_key(h, base)) for s in every.sites for h in s.hosts])
+    for host in (h.name for site in inv.sites for h in site.hosts):
+        if machines[host].endswith(f"-{host}"):
             pulumi.log.warn(
                 f"host {host!r}: its pinned SSH host key is pinned by another host too (a cloned "
                 "image?); its resources are named by host name, so renaming it reinstalls it "
@@ -228,6 +234,54 @@ def deploy_workloads(edge_site: EdgeSite, workloads: list[InferenceArgs]) -> lis
     ]
 
 
+def monitoring_settings(config: pulumi.Config, inventory: LoadedInventory) -> str | None:
+    """The agent image when the inventory names a monitoring core (stack config
+    ``monitoringImage``, pinned by digest); None without monitoring."""
+    if inventory.inventory.monitoring is None:
+        return None
+    image = config.get("monitoringImage") or ""
+    if not IMAGE.match(image):
+        raise _config_error(
+            "monitoringImage",
+            f"{image!r} is not an image pinned by digest" if image else "is not set",
+            "pulumi config set monitoringImage registry.edgefleet.local/edgefleet/prometheus@sha256:<digest> "
+            "(scripts/build-images prints it; the inventory's monitoring section needs an agent image)",
+        )
+    return image
+
+
+def agent_args(site: Site, inventory: LoadedInventory, image: str, workloads: list[InferenceArgs]) -> AgentArgs:
+    """The site's Prometheus agent: it scrapes its inference servers' namespaces and the
+    kubelets of the site's nodes, and writes to the inventory's core."""
+    monitoring = inventory.inventory.monitoring
+    assert monitoring is not None and site.monitoring_namespace is not None  # checked by the inventory
+    core = monitoring.core
+    try:
+        return AgentArgs(
+            site=site.name,
+            wave=site.wave,
+            hardware_class=site.hardware_class,
+            latency_class=site.latency_class,
+            image=image,
+            core=CoreEndpoint(core.address, core.port, core.scheme),
+            nodes={h.name: h.address for h in site.hosts if h.role == "agent" or not site.distribution.disable_agent},
+            scrape_namespaces=sorted({w.ns for w in workloads}),
+            namespace=site.monitoring_namespace,
+        )
+    except AgentError as exc:
+        raise pulumi.RunError(f"{inventory.path.name}: site {site.name!r}: {exc}") from None
+
+
+def deploy_monitoring(edge_site: EdgeSite, args: AgentArgs, services: list[InferenceService]) -> SiteMonitoring:
+    """The site's agent on its provider, once its inference servers exist."""
+    return SiteMonitoring(
+        f"{edge_site.resource_name}-monitoring",
+        args,
+        edge_site.provider,
+        pulumi.ResourceOptions(parent=edge_site, depends_on=list(services)),
+    )
+
+
 def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
     """Everything the stack manages; returns the stack outputs."""
     inventory_path = config.get("inventory")
@@ -248,6 +302,7 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
             f"stacks ({stack}.<site>) (fix: run `python -m fleet up --stack {stack}`; this stack only holds their "
             "shared config)"
         )
+    whole = inventory
     inventory = select_site(inventory, site, stack, inventory_path)
 
     problems = [p for site in inventory.inventory.sites for p in check_site(site, inventory.base)]
@@ -275,14 +330,19 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
             "install step (fix: give at least 60, or unset it to derive each step's deadline from its own timeouts)"
         )
 
+    # Stack config first (cheap), then downloads, then the models' validation (slow).
+    serving = workload_settings(config, PROJECT_DIR, need_image=any(s.workloads for s in inventory.inventory.sites))
+    monitoring_image = monitoring_settings(config, inventory)
     fetch_artifacts(inventory)
     if config.get_bool("probeServers"):
         for message in probe_servers(inventory):
             pulumi.log.warn(message)
-    workloads = plan_fleet_workloads(
-        inventory,
-        workload_settings(config, PROJECT_DIR, need_image=any(s.workloads for s in inventory.inventory.sites)),
-    )
+    workloads = plan_fleet_workloads(inventory, serving)
+    agents = {
+        site.name: agent_args(site, inventory, monitoring_image, workloads.get(site.name, []))
+        for site in inventory.inventory.sites
+        if monitoring_image
+    }
 
     fleet = EdgeFleet(
         FLEET,
@@ -293,10 +353,13 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
             dial_timeout_s=config.get_int("sshDialTimeoutSeconds") or 60,
             ready_timeout_s=config.get_int("readyTimeoutSeconds") or 300,
             command_timeout_s=command_timeout_s,
+            whole=whole,
         ),
     )
     for name, edge_site in fleet.sites.items():
-        deploy_workloads(edge_site, workloads.get(name, []))
+        services = deploy_workloads(edge_site, workloads.get(name, []))
+        if name in agents:
+            deploy_monitoring(edge_site, agents[name], services)
     outputs: dict[str, object] = {"fleet": inventory.inventory.fleet, "sites": sorted(fleet.sites)}
     for name, edge_site in fleet.sites.items():
         outputs[f"kubeconfig-{name}"] = edge_site.kubeconfig

@@ -86,6 +86,7 @@ def node_spec(site: Site, host: Host, first: Host) -> NodeSpec:
         ha=site.topology == "ha",
         extra_args=tuple(dist.extra_args if host.role == "server" else dist.agent_args),
         protect_kernel_defaults=dist.protect_kernel_defaults,
+        restrict_oom_score_adj=dist.restrict_oom_score_adj,
     )
 
 

@@ -11,14 +11,17 @@ from pathlib import Path
 # pack that it imports (it needs nothing but the standard library).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+from pulumi_policy import EnforcementLevel, PolicyPack
 
-from policies.pack import PACK_NAME, build_policies, keep_secrets_visible  # noqa: E402
+from policies.pack import PACK_NAME, build_policies, keep_secrets_visible
 
 keep_secrets_visible()
 PolicyPack(
     name=PACK_NAME,
     policies=build_policies(),
     enforcement_level=EnforcementLevel.ADVISORY,
-    description="Edge fleet security baseline: Pod Security Standards, workload hygiene, network isolation, edge install baseline, secret outputs.",
+    description=(
+        "Edge fleet security baseline: Pod Security Standards, workload hygiene, network isolation, edge install "
+        "baseline, secret outputs."
+    ),
 )

@@ -15,16 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.exemptions import (  # noqa: F401 - the engine's public names
-    EXEMPT,
-    EXEMPT_REASON,
-    EXEMPT_UNTIL,
-    PENDING,
-    Exemption,
-    annotations_of,
-    exemption_of,
-)
-from policies.resource import UNKNOWN, Resource
+from policies.exemptions import PENDING, Exemption, exemption_of
+from policies.resource import Resource, UnknownType
 from policies.rules import Rule, Violation, all_rules, run_rule, severity_rank
 
 EXEMPTIONS_POLICY = "policy-exemptions"
@@ -76,7 +68,9 @@ def load_settings(path: Path | str | None, rules: Sequence[Rule] | None = None) 
 
 def settings_from_mapping(raw: Any, rules: Sequence[Rule] | None = None, source: Path | str = "config") -> Settings:
     if not isinstance(raw, dict):
-        raise PolicyConfigError(source, "file", "is not a JSON object", 'write {"all": "advisory"} or {"rule-name": {...}}')
+        raise PolicyConfigError(
+            source, "file", "is not a JSON object", 'write {"all": "advisory"} or {"rule-name": {...}}'
+        )
     rules = list(rules) if rules is not None else all_rules()
     known = {r.name for r in rules} | {EXEMPTIONS_POLICY}
     levels: dict[str, str] = {}
@@ -84,30 +78,45 @@ def settings_from_mapping(raw: Any, rules: Sequence[Rule] | None = None, source:
     raw = {k: v for k, v in raw.items() if k != "environments"}
     if "all" in raw:
         if raw["all"] not in LEVELS:
-            raise PolicyConfigError(source, "all", f"{raw['all']!r} is not an enforcement level", f"use one of {', '.join(LEVELS)}")
-        levels = {name: raw["all"] for name in known}
+            raise PolicyConfigError(
+                source, "all", f"{raw['all']!r} is not an enforcement level", f"use one of {', '.join(LEVELS)}"
+            )
+        levels = dict.fromkeys(known, raw["all"])
     for name, value in raw.items():
         if name == "all":
             continue
         if name not in known:
-            raise PolicyConfigError(source, name, "is not a rule of this pack", "check the name against policies/expected_rules.txt")
+            raise PolicyConfigError(
+                source, name, "is not a rule of this pack", "check the name against policies/expected_rules.txt"
+            )
         if isinstance(value, str):
             value = {"enforcementLevel": value}
         if not isinstance(value, dict):
-            raise PolicyConfigError(source, name, "must be a level string or an object", 'write "mandatory" or {"enforcementLevel": "mandatory", ...}')
+            raise PolicyConfigError(
+                source,
+                name,
+                "must be a level string or an object",
+                'write "mandatory" or {"enforcementLevel": "mandatory", ...}',
+            )
         props = dict(value)
         level = props.pop("enforcementLevel", None)
         if level is not None:
             if level not in LEVELS:
-                raise PolicyConfigError(source, name, f"{level!r} is not an enforcement level", f"use one of {', '.join(LEVELS)}")
+                raise PolicyConfigError(
+                    source, name, f"{level!r} is not an enforcement level", f"use one of {', '.join(LEVELS)}"
+                )
             levels[name] = level
         if props:
             rule_ = next((r for r in rules if r.name == name), None)
             schema = rule_.config_schema if rule_ else {}
             unknown = sorted(set(props) - set(schema))
             if unknown:
-                raise PolicyConfigError(source, name, f"has no setting {', '.join(unknown)}",
-                                        f"settings of {name}: {', '.join(schema) or 'none'}")
+                raise PolicyConfigError(
+                    source,
+                    name,
+                    f"has no setting {', '.join(unknown)}",
+                    f"settings of {name}: {', '.join(schema) or 'none'}",
+                )
             config[name] = props
     return Settings(levels=levels, config=config, source=str(source))
 
@@ -155,8 +164,9 @@ class Report:
         return [f for f in self.findings if not f.exempt and severity_rank(f.severity) >= rank]
 
 
-def judge(rule: Rule, resource: Resource | None, violations: Sequence[Violation], level: str,
-          today: dt.date) -> list[Finding]:
+def judge(
+    rule: Rule, resource: Resource | None, violations: Sequence[Violation], level: str, today: dt.date
+) -> list[Finding]:
     """Findings for one rule's violations on one resource, with its exemption applied.
 
     While the resource's exemption annotations are unknown (preview) nothing is exempt: an
@@ -165,14 +175,18 @@ def judge(rule: Rule, resource: Resource | None, violations: Sequence[Violation]
     if not violations:
         return []
     exemption = exemption_of(resource, today) if resource is not None else None
-    if exemption is UNKNOWN:
+    if isinstance(exemption, UnknownType):
         return [Finding(rule, resource, v, level, PENDING) for v in violations]
     applies = exemption if exemption is not None and rule.name in exemption.rules else None
     return [Finding(rule, resource, v, level, applies) for v in violations]
 
 
-def evaluate(resources: Sequence[Resource], settings: Settings | None = None, today: dt.date | None = None,
-             rules: Sequence[Rule] | None = None) -> Report:
+def evaluate(
+    resources: Sequence[Resource],
+    settings: Settings | None = None,
+    today: dt.date | None = None,
+    rules: Sequence[Rule] | None = None,
+) -> Report:
     """Every enabled rule over ``resources``."""
     settings = settings or default_settings()
     today = today or dt.date.today()
@@ -194,6 +208,6 @@ def evaluate(resources: Sequence[Resource], settings: Settings | None = None, to
             report.findings.extend(judge(rule_, res, violations, level, today))
     for res in resources:
         exemption = exemption_of(res, today)
-        if exemption is not None and exemption is not UNKNOWN:
+        if isinstance(exemption, Exemption):
             report.exemptions.append((res, exemption))
     return report

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.resource import UNKNOWN, Resource, dig, given, reveal
+from policies.resource import Resource, UnknownType, dig, given, reveal
 from policies.rules import Rule, all_rules, key_path
 
 PREFIX = "edgefleet.io/policy-"
@@ -75,19 +75,22 @@ def _ours(key: Any) -> bool:
     return domain.endswith("edgefleet.io") and (name.startswith("policy") or "exempt" in name)
 
 
-def exemption_of(res: Resource, today: dt.date, rules: Mapping[str, Rule] | None = None) -> Exemption | None:
+def exemption_of(
+    res: Resource, today: dt.date, rules: Mapping[str, Rule] | None = None
+) -> Exemption | UnknownType | None:
     """The resource's exemption; ``None`` if it has no exemption annotation, UNKNOWN if they
     cannot be read yet. ``rules`` (default: the registry) is what rule names are checked against."""
     ann = annotations_of(res)
-    if ann is UNKNOWN:
-        return UNKNOWN
+    if isinstance(ann, UnknownType):
+        return ann
     if not isinstance(ann, Mapping):
         return None
     ours = {k: reveal(v) for k, v in ann.items() if _ours(k)}
     if not ours:
         return None
-    if any(v is UNKNOWN for v in ours.values()):
-        return UNKNOWN
+    unknown = next((v for v in ours.values() if isinstance(v, UnknownType)), None)
+    if unknown is not None:
+        return unknown
     registry = rules if rules is not None else {r.name: r for r in all_rules()}
     problems: list[tuple[str, str]] = []
     for key in sorted(set(ours) - set(KEYS)):
@@ -108,8 +111,13 @@ def exemption_of(res: Resource, today: dt.date, rules: Mapping[str, Rule] | None
     if not isinstance(reason, str) or not reason.strip():
         problems.append((EXEMPT_REASON, f"{EXEMPT_REASON} is missing"))
     problems += [(EXEMPT_UNTIL, p) for p in _expiry_problems(until, today)]
-    return Exemption(listed, str(reason or "").strip(), str(until or ""),
-                     tuple(p for _, p in problems), tuple(k for k, _ in problems))
+    return Exemption(
+        listed,
+        str(reason or "").strip(),
+        str(until or ""),
+        tuple(p for _, p in problems),
+        tuple(k for k, _ in problems),
+    )
 
 
 def _expiry_problems(until: Any, today: dt.date) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 import pulumi
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
-from policies.engine import Finding, Settings, exemption_of, judge, stack_settings
+from policies.engine import Finding, Settings, judge, stack_settings
+from policies.exemptions import Exemption, exemption_of
 from policies.resource import DYNAMIC, UNKNOWN, Resource, Secret, neutralize
 from policies.rules import Rule, all_rules
 from policies.sdk_patches import on_failed_registrations
@@ -81,12 +82,14 @@ def make_transform(stack: str, settings: Settings, today: dt.date | None = None)
         day = today or dt.date.today()
         findings = evaluate_resource(res, settings, rules, day)
         exemption = exemption_of(res, day)
-        if exemption is not None and exemption is not UNKNOWN:
+        if isinstance(exemption, Exemption):
             pulumi.log.warn(f"policy: {res.label}: {exemption.describe()}")
         for f in findings:
             if f.level == "advisory" and not f.exempt:
-                pulumi.log.warn(f"policy: {res.label} violates {f.rule.name} ({f.rule.severity}, advisory): "
-                                f"{f.message} (fix: {f.rule.remediation})")
+                pulumi.log.warn(
+                    f"policy: {res.label} violates {f.rule.name} ({f.rule.severity}, advisory): "
+                    f"{f.message} (fix: {f.rule.remediation})"
+                )
         refused = [f for f in findings if f.level == "mandatory" and not f.exempt]
         if refused:
             error = PolicyViolationError(stack, refused)

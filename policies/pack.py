@@ -31,9 +31,10 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from policies.engine import EXEMPTIONS_POLICY, Exemption, exemption_of, judge
+from policies.engine import EXEMPTIONS_POLICY, Finding, judge
+from policies.exemptions import Exemption, exemption_of
 from policies.resource import Resource, neutralize
-from policies.rules import Rule, all_rules
+from policies.rules import Rule, Violation, all_rules
 from policies.sdk_patches import replace_policy_deserializer
 
 PACK_NAME = "edgefleet-security"
@@ -50,8 +51,15 @@ def resource_from_args(args: ResourceValidationArgs | Any) -> Resource:
     """The neutral resource of a CrossGuard argument bag (or a stack's PolicyResource)."""
     parent = getattr(getattr(args, "opts", None), "parent", None) or ""
     provider = getattr(args, "provider", None)
-    return Resource(args.resource_type, args.name, _props(args.props), urn=args.urn, source=args.urn, parent=parent,
-                    cluster=provider.urn if provider is not None else "")
+    return Resource(
+        args.resource_type,
+        args.name,
+        _props(args.props),
+        urn=args.urn,
+        source=args.urn,
+        parent=parent,
+        cluster=provider.urn if provider is not None else "",
+    )
 
 
 def _deserialize(props: dict[str, Any], proxy_secrets: bool = False) -> Mapping[str, Any]:
@@ -64,7 +72,7 @@ def keep_secrets_visible() -> None:
     replace_policy_deserializer(_deserialize)
 
 
-def _report(findings: list, report_violation: Any, stack: bool) -> None:
+def _report(findings: list[Finding], report_violation: Any, stack: bool) -> None:
     for f in findings:
         if f.exempt:
             continue  # reported by policy-exemptions
@@ -95,8 +103,8 @@ def _stack_policy(rule: Rule) -> StackValidationPolicy:
         resources = [resource_from_args(r) for r in args.resources]
         config = {**rule.defaults(), **dict(args.get_config() or {})}
         today = dt.date.today()
-        findings = []
-        grouped: dict[int, tuple[Resource | None, list]] = {}
+        findings: list[Finding] = []
+        grouped: dict[int, tuple[Resource | None, list[Violation]]] = {}
         for v in rule.run(resources, config, today):
             grouped.setdefault(id(v.resource), (v.resource, []))[1].append(v)
         for res, violations in grouped.values():
@@ -135,8 +143,10 @@ def _exemptions_policy() -> ResourceValidationPolicy:
         enforcement_level=EnforcementLevel.ADVISORY,
         severity=Severity.LOW,
         tags=["exemptions"],
-        remediation_steps="Fix the resource and remove the exemption before it expires; a void exemption exempts nothing "
-                          "and fails valid-policy-exemption.",
+        remediation_steps=(
+            "Fix the resource and remove the exemption before it expires; a void exemption exempts nothing "
+            "and fails valid-policy-exemption."
+        ),
     )
 
 

@@ -41,7 +41,9 @@ UNKNOWN_SENTINELS = frozenset(
 )
 
 
-class _Unknown:
+class UnknownType:
+    """The type of :data:`UNKNOWN`, its only instance."""
+
     __slots__ = ()
 
     def __repr__(self) -> str:
@@ -51,8 +53,9 @@ class _Unknown:
         return False
 
 
-UNKNOWN: Any = _Unknown()
-"""A value not known yet (preview). Compare with ``is``."""
+UNKNOWN: Any = UnknownType()
+"""A value not known yet (preview). Compare with ``is``. Typed ``Any``: it stands in for a value of
+any type; a function that returns the marker itself says ``UnknownType``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ PATCH_SUFFIX = "Patch"
 _ABSENT: Any = object()
 
 
-class Partial(dict):
+class Partial(dict[str, Any]):
     """An object a patch resource applies (``DeploymentPatch``...): a field it leaves out keeps
     whatever the live object has, which is not known here, so reading one gives UNKNOWN. Rules
     then judge only what the patch sets, as they judge any preview value."""
@@ -249,7 +252,7 @@ def neutralize(value: Any) -> Any:
         return value
     if isinstance(value, str):
         return UNKNOWN if value in UNKNOWN_SENTINELS else value
-    if isinstance(value, (Secret, _Unknown)):
+    if isinstance(value, (Secret, UnknownType)):
         return value
     if isinstance(value, Mapping):
         target = _proxy_target(value)

@@ -5,6 +5,7 @@ never raised as tracebacks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -48,8 +49,8 @@ def k8s_type(api_version: str, kind: str) -> str:
 
 
 def resource_from_manifest(doc: dict[str, Any], source: str) -> Resource:
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
+    meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
+    name = meta["name"] if isinstance(meta.get("name"), str) else "<unnamed>"
     ns = meta.get("namespace")
     urn = f"{doc['kind']}/{ns + '/' if isinstance(ns, str) and ns else ''}{name}"
     return Resource(k8s_type(str(doc["apiVersion"]), str(doc["kind"])), name, doc, urn=urn, source=source)
@@ -62,7 +63,7 @@ def _split_documents(text: str) -> Iterator[tuple[int, str]]:
         starts.insert(0, 0)
     starts.append(len(text))
     line = 1
-    for begin, end in zip(starts, starts[1:]):
+    for begin, end in itertools.pairwise(starts):
         chunk = text[begin:end]
         yield line, chunk
         line += chunk.count("\n")
@@ -83,7 +84,7 @@ def parse_yaml(text: str, file: str, loader: type = _FastLoader) -> tuple[list[t
     problems: list[InputProblem] = []
     for line, chunk in _split_documents(text):
         try:
-            doc = yaml.load(chunk, Loader=loader)  # noqa: S506 - safe loaders only
+            doc = yaml.load(chunk, Loader=loader)  # safe loaders only
         except yaml.YAMLError as e:
             problems.append(InputProblem(file, *_yaml_error(e, line)))
             continue
@@ -94,12 +95,10 @@ def parse_yaml(text: str, file: str, loader: type = _FastLoader) -> tuple[list[t
 
 def _leading_lines(chunk: str) -> int:
     """Lines before a document's content (the '---' marker, comments, blanks)."""
-    n = 0
-    for raw in chunk.splitlines():
+    for n, raw in enumerate(chunk.splitlines()):
         stripped = raw.strip()
         if stripped and not stripped.startswith("#") and not _DOC_START.match(raw):
             return n
-        n += 1
     return 0
 
 
@@ -118,8 +117,9 @@ def manifests_from_yaml(text: str, file: str) -> tuple[list[Resource], list[Inpu
 
 
 def _expand_list(doc: Any) -> list[Any]:
-    if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
-        return doc["items"]
+    items = doc.get("items") if isinstance(doc, dict) else None
+    if isinstance(items, list) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List"):
+        return items
     return [doc]
 
 
@@ -137,7 +137,9 @@ def manifests_from_paths(paths: list[Path]) -> tuple[list[Resource], list[InputP
     resources: list[Resource] = []
     problems: list[InputProblem] = []
     for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+        )
         if path.is_dir() and not files:
             problems.append(InputProblem(str(path), 0, "directory has no .yaml or .yml files"))
         for f in files:
@@ -161,8 +163,8 @@ def resources_from_stack_export(data: Any, file: str) -> tuple[list[Resource], l
     """
     deployment = data.get("deployment") if isinstance(data, dict) else None
     if not isinstance(deployment, dict):
-        return [], [InputProblem(file, 0, "not a `pulumi stack export` file (no \"deployment\" object)")]
-    resources = []
+        return [], [InputProblem(file, 0, 'not a `pulumi stack export` file (no "deployment" object)')]
+    resources: list[Resource] = []
     for i, raw in enumerate(deployment.get("resources") or []):
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or not isinstance(raw.get("urn"), str):
             return resources, [InputProblem(file, 0, f"deployment.resources[{i}] has no type or urn")]
@@ -171,8 +173,17 @@ def resources_from_stack_export(data: Any, file: str) -> tuple[list[Resource], l
             continue
         props = raw.get("outputs") if rtype == STACK_TYPE else raw.get("inputs")
         provider = str(raw.get("provider") or "")
-        resources.append(Resource(rtype, urn.rsplit("::", 1)[-1], neutralize(props or {}), urn=urn, source=urn,
-                                  parent=raw.get("parent") or "", cluster=provider.rsplit("::", 1)[0]))
+        resources.append(
+            Resource(
+                rtype,
+                urn.rsplit("::", 1)[-1],
+                neutralize(props or {}),
+                urn=urn,
+                source=urn,
+                parent=raw.get("parent") or "",
+                cluster=provider.rsplit("::", 1)[0],
+            )
+        )
     return resources, []
 
 
@@ -190,7 +201,7 @@ class FixtureLoader(yaml.SafeLoader):
     """YAML with ``!secret VALUE`` and ``!unknown`` for rule fixtures and tests."""
 
 
-def _secret(loader: yaml.SafeLoader, node: yaml.Node) -> Secret:
+def _secret(loader: yaml.SafeLoader, node: yaml.ScalarNode | yaml.SequenceNode | yaml.MappingNode) -> Secret:
     if isinstance(node, yaml.MappingNode):
         return Secret(loader.construct_mapping(node, deep=True))
     if isinstance(node, yaml.SequenceNode):
@@ -212,7 +223,15 @@ def resources_from_fixture(path: Path) -> list[Resource]:
     for line, doc in docs:
         source = f"{path}:{line}"
         if "type" in doc and "props" in doc:
-            out.append(Resource(doc["type"], doc.get("name", doc["type"]), doc["props"], urn=f"{doc['type']}::{doc.get('name')}", source=source))
+            out.append(
+                Resource(
+                    doc["type"],
+                    doc.get("name", doc["type"]),
+                    doc["props"],
+                    urn=f"{doc['type']}::{doc.get('name')}",
+                    source=source,
+                )
+            )
         else:
             out.append(resource_from_manifest(doc, source))
     return out

@@ -43,3 +43,5 @@ class NodeSpec:
     data_dir: str | None = None  # None: the distribution's default
     extra_args: tuple[str, ...] = ()  # flags for this node's role
     protect_kernel_defaults: bool = True  # kubelet --protect-kernel-defaults and the sysctls it needs
+    # containerd leaves a container's oom_score_adj as it finds it (for runtimes that may not lower it)
+    restrict_oom_score_adj: bool = False

@@ -19,6 +19,12 @@ the steady-state settings (:func:`steady_config`) restarts the service.
 
 Artifacts: ``k3s`` (the release binary for the node's architecture) and, for air-gapped
 nodes, any number of ``k3s-airgap-images*`` image archives.
+
+Runtime: on hosts whose runtime may not lower a process's ``oom_score_adj`` (unprivileged
+containers, the lab), ``restrict_oom_score_adj`` makes the embedded containerd keep the score it
+finds instead of failing every pod sandbox: K3s fills its ``config-v3.toml.tmpl`` (the base
+template plus an import of ``config.d``), and a drop-in there sets the CRI plugin option (the
+base template already defines that table, so the option cannot be appended to it).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ BOOTSTRAP_KEYS = ("server", "cluster-init")
 REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
 KUBECONFIG = f"{CONFIG_DIR}/k3s.yaml"
 DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
+CONTAINERD_SOCKET = "/run/k3s/containerd/containerd.sock"
 IMAGES_PREFIX = "k3s-airgap-images"
 
 CIS_TLS_CIPHERS = (
@@ -89,6 +96,14 @@ ACCESS = KubeAccess(("k3s_kubectl", f"--kubeconfig={KUBECONFIG}"), BIN, KUBECONF
 
 def data_dir(node: NodeSpec) -> str:
     return node.data_dir or DEFAULT_DATA_DIR
+
+
+def _containerd_path(node: NodeSpec, name: str) -> str:
+    return f"{data_dir(node)}/agent/etc/containerd/{name}"
+
+
+CONTAINERD_TEMPLATE = "config-v3.toml.tmpl"
+CONTAINERD_DROP_IN = "config.d/10-edgefleet.toml"
 
 
 def _server_path(node: NodeSpec, name: str) -> str:
@@ -266,6 +281,28 @@ def render_psa_config() -> str:
     )
 
 
+def render_containerd_template(node: NodeSpec) -> str:
+    """K3s's containerd configuration template: its own base, plus the drop-ins of ``config.d``."""
+    imports = _containerd_path(node, "config.d/*.toml")
+    return f'imports = ["{imports}"]\n{{{{ template "base" . }}}}\n'
+
+
+def render_containerd_drop_in() -> str:
+    """containerd's CRI option that leaves a container's oom_score_adj as it finds it."""
+    return 'version = 3\n\n[plugins."io.containerd.cri.v1.runtime"]\n  restrict_oom_score_adj = true\n'
+
+
+def containerd_files(node: NodeSpec) -> dict[str, str]:
+    """The containerd files this node needs (path -> content): none unless it runs a kubelet with
+    ``restrict_oom_score_adj``."""
+    if not (has_kubelet(node) and node.restrict_oom_score_adj):
+        return {}
+    return {
+        _containerd_path(node, CONTAINERD_TEMPLATE): render_containerd_template(node),
+        _containerd_path(node, CONTAINERD_DROP_IN): render_containerd_drop_in(),
+    }
+
+
 def render_registries(node: NodeSpec) -> str:
     """``registries.yaml``: the site's mirrors for each registry."""
     check_mirrors(node.registry_mirrors)
@@ -356,6 +393,7 @@ class K3sDriver(Driver):
             files[REGISTRIES_FILE] = (render_registries(node), 0o600)
         if has_kubelet(node) and node.protect_kernel_defaults:
             files[SYSCTL_FILE] = (render_sysctl(), 0o644)
+        files.update({path: (content, 0o600) for path, content in containerd_files(node).items()})
         return files
 
     def install_facts(self, node: NodeSpec) -> InstallFacts:
@@ -414,6 +452,9 @@ class K3sDriver(Driver):
                 body += heredoc_file(path, content, mode)
         if not node.registry_mirrors:
             body += f"drop_file {REGISTRIES_FILE}\n"
+        if has_kubelet(node) and not containerd_files(node):
+            # The option turned off: the template alone imports nothing (it may be an operator's own).
+            body += f"drop_file {q(_containerd_path(node, CONTAINERD_DROP_IN))}\n"
         body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
         if node.role == "server":
             body += f"write_secret {AGENT_TOKEN_ENV} {AGENT_TOKEN_FILE}\n"
@@ -438,7 +479,12 @@ class K3sDriver(Driver):
         and binary. Idempotent: running it on a clean host changes nothing."""
         svc = service(node)
         dd = data_dir(node)
-        processes = rf"^({ere_literal(BIN)}|k3s) (server|agent)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run"
+        # Container shims may live outside the data directory (a runtime on the PATH): they are
+        # K3s's when they serve its containerd socket.
+        shims = rf"containerd-shim[^ ]* .*-address {ere_literal(CONTAINERD_SOCKET)}( |$)"
+        processes = (
+            rf"^({ere_literal(BIN)}|k3s) (server|agent)|{ere_literal(dd)}/|{ere_literal(svc.supervisor)} __run|{shims}"
+        )
         paths = [
             CONFIG_DIR,
             "/etc/rancher/node",

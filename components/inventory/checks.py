@@ -50,6 +50,14 @@ def cross_checks(inv: Inventory) -> Found:
             )
         seen_sites.setdefault(site.name, i)
         found += _topology(site, at)
+        if inv.monitoring is not None and site.monitoring_namespace is None:
+            found.append(
+                (
+                    f"{at}.monitoring_namespace",
+                    "is required: the inventory names a monitoring core, so every site runs an agent",
+                    "add monitoring_namespace: monitoring (the namespace the site's agent runs in)",
+                )
+            )
         for j, host in enumerate(site.hosts):
             hat = f"{at}.hosts[{j}]"
             if host.name in seen_hosts:

@@ -242,6 +242,8 @@ class DistributionSpec(StrictModel):
     extra_args: list[str] = []  # extra flags for servers (controllers)
     agent_args: list[str] = []  # extra flags for agents (workers), e.g. an external CRI endpoint
     protect_kernel_defaults: bool = True  # kubelet refuses kernel settings other than its own (CIS)
+    # For hosts whose runtime may not lower oom_score_adj (unprivileged containers, the lab).
+    restrict_oom_score_adj: bool = False
     pull_secret: SecretRef | None = None  # MicroShift: the Red Hat pull secret CRI-O uses
 
     @field_validator("pull_secret")
@@ -253,6 +255,18 @@ class DistributionSpec(StrictModel):
                 "pull_secret",
                 f"{name} takes no pull secret (only MicroShift does)",
                 "remove pull_secret, or give registry credentials through registry_mirrors",
+            )
+        return v
+
+    @field_validator("restrict_oom_score_adj")
+    @classmethod
+    def _oom_for_k3s(cls, v: bool, info: ValidationInfo) -> bool:
+        name = info.data.get("name", "k3s")
+        if v and name != "k3s":
+            raise custom_error(
+                "restrict_oom_score_adj",
+                f"only the k3s driver renders this containerd setting, not {name}",
+                "remove restrict_oom_score_adj, or set it in the runtime's own configuration",
             )
         return v
 
@@ -506,10 +520,38 @@ class Rollout(StrictModel):
         return v
 
 
+class MonitoringCore(StrictModel):
+    """Where every site's Prometheus agent remote-writes: the core's receiver. An IP address,
+    because the agent's egress NetworkPolicy allows exactly it."""
+
+    address: str
+    port: int = Field(9090, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not is_ip(v):
+            raise custom_error(
+                "address",
+                f"{shown(v)} is not an IP address",
+                "write the core's IP address; the agents' NetworkPolicy allows exactly it",
+            )
+        return v
+
+
+class Monitoring(StrictModel):
+    """Monitoring from core to edge: a Prometheus agent on every site (in the site's
+    ``monitoring_namespace``) writing to ``core``."""
+
+    core: MonitoringCore
+
+
 class Inventory(StrictModel):
     fleet: str
     environment: Literal["dev", "prod"]
     rollout: Rollout = Rollout()
+    monitoring: Monitoring | None = None
     sites: Annotated[list[Site], Field(min_length=1)]
 
     @field_validator("fleet")

@@ -131,8 +131,14 @@ def render_sarif(report: Report, problems: Sequence[InputProblem], rules: Sequen
                                 "shortDescription": {"text": r.title},
                                 "fullDescription": {"text": r.description},
                                 "help": {"text": r.remediation},
-                                "defaultConfiguration": {"level": "error" if r.enforcement == "mandatory" else "warning"},
-                                "properties": {"category": r.category, "severity": r.severity, "tags": [r.category, "security"]},
+                                "defaultConfiguration": {
+                                    "level": "error" if r.enforcement == "mandatory" else "warning"
+                                },
+                                "properties": {
+                                    "category": r.category,
+                                    "severity": r.severity,
+                                    "tags": [r.category, "security"],
+                                },
                             }
                             for r in rules
                         ],
@@ -162,7 +168,9 @@ def render_junit(report: Report, problems: Sequence[InputProblem], rules: Sequen
         suite = ET.SubElement(root, "testsuite", name=r.name)
         counts: Counter[str] = Counter()
         if not findings:
-            ET.SubElement(suite, "testcase", classname=f"{r.category}.{r.name}", name=f"{report.resources} resources comply")
+            ET.SubElement(
+                suite, "testcase", classname=f"{r.category}.{r.name}", name=f"{report.resources} resources comply"
+            )
             counts["tests"] += 1
         for f in findings:
             case = ET.SubElement(suite, "testcase", classname=f"{r.category}.{r.name}", name=_subject(f))
@@ -183,8 +191,15 @@ def render_junit(report: Report, problems: Sequence[InputProblem], rules: Sequen
         suite.set("errors", "0")
         totals.update(counts)
     if problems:
-        suite = ET.SubElement(root, "testsuite", name="inputs", tests=str(len(problems)), failures="0",
-                              errors=str(sum(p.fatal for p in problems)), skipped="0")
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name="inputs",
+            tests=str(len(problems)),
+            failures="0",
+            errors=str(sum(p.fatal for p in problems)),
+            skipped="0",
+        )
         for p in problems:
             case = ET.SubElement(suite, "testcase", classname="inputs", name=str(p))
             if p.fatal:
@@ -197,8 +212,9 @@ def render_junit(report: Report, problems: Sequence[InputProblem], rules: Sequen
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def render_table(report: Report, problems: Sequence[InputProblem], rules: Sequence[Rule], fail_on: str,
-                 stream: IO[str] | None = None) -> str:
+def render_table(
+    report: Report, problems: Sequence[InputProblem], rules: Sequence[Rule], fail_on: str, stream: IO[str] | None = None
+) -> str:
     from rich.console import Console
     from rich.table import Table
 
@@ -207,13 +223,22 @@ def render_table(report: Report, problems: Sequence[InputProblem], rules: Sequen
     console = Console(file=stream, width=None if interactive else 160, no_color=not interactive, highlight=False)
     colors = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
     order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
-    findings = sorted((f for f in report.findings if not f.exempt), key=lambda f: (order[f.severity], f.rule.name, _subject(f)))
+    findings = sorted(
+        (f for f in report.findings if not f.exempt), key=lambda f: (order[f.severity], f.rule.name, _subject(f))
+    )
     if findings:
         table = Table(title="Policy violations", show_lines=False)
         for col in ("Severity", "Level", "Rule", "Resource", "Message", "Where"):
             table.add_column(col, overflow="fold")
         for f in findings:
-            table.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.level, f.rule.name, _subject(f), f.message, _where(f.resource))
+            table.add_row(
+                f"[{colors[f.severity]}]{f.severity}[/]",
+                f.level,
+                f.rule.name,
+                _subject(f),
+                f.message,
+                _where(f.resource),
+            )
         console.print(table)
     if report.exemptions:
         table = Table(title="Exemptions")
@@ -224,8 +249,11 @@ def render_table(report: Report, problems: Sequence[InputProblem], rules: Sequen
         console.print(table)
     s = summary(report, problems, fail_on)
     by = ", ".join(f"{s['bySeverity'][k]} {k}" for k in reversed(SEVERITIES) if s["bySeverity"][k])
-    console.print(f"{s['resources']} resources, {s['findings']} violations{' (' + by + ')' if by else ''}, "
-                  f"{s['exempt']} exempt, {len(report.exemptions)} exemption annotations; failing at --fail-on {fail_on}: {s['failing']}")
+    console.print(
+        f"{s['resources']} resources, {s['findings']} violations{' (' + by + ')' if by else ''}, "
+        f"{s['exempt']} exempt, {len(report.exemptions)} exemption annotations; "
+        f"failing at --fail-on {fail_on}: {s['failing']}"
+    )
     return ""
 
 

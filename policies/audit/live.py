@@ -74,8 +74,16 @@ def _named(items: Any, name: str, what: str, path: Path) -> dict[str, Any]:
 
 
 def _has_credentials(user: dict[str, Any]) -> bool:
-    keys = ("token", "tokenFile", "username", "password", "client-certificate", "client-certificate-data",
-            "client-key", "client-key-data")
+    keys = (
+        "token",
+        "tokenFile",
+        "username",
+        "password",
+        "client-certificate",
+        "client-certificate-data",
+        "client-key",
+        "client-key-data",
+    )
     return any(user.get(k) for k in keys)
 
 
@@ -97,10 +105,14 @@ def load_cluster(path: Path, context: str | None = None) -> Cluster:
     user = _named(config.get("users"), ctx.get("user", ""), "user", path) if ctx.get("user") else {}
     server = str(cluster.get("server", "")).rstrip("/")
     if not server.startswith(("https://", "http://")):
-        raise KubeconfigError(f"{path}: cluster {ctx.get('cluster')!r} has no https server (fix: set clusters[].cluster.server)")
+        raise KubeconfigError(
+            f"{path}: cluster {ctx.get('cluster')!r} has no https server (fix: set clusters[].cluster.server)"
+        )
     if user.get("exec") or user.get("auth-provider"):
-        raise KubeconfigError(f"{path}: user {ctx.get('user')!r} uses an exec/auth-provider plugin, which the audit "
-                              "does not run (fix: use a kubeconfig with a client certificate or a token)")
+        raise KubeconfigError(
+            f"{path}: user {ctx.get('user')!r} uses an exec/auth-provider plugin, which the audit "
+            "does not run (fix: use a kubeconfig with a client certificate or a token)"
+        )
     headers = {"Accept": "application/json"}
     base = path.parent
     token = user.get("token")
@@ -114,9 +126,11 @@ def load_cluster(path: Path, context: str | None = None) -> Cluster:
     if server.startswith("http://") and _has_credentials(user):
         # Over plain HTTP a token, password or client key would cross the network readable by
         # anyone on the path; kubectl proxy or an https server needs no such exposure.
-        raise KubeconfigError(f"{path}: context {name!r} would send the credentials of user {ctx.get('user')!r} "
-                              f"over plain HTTP to {server} (fix: use the cluster's https:// server address, or a "
-                              "credential-free context such as one pointing at `kubectl proxy`)")
+        raise KubeconfigError(
+            f"{path}: context {name!r} would send the credentials of user {ctx.get('user')!r} "
+            f"over plain HTTP to {server} (fix: use the cluster's https:// server address, or a "
+            "credential-free context such as one pointing at `kubectl proxy`)"
+        )
     ssl_context = None
     if server.startswith("https://"):
         ca = _data_or_file(cluster, "certificate-authority", base)
@@ -138,8 +152,10 @@ def load_cluster(path: Path, context: str | None = None) -> Cluster:
 
 def _get(cluster: Cluster, path: str, timeout: float) -> dict[str, Any]:
     req = urllib.request.Request(cluster.server + path, headers=cluster.headers)
-    with urllib.request.urlopen(req, timeout=timeout, context=cluster.ssl_context) as resp:  # noqa: S310 - kubeconfig server
-        return json.loads(resp.read())
+    # Only the kubeconfig's server: https://, or http:// without credentials (checked above), never file: etc.
+    with urllib.request.urlopen(req, timeout=timeout, context=cluster.ssl_context) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+    return body
 
 
 def _is_system(obj: dict[str, Any], kind: str) -> bool:
@@ -159,8 +175,9 @@ def _controlled(obj: dict[str, Any], kind: str) -> bool:
     return any(o.get("controller") for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
-def list_cluster(path: Path, context: str | None = None, include_system: bool = False,
-                 timeout: float = 10.0) -> tuple[list[Resource], list[InputProblem]]:
+def list_cluster(
+    path: Path, context: str | None = None, include_system: bool = False, timeout: float = 10.0
+) -> tuple[list[Resource], list[InputProblem]]:
     """Every object of the audited kinds in the cluster of a kubeconfig."""
     try:
         cluster = load_cluster(path, context)
@@ -182,10 +199,20 @@ def list_cluster(path: Path, context: str | None = None, include_system: bool = 
                 break
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", e)
-                return resources, problems + [InputProblem(where, 0, f"cannot reach the API server: {reason} "
-                                                                     "(fix: check the kubeconfig server and the network)")]
+                return resources, [
+                    *problems,
+                    InputProblem(
+                        where,
+                        0,
+                        f"cannot reach the API server: {reason} (fix: check the kubeconfig server and the network)",
+                    ),
+                ]
             for obj in page.get("items") or []:
-                if not isinstance(obj, dict) or _controlled(obj, kind) or (not include_system and _is_system(obj, kind)):
+                if (
+                    not isinstance(obj, dict)
+                    or _controlled(obj, kind)
+                    or (not include_system and _is_system(obj, kind))
+                ):
                     continue
                 obj.setdefault("apiVersion", api_version)
                 obj.setdefault("kind", kind)

@@ -67,8 +67,11 @@ class Rule:
 
     def reads_type(self, key: str, type_: str) -> bool:
         """Whether the rule reads resources of this key (kind, or type token) and type token."""
-        return (key in self.targets or ANY_RESOURCE in self.targets
-                or (ANY_KUBERNETES in self.targets and type_.startswith("kubernetes:")))
+        return (
+            key in self.targets
+            or ANY_RESOURCE in self.targets
+            or (ANY_KUBERNETES in self.targets and type_.startswith("kubernetes:"))
+        )
 
     def run(self, subject: Any, config: Mapping[str, Any], today: dt.date | None = None) -> list[Violation]:
         """The check on a resource (or, for a stack rule, all resources)."""
@@ -152,8 +155,9 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity)
 
 
-def run_rule(rule_: Rule, resources: Sequence[Resource], config: Mapping[str, Any],
-             today: dt.date | None = None) -> list[tuple[Resource | None, Violation]]:
+def run_rule(
+    rule_: Rule, resources: Sequence[Resource], config: Mapping[str, Any], today: dt.date | None = None
+) -> list[tuple[Resource | None, Violation]]:
     """Apply one rule to a set of resources: ``(resource, violation)`` pairs.
 
     For a stack rule the resource is the one the violation names (``None``: the stack).

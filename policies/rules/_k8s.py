@@ -58,7 +58,7 @@ class PodSpec:
 
 
 def _fixed(res: Resource, steps: tuple[str, ...]) -> PodSpec:
-    meta_steps = steps[:-1] + ("metadata",)
+    meta_steps = (*steps[:-1], "metadata")
     return PodSpec(dig(res.props, *steps), ".".join(steps), dig(res.props, *meta_steps), ".".join(meta_steps))
 
 
@@ -109,7 +109,9 @@ def pod_specs(res: Resource) -> list[PodSpec]:
     return out
 
 
-def per_pod_spec(check: Callable[[Resource, PodSpec, dict[str, Any]], list[Violation]]) -> Callable[..., list[Violation]]:
+def per_pod_spec(
+    check: Callable[[Resource, PodSpec, dict[str, Any]], list[Violation]],
+) -> Callable[..., list[Violation]]:
     """A rule over one pod spec as a rule over a resource: applied to each of its pod specs."""
 
     @wraps(check)
@@ -139,10 +141,6 @@ def container_label(c: dict[str, Any], path: str) -> str:
 
 def labels(res: Resource) -> Any:
     return dig(res.props, "metadata", "labels")
-
-
-def annotations(res: Resource) -> Any:
-    return dig(res.props, "metadata", "annotations")
 
 
 def object_name(res: Resource) -> Any:

@@ -24,8 +24,14 @@ from policies.rules import Violation, key_path, rule
 
 SITE = "edge:site:EdgeSite"
 # pulumi-command's resources and this project's own (components/remote.py) share the shape.
-REMOTE = frozenset({"command:remote:Command", "command:remote:CopyToRemote",
-                    "edgefleet:remote:Command", "edgefleet:remote:CopyToRemote"})
+REMOTE = frozenset(
+    {
+        "command:remote:Command",
+        "command:remote:CopyToRemote",
+        "edgefleet:remote:Command",
+        "edgefleet:remote:CopyToRemote",
+    }
+)
 # Environment variable names that carry join tokens or other install secrets.
 TOKEN_ENV = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE_KEY", re.IGNORECASE)
 # A token written into the command line itself.
@@ -38,7 +44,11 @@ def _install_flag(name: str, expected: Any, what: str) -> Any:
         if value is UNKNOWN or value == expected:
             return []
         shown = "not set" if value is None else json.dumps(value)
-        return [Violation(f"site {dig(res.props, 'site') or res.name}: install.{name} is {shown}; {what}", f"install.{name}")]
+        return [
+            Violation(
+                f"site {dig(res.props, 'site') or res.name}: install.{name} is {shown}; {what}", f"install.{name}"
+            )
+        ]
 
     return check
 
@@ -49,7 +59,10 @@ rule(
     category="edge-install",
     severity="critical",
     description="The site's Kubernetes datastore encrypts Secrets at rest (K3s --secrets-encryption).",
-    remediation="Install with a driver that renders Secrets encryption (K3s: secrets-encryption; the k0s and MicroShift drivers cannot) and drop any flag overriding it.",
+    remediation=(
+        "Install with a driver that renders Secrets encryption (K3s: secrets-encryption; the k0s and MicroShift "
+        "drivers cannot) and drop any flag overriding it."
+    ),
     targets={SITE},
 )(_install_flag("secretsEncryption", True, "Secrets would be stored in plain text on the node"))
 
@@ -59,7 +72,10 @@ rule(
     category="edge-install",
     severity="high",
     description="The API server writes an audit log, so changes on an unattended site can be traced.",
-    remediation="Install with a driver that renders an audit policy and log (K3s, MicroShift; the k0s driver cannot) and drop any flag overriding them.",
+    remediation=(
+        "Install with a driver that renders an audit policy and log (K3s, MicroShift; the k0s driver cannot) and drop "
+        "any flag overriding them."
+    ),
     targets={SITE},
 )(_install_flag("auditLog", True, "API calls would not be audited"))
 
@@ -69,7 +85,10 @@ rule(
     category="edge-install",
     severity="high",
     description="The API server and kubelet refuse anonymous requests.",
-    remediation="Install with a driver that renders anonymous-auth=false for the API server (K3s, k0s; MicroShift cannot) and drop any flag overriding it.",
+    remediation=(
+        "Install with a driver that renders anonymous-auth=false for the API server (K3s, k0s; MicroShift cannot) and "
+        "drop any flag overriding it."
+    ),
     targets={SITE},
 )(_install_flag("anonymousAuth", False, "anonymous requests would be served"))
 
@@ -78,8 +97,13 @@ rule(
     title="Kubelet protects kernel defaults",
     category="edge-install",
     severity="medium",
-    description="The kubelet refuses to start on a kernel whose settings differ from what it needs (--protect-kernel-defaults).",
-    remediation="Keep distribution.protect_kernel_defaults on (the driver renders the kubelet flag and the sysctls it needs) and drop any flag overriding it.",
+    description=(
+        "The kubelet refuses to start on a kernel whose settings differ from what it needs (--protect-kernel-defaults)."
+    ),
+    remediation=(
+        "Keep distribution.protect_kernel_defaults on (the driver renders the kubelet flag and the sysctls it needs) "
+        "and drop any flag overriding it."
+    ),
     targets={SITE},
 )(_install_flag("protectKernelDefaults", True, "kubelet may silently change kernel settings"))
 
@@ -89,7 +113,10 @@ rule(
     category="edge-install",
     severity="high",
     description="The admin kubeconfig written on the node has mode 0600.",
-    remediation="Keep the driver's rendered kubeconfig mode 0600 (K3s write-kubeconfig-mode; the k0s and MicroShift installs chmod it) and drop any flag overriding it.",
+    remediation=(
+        "Keep the driver's rendered kubeconfig mode 0600 (K3s write-kubeconfig-mode; the k0s and MicroShift installs "
+        "chmod it) and drop any flag overriding it."
+    ),
     targets={SITE},
 )(_install_flag("kubeconfigMode", "0600", "other local users could read cluster-admin credentials"))
 
@@ -99,8 +126,14 @@ rule(
     title="Registry mirrors over HTTPS in prod",
     category="edge-install",
     severity="high",
-    description="In prod every registry mirror a site pulls images through is reached over https, so nobody on the network path can swap an image or read pull credentials.",
-    remediation="Serve the mirror over TLS and write it as https://HOST[:PORT] in the site's registry_mirrors (http:// is for a lab mirror only).",
+    description=(
+        "In prod every registry mirror a site pulls images through is reached over https, so nobody on the network "
+        "path can swap an image or read pull credentials."
+    ),
+    remediation=(
+        "Serve the mirror over TLS and write it as https://HOST[:PORT] in the site's registry_mirrors (http:// is for "
+        "a lab mirror only)."
+    ),
     targets={SITE},
 )
 def edge_mirror_https(res: Resource, config: dict[str, Any]) -> list[Violation]:
@@ -110,8 +143,12 @@ def edge_mirror_https(res: Resource, config: dict[str, Any]) -> list[Violation]:
     for registry, endpoints in mapping(dig(res.props, "registryMirrors")).items():
         for i, endpoint in enumerate(items(endpoints)):
             if isinstance(endpoint, str) and not endpoint.startswith("https://"):
-                out.append(Violation(f"site {dig(res.props, 'site') or res.name}: mirror {endpoint!r} of {registry} is not https",
-                                     f"{key_path('registryMirrors', registry)}[{i}]"))
+                out.append(
+                    Violation(
+                        f"site {dig(res.props, 'site') or res.name}: mirror {endpoint!r} of {registry} is not https",
+                        f"{key_path('registryMirrors', registry)}[{i}]",
+                    )
+                )
     return out
 
 
@@ -120,7 +157,10 @@ def edge_mirror_https(res: Resource, config: dict[str, Any]) -> list[Violation]:
     title="Exact distribution version",
     category="edge-install",
     severity="critical",
-    description="A site installs one exact, reviewed distribution version; a channel or 'latest' changes what runs without a change in the stack.",
+    description=(
+        "A site installs one exact, reviewed distribution version; a channel or 'latest' changes what runs without a "
+        "change in the stack."
+    ),
     remediation="Set the site's distribution version to an exact release (e.g. v1.33.4+k3s1) and clear the channel.",
     targets={SITE},
 )
@@ -135,7 +175,9 @@ def edge_pinned_version(res: Resource, config: dict[str, Any]) -> list[Violation
     if pattern is None:
         out.append(Violation(f"unknown distribution {dist!r}", "distribution"))
     elif not isinstance(version, str) or not pattern.match(version):
-        out.append(Violation(f"version {version!r} is not an exact {dist} release (e.g. {VERSION_EXAMPLES[dist]})", "version"))
+        out.append(
+            Violation(f"version {version!r} is not an exact {dist} release (e.g. {VERSION_EXAMPLES[dist]})", "version")
+        )
     return out
 
 
@@ -144,7 +186,9 @@ def edge_pinned_version(res: Resource, config: dict[str, Any]) -> list[Violation
     title="Every artifact has a sha256",
     category="edge-install",
     severity="critical",
-    description="Every binary, image archive and script copied to a host is verified against a pinned sha256 before use.",
+    description=(
+        "Every binary, image archive and script copied to a host is verified against a pinned sha256 before use."
+    ),
     remediation="Give each artifact its sha256 (64 lowercase hex characters, `sha256sum FILE`) in the inventory.",
     targets={SITE},
 )
@@ -186,8 +230,13 @@ def ssh_host_key_pinned(res: Resource, config: dict[str, Any]) -> list[Violation
     title="SSH private keys are secrets",
     category="edge-install",
     severity="critical",
-    description="An SSH private key passed to a remote command is a Pulumi secret, so it is encrypted in state and never shown.",
-    remediation="Wrap the key with pulumi.Output.secret(...) (inventory SecretRef does this) before passing it as connection.privateKey.",
+    description=(
+        "An SSH private key passed to a remote command is a Pulumi secret, so it is encrypted in state and never shown."
+    ),
+    remediation=(
+        "Wrap the key with pulumi.Output.secret(...) (inventory SecretRef does this) before passing it as "
+        "connection.privateKey."
+    ),
     targets=REMOTE,
 )
 def ssh_private_key_secret(res: Resource, config: dict[str, Any]) -> list[Violation]:
@@ -205,15 +254,17 @@ def ssh_private_key_secret(res: Resource, config: dict[str, Any]) -> list[Violat
     category="edge-install",
     severity="critical",
     description="Cluster join tokens (K3S_TOKEN and the like) reach remote commands only as Pulumi secrets.",
-    remediation="Pass the token through environment as pulumi.Output.secret(token) and never inline it in the command text.",
+    remediation=(
+        "Pass the token through environment as pulumi.Output.secret(token) and never inline it in the command text."
+    ),
     targets=REMOTE,
 )
 def join_token_secret(res: Resource, config: dict[str, Any]) -> list[Violation]:
     out = []
     for name, value in mapping(dig(res.props, "environment")).items():
-        if TOKEN_ENV.search(name) and value not in (None, "") and value is not UNKNOWN:
-            if is_secret_at(res.props, "environment", name) is False:
-                out.append(Violation(f"environment {name} is not a secret", key_path("environment", name)))
+        named_token = TOKEN_ENV.search(name) and value not in (None, "") and value is not UNKNOWN
+        if named_token and is_secret_at(res.props, "environment", name) is False:
+            out.append(Violation(f"environment {name} is not a secret", key_path("environment", name)))
     for field in ("create", "update", "delete"):
         text = dig(res.props, field)
         if isinstance(text, str) and TOKEN_IN_COMMAND.search(text) and is_secret_at(res.props, field) is False:

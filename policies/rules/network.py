@@ -36,8 +36,14 @@ def _denies(policy: Resource, direction: str) -> bool | None:
     title="Default-deny NetworkPolicy per namespace",
     category="network",
     severity="high",
-    description="Every namespace that runs workloads has a NetworkPolicy that denies all ingress and egress by default; allowed flows are added explicitly.",
-    remediation="Add a NetworkPolicy with podSelector: {} and policyTypes [Ingress, Egress] and no rules to the namespace (components/network.py does this per site).",
+    description=(
+        "Every namespace that runs workloads has a NetworkPolicy that denies all ingress and egress by default; "
+        "allowed flows are added explicitly."
+    ),
+    remediation=(
+        "Add a NetworkPolicy with podSelector: {} and policyTypes [Ingress, Egress] and no rules to the namespace "
+        "(components/network.py does this per site)."
+    ),
     targets=WORKLOADS | {"NetworkPolicy", "Namespace"},
     scope="stack",
 )
@@ -70,8 +76,14 @@ def namespace_default_deny(resources: Sequence[Resource], config: dict[str, Any]
             continue  # a policy whose namespace is not known yet may be the one missing
         missing = {"Ingress", "Egress"} - deny.get(key, set())
         if missing:
-            out.append(Violation(f"namespace {key[1]} runs workloads ({workload.label}) without a default-deny "
-                                 f"{' and '.join(sorted(missing))} NetworkPolicy", "", namespaces.get(key, workload)))
+            out.append(
+                Violation(
+                    f"namespace {key[1]} runs workloads ({workload.label}) without a default-deny "
+                    f"{' and '.join(sorted(missing))} NetworkPolicy",
+                    "",
+                    namespaces.get(key, workload),
+                )
+            )
     return out
 
 
@@ -96,8 +108,14 @@ def _open_peers(peers: Any) -> bool:
     title="No allow-all NetworkPolicy rules",
     category="network",
     severity="high",
-    description="A NetworkPolicy rule must restrict both peers and ports; a rule open to every peer on every port undoes default-deny.",
-    remediation="Name the peers (podSelector/namespaceSelector or a narrow ipBlock) and the ports in every ingress and egress rule.",
+    description=(
+        "A NetworkPolicy rule must restrict both peers and ports; a rule open to every peer on every port undoes "
+        "default-deny."
+    ),
+    remediation=(
+        "Name the peers (podSelector/namespaceSelector or a narrow ipBlock) and the ports in every ingress and egress "
+        "rule."
+    ),
     targets={"NetworkPolicy"},
 )
 def no_allow_all(res: Resource, config: dict[str, Any]) -> list[Violation]:
@@ -116,8 +134,13 @@ def no_allow_all(res: Resource, config: dict[str, Any]) -> list[Violation]:
     title="No LoadBalancer or NodePort Services outside gateways",
     category="network",
     severity="high",
-    description="Services of type LoadBalancer or NodePort open the site to its network; only the configured gateway Services may.",
-    remediation="Use type ClusterIP, or list the Service as namespace/name in gatewayServices of this rule's pack config.",
+    description=(
+        "Services of type LoadBalancer or NodePort open the site to its network; only the configured gateway Services "
+        "may."
+    ),
+    remediation=(
+        "Use type ClusterIP, or list the Service as namespace/name in gatewayServices of this rule's pack config."
+    ),
     targets={"Service"},
     config_schema={
         "gatewayServices": {
@@ -145,8 +168,14 @@ def restricted_service_types(res: Resource, config: dict[str, Any]) -> list[Viol
     title="Namespaces enforce Pod Security Admission",
     category="network",
     severity="medium",
-    description="Every namespace carries pod-security.kubernetes.io/enforce at baseline or restricted, so the cluster refuses what the pack would.",
-    remediation="Label the namespace pod-security.kubernetes.io/enforce: restricted (baseline where a workload cannot be restricted).",
+    description=(
+        "Every namespace carries pod-security.kubernetes.io/enforce at baseline or restricted, so the cluster refuses "
+        "what the pack would."
+    ),
+    remediation=(
+        "Label the namespace pod-security.kubernetes.io/enforce: restricted (baseline where a workload cannot be "
+        "restricted)."
+    ),
     targets={"Namespace"},
 )
 def namespace_psa_labels(res: Resource, config: dict[str, Any]) -> list[Violation]:
@@ -165,8 +194,14 @@ def namespace_psa_labels(res: Resource, config: dict[str, Any]) -> list[Violatio
     title="Namespace patches keep Pod Security restricted",
     category="network",
     severity="high",
-    description="A NamespacePatch that sets pod-security.kubernetes.io/enforce sets it to restricted: a patch changes a namespace the stack does not own (kube-system, a shared namespace), where nothing looser may be switched on.",
-    remediation="Set pod-security.kubernetes.io/enforce: restricted in the patch or leave the label out of it; a namespace that needs baseline is created and owned by its own stack (rule namespace-psa-labels).",
+    description=(
+        "A NamespacePatch that sets pod-security.kubernetes.io/enforce sets it to restricted: a patch changes a "
+        "namespace the stack does not own (kube-system, a shared namespace), where nothing looser may be switched on."
+    ),
+    remediation=(
+        "Set pod-security.kubernetes.io/enforce: restricted in the patch or leave the label out of it; a namespace "
+        "that needs baseline is created and owned by its own stack (rule namespace-psa-labels)."
+    ),
     targets={"NamespacePatch"},
 )
 def namespace_patch_psa(res: Resource, config: dict[str, Any]) -> list[Violation]:

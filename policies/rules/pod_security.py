@@ -65,7 +65,10 @@ def no_privileged(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[V
     category="pod-security",
     severity="high",
     description="Pods must not share the node's network, PID or IPC namespace (PSS baseline).",
-    remediation="Remove hostNetwork, hostPID and hostIPC from the pod spec (or set them to false); expose ports through a Service.",
+    remediation=(
+        "Remove hostNetwork, hostPID and hostIPC from the pod spec (or set them to false); expose ports through a "
+        "Service."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -102,7 +105,9 @@ def no_host_path(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Vi
     title="No host ports",
     category="pod-security",
     severity="medium",
-    description="Containers must not bind host ports (PSS baseline): they bypass NetworkPolicies and pin pods to nodes.",
+    description=(
+        "Containers must not bind host ports (PSS baseline): they bypass NetworkPolicies and pin pods to nodes."
+    ),
     remediation="Remove ports[].hostPort and expose the port through a Service.",
     targets=POD_TARGETS,
 )
@@ -134,8 +139,12 @@ def no_privilege_escalation(res: Resource, pod: PodSpec, config: dict[str, Any])
     for c, p in containers(spec, base):
         value = _sc(c, "allowPrivilegeEscalation")
         if value is not UNKNOWN and value is not False:
-            out.append(Violation(f"{container_label(c, p)} does not set allowPrivilegeEscalation: false",
-                                 f"{p}.securityContext.allowPrivilegeEscalation"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} does not set allowPrivilegeEscalation: false",
+                    f"{p}.securityContext.allowPrivilegeEscalation",
+                )
+            )
     return out
 
 
@@ -145,7 +154,10 @@ def no_privilege_escalation(res: Resource, pod: PodSpec, config: dict[str, Any])
     category="pod-security",
     severity="high",
     description="Every container must run with runAsNonRoot: true and never as UID 0 (PSS restricted).",
-    remediation="Set securityContext.runAsNonRoot: true (pod or container) and a non-zero runAsUser; build the image with a non-root USER.",
+    remediation=(
+        "Set securityContext.runAsNonRoot: true (pod or container) and a non-zero runAsUser; build the image with a "
+        "non-root USER."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -162,7 +174,11 @@ def run_as_non_root(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list
         if isinstance(user, int) and not isinstance(user, bool) and user == 0:
             out.append(Violation(f"{container_label(c, p)} runs as UID 0", f"{p}.securityContext.runAsUser"))
         elif non_root is not UNKNOWN and non_root is not True:
-            out.append(Violation(f"{container_label(c, p)} does not set runAsNonRoot: true", f"{p}.securityContext.runAsNonRoot"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} does not set runAsNonRoot: true", f"{p}.securityContext.runAsNonRoot"
+                )
+            )
     return out
 
 
@@ -172,7 +188,10 @@ def run_as_non_root(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list
     category="pod-security",
     severity="medium",
     description="Every container must drop ALL Linux capabilities (PSS restricted).",
-    remediation='Set securityContext.capabilities.drop: ["ALL"] and add back only NET_BIND_SERVICE if a port below 1024 is needed.',
+    remediation=(
+        'Set securityContext.capabilities.drop: ["ALL"] and add back only NET_BIND_SERVICE if a port below 1024 is '
+        "needed."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -184,7 +203,11 @@ def drop_all_capabilities(res: Resource, pod: PodSpec, config: dict[str, Any]) -
         if drop is UNKNOWN or any(d is UNKNOWN for d in items(drop)):
             continue
         if "ALL" not in items(drop):
-            out.append(Violation(f"{container_label(c, p)} does not drop ALL capabilities", f"{p}.securityContext.capabilities.drop"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} does not drop ALL capabilities", f"{p}.securityContext.capabilities.drop"
+                )
+            )
     return out
 
 
@@ -204,8 +227,12 @@ def restricted_added_capabilities(res: Resource, pod: PodSpec, config: dict[str,
     for c, p in containers(spec, base):
         extra = [a for a in items(_sc(c, "capabilities", "add")) if a is not UNKNOWN and a != "NET_BIND_SERVICE"]
         if extra:
-            out.append(Violation(f"{container_label(c, p)} adds capabilities {', '.join(map(str, extra))}",
-                                 f"{p}.securityContext.capabilities.add"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} adds capabilities {', '.join(map(str, extra))}",
+                    f"{p}.securityContext.capabilities.add",
+                )
+            )
     return out
 
 
@@ -228,7 +255,9 @@ def seccomp_profile(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list
         kind = pod_type if kind is None else kind
         if kind is not UNKNOWN and kind not in ("RuntimeDefault", "Localhost"):
             what = "no seccomp profile" if kind is None else f"seccomp profile {kind}"
-            out.append(Violation(f"{container_label(c, p)} runs with {what}", f"{p}.securityContext.seccompProfile.type"))
+            out.append(
+                Violation(f"{container_label(c, p)} runs with {what}", f"{p}.securityContext.seccompProfile.type")
+            )
     return out
 
 
@@ -248,8 +277,12 @@ def read_only_root_filesystem(res: Resource, pod: PodSpec, config: dict[str, Any
     for c, p in containers(spec, base, ("containers", "initContainers")):
         value = _sc(c, "readOnlyRootFilesystem")
         if value is not UNKNOWN and value is not True:
-            out.append(Violation(f"{container_label(c, p)} has a writable root filesystem",
-                                 f"{p}.securityContext.readOnlyRootFilesystem"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} has a writable root filesystem",
+                    f"{p}.securityContext.readOnlyRootFilesystem",
+                )
+            )
     return out
 
 
@@ -298,7 +331,9 @@ def default_proc_mount(res: Resource, pod: PodSpec, config: dict[str, Any]) -> l
     category="pod-security",
     severity="medium",
     description="Pods must not automount a Kubernetes API token unless they call the API.",
-    remediation="Set automountServiceAccountToken: false in the pod spec; mount a projected token only where the API is used.",
+    remediation=(
+        "Set automountServiceAccountToken: false in the pod spec; mount a projected token only where the API is used."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -325,8 +360,10 @@ def no_sa_token_automount(res: Resource, pod: PodSpec, config: dict[str, Any]) -
 def restricted_selinux(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Violation]:
     spec, base = pod.spec, pod.path
     places = [(dig(spec, "securityContext", "seLinuxOptions"), f"{base}.securityContext.seLinuxOptions", "pod")]
-    places += [(_sc(c, "seLinuxOptions"), f"{p}.securityContext.seLinuxOptions", container_label(c, p))
-               for c, p in containers(spec, base)]
+    places += [
+        (_sc(c, "seLinuxOptions"), f"{p}.securityContext.seLinuxOptions", container_label(c, p))
+        for c, p in containers(spec, base)
+    ]
     out = []
     for opts, path, who in places:
         opts = mapping(opts)
@@ -344,7 +381,10 @@ def restricted_selinux(res: Resource, pod: PodSpec, config: dict[str, Any]) -> l
     title="Only restricted volume types",
     category="pod-security",
     severity="medium",
-    description="Pods may mount only configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected and secret volumes (PSS restricted).",
+    description=(
+        "Pods may mount only configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected and "
+        "secret volumes (PSS restricted)."
+    ),
     remediation="Replace the volume with one of the allowed types, typically a PersistentVolumeClaim.",
     targets=POD_TARGETS,
 )
@@ -379,7 +419,11 @@ def no_unconfined_apparmor(res: Resource, pod: PodSpec, config: dict[str, Any]) 
         out.append(Violation("pod sets appArmorProfile Unconfined", f"{base}.securityContext.appArmorProfile"))
     for c, p in containers(spec, base):
         if _sc(c, "appArmorProfile", "type") == "Unconfined":
-            out.append(Violation(f"{container_label(c, p)} sets appArmorProfile Unconfined", f"{p}.securityContext.appArmorProfile"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} sets appArmorProfile Unconfined", f"{p}.securityContext.appArmorProfile"
+                )
+            )
     for key, value in mapping(dig(pod.metadata, "annotations")).items():
         if key.startswith(APPARMOR_ANNOTATION) and value == "unconfined":
             out.append(Violation(f"annotation {key} is unconfined", key_path(f"{pod.metadata_path}.annotations", key)))

@@ -32,8 +32,13 @@ def _exposed(value: Any, path: str, sensitive: bool) -> Iterator[str]:
     title="Kubeconfig and token outputs are secret",
     category="stack",
     severity="critical",
-    description="Stack outputs that hold a kubeconfig or a token (by name, at any depth) are Pulumi secrets, so `pulumi stack output` and the state never show them in clear.",
-    remediation="Export the value with pulumi.Output.secret(...) (or pulumi.export(name, pulumi.Output.secret(value))).",
+    description=(
+        "Stack outputs that hold a kubeconfig or a token (by name, at any depth) are Pulumi secrets, so `pulumi stack "
+        "output` and the state never show them in clear."
+    ),
+    remediation=(
+        "Export the value with pulumi.Output.secret(...) (or pulumi.export(name, pulumi.Output.secret(value)))."
+    ),
     targets={STACK},
     scope="stack",
 )

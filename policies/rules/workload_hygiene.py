@@ -28,7 +28,9 @@ from policies.rules._k8s import (
 
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/version", "app.kubernetes.io/part-of")
 # Words that make a variable or key name a credential (compared per word of the name).
-CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "token", "credential", "credentials", "apikey"})
+CREDENTIAL_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "secret", "token", "credential", "credentials", "apikey"}
+)
 CREDENTIAL_PAIRS = ("api_key", "access_key", "secret_key", "private_key", "client_secret", "auth_token")
 # Names that point at a credential rather than hold one.
 REFERENCE_SUFFIXES = ("_file", "_path", "_dir", "_name", "_ref")
@@ -89,7 +91,10 @@ def image_pinned(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Vi
     category="workload",
     severity="high",
     description="Container images must come from the fleet's allowed registries (pack config: allowedRegistries).",
-    remediation="Mirror the image into an allowed registry and reference it there, or add the registry to allowedRegistries in policies/config/<stack>.json.",
+    remediation=(
+        "Mirror the image into an allowed registry and reference it there, or add the registry to allowedRegistries in "
+        "policies/config/<stack>.json."
+    ),
     targets=POD_TARGETS,
     config_schema={
         "allowedRegistries": {
@@ -111,8 +116,13 @@ def image_registry(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[
             continue
         ref = image_reference(image)
         if not any(ref == a or ref.startswith(a + "/") for a in allowed):
-            out.append(Violation(f"{container_label(c, p)} image {image} is not from an allowed registry "
-                                 f"({', '.join(allowed) or 'none configured'})", f"{p}.image"))
+            out.append(
+                Violation(
+                    f"{container_label(c, p)} image {image} is not from an allowed registry "
+                    f"({', '.join(allowed) or 'none configured'})",
+                    f"{p}.image",
+                )
+            )
     return out
 
 
@@ -121,8 +131,13 @@ def image_registry(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[
     title="Requests and limits set",
     category="workload",
     severity="medium",
-    description="Every container must request CPU and memory and set CPU and memory limits, so one workload cannot starve a small edge node.",
-    remediation="Set resources.requests.cpu, resources.requests.memory, resources.limits.cpu and resources.limits.memory.",
+    description=(
+        "Every container must request CPU and memory and set CPU and memory limits, so one workload cannot starve a "
+        "small edge node."
+    ),
+    remediation=(
+        "Set resources.requests.cpu, resources.requests.memory, resources.limits.cpu and resources.limits.memory."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -140,7 +155,9 @@ def container_resources(res: Resource, pod: PodSpec, config: dict[str, Any]) -> 
             if dig(resources, section) is not UNKNOWN and dig(resources, section, name) is None
         ]
         if missing:
-            out.append(Violation(f"{container_label(c, p)} has no resources.{', resources.'.join(missing)}", f"{p}.resources"))
+            out.append(
+                Violation(f"{container_label(c, p)} has no resources.{', resources.'.join(missing)}", f"{p}.resources")
+            )
     return out
 
 
@@ -149,8 +166,12 @@ def container_resources(res: Resource, pod: PodSpec, config: dict[str, Any]) -> 
     title="GPU limits match GPU requests",
     category="workload",
     severity="medium",
-    description="A container that requests a GPU must set the same GPU limit; extended resources are not overcommitted.",
-    remediation="Set resources.limits.<gpu resource> equal to resources.requests.<gpu resource> (e.g. nvidia.com/gpu: 1).",
+    description=(
+        "A container that requests a GPU must set the same GPU limit; extended resources are not overcommitted."
+    ),
+    remediation=(
+        "Set resources.limits.<gpu resource> equal to resources.requests.<gpu resource> (e.g. nvidia.com/gpu: 1)."
+    ),
     targets=POD_TARGETS,
 )
 @per_pod_spec
@@ -167,9 +188,18 @@ def gpu_limits(res: Resource, pod: PodSpec, config: dict[str, Any]) -> list[Viol
                 continue
             limit = dig(limits, name)
             if limit is None:
-                out.append(Violation(f"{container_label(c, p)} requests {name}: {amount} without a limit", f"{p}.resources.limits"))
+                out.append(
+                    Violation(
+                        f"{container_label(c, p)} requests {name}: {amount} without a limit", f"{p}.resources.limits"
+                    )
+                )
             elif limit is not UNKNOWN and str(limit) != str(amount):
-                out.append(Violation(f"{container_label(c, p)} requests {name}: {amount} but limits it to {limit}", f"{p}.resources.limits"))
+                out.append(
+                    Violation(
+                        f"{container_label(c, p)} requests {name}: {amount} but limits it to {limit}",
+                        f"{p}.resources.limits",
+                    )
+                )
     return out
 
 
@@ -189,7 +219,10 @@ def _probe_rule(probe: str, res: Resource) -> list[Violation]:
     title="Readiness probe set",
     category="workload",
     severity="medium",
-    description="Long-running containers need a readiness probe so traffic only reaches a model server that has loaded its model.",
+    description=(
+        "Long-running containers need a readiness probe so traffic only reaches a model server that has loaded its "
+        "model."
+    ),
     remediation="Add readinessProbe (e.g. httpGet /v2/health/ready for the inference server).",
     targets=LONG_RUNNING,
 )
@@ -215,7 +248,9 @@ def liveness_probe(res: Resource, config: dict[str, Any]) -> list[Violation]:
     title="No bare pods",
     category="workload",
     severity="medium",
-    description="Pods must be managed by a controller (Deployment, StatefulSet, DaemonSet, Job) so they are rescheduled.",
+    description=(
+        "Pods must be managed by a controller (Deployment, StatefulSet, DaemonSet, Job) so they are rescheduled."
+    ),
     remediation="Wrap the pod spec in a Deployment (or a Job for run-to-completion work).",
     targets={"Pod"},
 )
@@ -231,7 +266,9 @@ def no_bare_pods(res: Resource, config: dict[str, Any]) -> list[Violation]:
     title="Nothing in the default namespace",
     category="workload",
     severity="medium",
-    description="Workloads and their objects must live in a dedicated namespace with its own NetworkPolicies and PSA labels.",
+    description=(
+        "Workloads and their objects must live in a dedicated namespace with its own NetworkPolicies and PSA labels."
+    ),
     remediation="Set metadata.namespace to the application's namespace.",
     targets=NAMESPACED,
 )
@@ -248,7 +285,10 @@ def no_default_namespace(res: Resource, config: dict[str, Any]) -> list[Violatio
     title="HPA bounds are sane",
     category="workload",
     severity="low",
-    description="A HorizontalPodAutoscaler needs a target, minReplicas >= 1, maxReplicas >= minReplicas and maxReplicas within the cap.",
+    description=(
+        "A HorizontalPodAutoscaler needs a target, minReplicas >= 1, maxReplicas >= minReplicas and maxReplicas within "
+        "the cap."
+    ),
     remediation="Set spec.scaleTargetRef, spec.minReplicas >= 1 and minReplicas <= spec.maxReplicas <= maxReplicasCap.",
     targets={"HorizontalPodAutoscaler"},
     config_schema={
@@ -288,7 +328,9 @@ def hpa_bounds(res: Resource, config: dict[str, Any]) -> list[Violation]:
     title="Recommended labels set",
     category="workload",
     severity="low",
-    description="Workloads carry app.kubernetes.io/name, /version and /part-of so fleet tooling can find and group them.",
+    description=(
+        "Workloads carry app.kubernetes.io/name, /version and /part-of so fleet tooling can find and group them."
+    ),
     remediation="Add metadata.labels app.kubernetes.io/name, app.kubernetes.io/version and app.kubernetes.io/part-of.",
     targets=WORKLOADS,
 )
@@ -305,7 +347,10 @@ def recommended_labels(res: Resource, config: dict[str, Any]) -> list[Violation]
     title="No credentials in env literals",
     category="workload",
     severity="high",
-    description="Credentials must not be written as literal environment values: they end up in the pod spec, in etcd and in every describe.",
+    description=(
+        "Credentials must not be written as literal environment values: they end up in the pod spec, in etcd and in "
+        "every describe."
+    ),
     remediation="Put the value in a Secret and use env[].valueFrom.secretKeyRef (or mount it as a file).",
     targets=POD_TARGETS,
 )
@@ -320,7 +365,11 @@ def no_env_credentials(res: Resource, pod: PodSpec, config: dict[str, Any]) -> l
                 continue
             if is_credential_name(name) or looks_like_credential(value):
                 # Name only: the value is a credential and must not be printed.
-                out.append(Violation(f"{container_label(c, p)} sets credential {name} as a literal value", f"{p}.env[{i}].value"))
+                out.append(
+                    Violation(
+                        f"{container_label(c, p)} sets credential {name} as a literal value", f"{p}.env[{i}].value"
+                    )
+                )
     return out
 
 
@@ -349,8 +398,14 @@ def no_configmap_credentials(res: Resource, config: dict[str, Any]) -> list[Viol
     title="Multi-replica workloads have a PDB",
     category="workload",
     severity="medium",
-    description="A Deployment or StatefulSet with two or more replicas (or an HPA minimum of two) needs a PodDisruptionBudget, so node drains during edge upgrades keep it serving.",
-    remediation="Add a PodDisruptionBudget in the same namespace whose selector matches the pod template labels (e.g. maxUnavailable: 1).",
+    description=(
+        "A Deployment or StatefulSet with two or more replicas (or an HPA minimum of two) needs a PodDisruptionBudget, "
+        "so node drains during edge upgrades keep it serving."
+    ),
+    remediation=(
+        "Add a PodDisruptionBudget in the same namespace whose selector matches the pod template labels (e.g. "
+        "maxUnavailable: 1)."
+    ),
     targets={"Deployment", "StatefulSet", "PodDisruptionBudget", "HorizontalPodAutoscaler"},
     scope="stack",
 )
@@ -367,8 +422,12 @@ def pdb_for_multi_replica(resources: Sequence[Resource], config: dict[str, Any])
             continue
         count = 1 if replicas is None else replicas
         for hpa in hpas:
-            if (hpa.cluster == res.cluster and namespace(hpa) == ns and dig(hpa.props, "spec", "scaleTargetRef", "kind") == res.kind
-                    and dig(hpa.props, "spec", "scaleTargetRef", "name") == object_name(res)):
+            if (
+                hpa.cluster == res.cluster
+                and namespace(hpa) == ns
+                and dig(hpa.props, "spec", "scaleTargetRef", "kind") == res.kind
+                and dig(hpa.props, "spec", "scaleTargetRef", "name") == object_name(res)
+            ):
                 low = dig(hpa.props, "spec", "minReplicas")
                 if low is UNKNOWN:
                     count = UNKNOWN
@@ -378,12 +437,19 @@ def pdb_for_multi_replica(resources: Sequence[Resource], config: dict[str, Any])
             continue
         pod_labels = dig(pod_template_metadata(res), "labels")
         covered = any(
-            pdb.cluster == res.cluster and namespace(pdb) in (ns, UNKNOWN) and selector_matches(dig(pdb.props, "spec", "selector"), pod_labels) is not False
+            pdb.cluster == res.cluster
+            and namespace(pdb) in (ns, UNKNOWN)
+            and selector_matches(dig(pdb.props, "spec", "selector"), pod_labels) is not False
             for pdb in pdbs
         )
         if not covered:
-            out.append(Violation(f"{res.label} runs {count} replicas and no PodDisruptionBudget selects its pods",
-                                 "spec.replicas", res))
+            out.append(
+                Violation(
+                    f"{res.label} runs {count} replicas and no PodDisruptionBudget selects its pods",
+                    "spec.replicas",
+                    res,
+                )
+            )
     return out
 
 
@@ -398,8 +464,17 @@ OPAQUE_HELM = {"Release": "helm.sh/", "HelmChart": "helm.cattle.io/", "HelmRelea
     title="No Helm releases the rules cannot see into",
     category="workload",
     severity="high",
-    description="A Helm release installed by the provider (kubernetes:helm.sh/v3:Release) or by an in-cluster controller (K3s HelmChart, Flux HelmRelease) creates objects no rule ever sees; its chart and values are opaque, so it is refused unless allowed by name (pack config: allowedReleases) or exempted.",
-    remediation="Deploy the chart with kubernetes.helm.v4.Chart, or render it with `helm template` and apply the YAML, so every object it creates is checked; after reviewing the chart, list the release as namespace/name in allowedReleases of policies/config/<stack>.json (or, for HelmChart and HelmRelease objects, exempt them with edgefleet.io/policy-exempt).",
+    description=(
+        "A Helm release installed by the provider (kubernetes:helm.sh/v3:Release) or by an in-cluster controller (K3s "
+        "HelmChart, Flux HelmRelease) creates objects no rule ever sees; its chart and values are opaque, so it is "
+        "refused unless allowed by name (pack config: allowedReleases) or exempted."
+    ),
+    remediation=(
+        "Deploy the chart with kubernetes.helm.v4.Chart, or render it with `helm template` and apply the YAML, so "
+        "every object it creates is checked; after reviewing the chart, list the release as namespace/name in "
+        "allowedReleases of policies/config/<stack>.json (or, for HelmChart and HelmRelease objects, exempt them with "
+        "edgefleet.io/policy-exempt)."
+    ),
     targets=set(OPAQUE_HELM),
     config_schema={
         "allowedReleases": {

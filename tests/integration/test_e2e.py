@@ -30,7 +30,7 @@ from .test_remote import in_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 K3S = next((CACHE / "toolchain").glob("k3s-*/k3s"), None)
-LAB_HOSTS = ["single-1", "ha-1", "ha-2", "ha-3", "gw-1"]
+LAB_HOSTS = ["single-1", "agent-1", "ha-1", "ha-2", "ha-3", "gw-1"]
 
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -94,17 +94,27 @@ def k3s_procs(host: str) -> list[str]:
     return [n for n in names if n.startswith(("k3s", "kwok"))]
 
 
+def fresh_fleet(tmp_path_factory: pytest.TempPathFactory, name: str, sites: tuple[str, ...] = ()) -> Fleet:
+    """The dev stack in a copy of the repository (only ``sites`` of its inventory, when given),
+    on fresh lab hosts: whatever an earlier run left behind is gone."""
+    for action in ("down", "up"):
+        subprocess.run([str(REPO / "lab/lab"), action], check=True, capture_output=True, timeout=180)
+    tmp = tmp_path_factory.mktemp(name)
+    root = toolchain.project_copy(tmp, skip=("bench",))
+    (root / "bench/results").mkdir(parents=True)
+    (tmp / "state").mkdir()
+    f = Fleet(root, tmp / "state", tmp)
+    if sites:
+        inv = f.inventory()
+        inv["sites"] = [s for s in inv["sites"] if s["name"] in sites]
+        f.write_inventory(inv)
+    return f
+
+
 @pytest.fixture(scope="module")
 def fleet(lab, tmp_path_factory, request) -> Fleet:
     """The journey every test of this module continues: one dev stack on fresh lab hosts."""
-    # Fresh hosts: whatever an earlier run left behind is gone.
-    for action in ("down", "up"):
-        subprocess.run([str(REPO / "lab/lab"), action], check=True, capture_output=True, timeout=180)
-    tmp = tmp_path_factory.mktemp("e2e")
-    root = toolchain.project_copy(tmp, skip=("bench",))
-    (root / "bench/results").mkdir(parents=True)
-    f = Fleet(root, tmp / "state", tmp)
-    (tmp / "state").mkdir()
+    f = fresh_fleet(tmp_path_factory, "e2e")
     failed_before = request.session.testsfailed
     yield f
     module_tests = {name for name in vars(request.module) if name.startswith("test_")}
@@ -310,12 +320,12 @@ def test_tampered_artifact_is_refused_before_install(fleet: Fleet, lab, tmp_path
     inv = fleet.inventory()
     site = json.loads(json.dumps(next(s for s in inv["sites"] if s["name"] == "lab-single")))
     site.update(name="lab-tamper", workloads=[], simulated_nodes=None)
-    site["artifacts"][0]["source"] = str(tampered)
+    site["artifacts"] = [{**site["artifacts"][0], "source": str(tampered)}]
     site["hosts"] = [
         {
-            "name": "agent-1",
-            "address": lab.address("agent-1"),
-            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"},
+            "name": "spare-1",
+            "address": lab.address("spare-1"),
+            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/spare-1.pub"},
         }
     ]
     site["distribution"]["disable_agent"] = False
@@ -325,9 +335,9 @@ def test_tampered_artifact_is_refused_before_install(fleet: Fleet, lab, tmp_path
     assert out.returncode != 0
     got = hashlib.sha256(tampered.read_bytes()).hexdigest()
     assert "refusing artifact k3s" in out.stdout and f"has sha256 {got}, expected" in out.stdout, out.stdout[-3000:]
-    assert "[agent-1]" in out.stdout, out.stdout[-3000:]
-    assert in_host(None, "agent-1", "test", "-e", "/usr/local/bin/k3s").returncode == 1, "nothing was installed"
-    assert in_host(None, "agent-1", "test", "-e", "/etc/rancher/k3s/config.yaml").returncode == 1
+    assert "[spare-1]" in out.stdout, out.stdout[-3000:]
+    assert in_host(None, "spare-1", "test", "-e", "/usr/local/bin/k3s").returncode == 1, "nothing was installed"
+    assert in_host(None, "spare-1", "test", "-e", "/etc/rancher/k3s/config.yaml").returncode == 1
     inv["sites"].pop()
     fleet.write_inventory(inv)
     fleet.stack("up", "--yes")
@@ -341,39 +351,18 @@ def _node(kc: Path, name: str) -> dict | None:
     return json.loads(proc.stdout)
 
 
-def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, lab):
-    """Onboarding: a host added to a site's inventory joins as an agent (a real K3s agent and
-    kubelet; the lab host's container runtime is the CRI stand-in); removed, it is drained,
-    its node deleted and K3s uninstalled."""
+def test_agent_leaves_cleanly_when_removed_and_joins_when_added(fleet: Fleet, lab):
+    """Offboarding and onboarding of lab-single's agent (a real K3s agent, kubelet and
+    containerd): removed from the inventory, it is drained, its node deleted and K3s
+    uninstalled; added back, it joins and runs pods again."""
     machine_root = sorted(os.listdir("/"))  # a kubelet on a lab host shares this machine's disk
     inv = fleet.inventory()
     site = next(s for s in inv["sites"] if s["name"] == "lab-single")
-    assert site["distribution"]["agent_args"], "sites/dev.yaml gives lab agents their runtime endpoint"
-    # Lab hosts share this machine's kernel: the agent must not change its global settings.
-    site["distribution"]["protect_kernel_defaults"] = False
-    site["hosts"].append(
-        {
-            "name": "agent-1",
-            "address": lab.address("agent-1"),
-            "role": "agent",
-            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"},
-        }
-    )
-    fleet.write_inventory(inv)
-    t0 = time.monotonic()
-    out = fleet.stack("up", "--yes")
-    fleet.figures["agent_join_s"] = round(time.monotonic() - t0, 1)
-    assert "edge-protect-kernel-defaults" in out.stdout and "advisory" in out.stdout, out.stdout[-3000:]
+    agent = next(h for h in site["hosts"] if h["name"] == "agent-1")
+    assert agent["role"] == "agent", "sites/dev.yaml runs agent-1 as lab-single's agent"
     kc = fleet.kubeconfig("lab-single")
-    node = _node(kc, "agent-1")
-    assert node is not None, "agent-1 registered"
-    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
-    assert conditions["Ready"] == "True", node["status"]["conditions"]
-    assert node["metadata"]["labels"]["edgefleet.io/site"] == "lab-single"
-    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {}), "a real kubelet, not a kwok node"
-    assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.35"), node["status"]["nodeInfo"]
-    assert [p for p in k3s_procs("agent-1") if p.startswith("k3s")], "K3s agent runs on agent-1"
-    # A workload pinned to the agent is started by its kubelet.
+    # A workload pinned to the agent, on the lab's own pause image (nothing is pulled).
+    pause = next(a.split("=", 1)[1] for a in site["distribution"]["agent_args"] if a.startswith("--pause-image="))
     kubectl(kc, "create", "namespace", "onboarding")
     manifest = {
         "apiVersion": "apps/v1",
@@ -395,7 +384,7 @@ def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, la
                     "containers": [
                         {
                             "name": "app",
-                            "image": "registry.edgefleet.local/pause@sha256:" + "0" * 64,
+                            "image": pause,
                             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                         }
                     ],
@@ -407,13 +396,11 @@ def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, la
     manifest_file.write_text(json.dumps(manifest))
     kubectl(kc, "apply", "-f", str(manifest_file))
     kubectl(kc, "-n", "onboarding", "rollout", "status", "deployment/pinned", "--timeout=120s", timeout=150)
-    fleet.stack("up", "--yes", "--expect-no-changes")
 
-    site["hosts"].pop()
-    del site["distribution"]["protect_kernel_defaults"]
+    site["hosts"].remove(agent)
     fleet.write_inventory(inv)
     t0 = time.monotonic()
-    out = fleet.stack("up", "--yes")
+    fleet.stack("up", "--yes")
     fleet.figures["agent_removal_s"] = round(time.monotonic() - t0, 1)
     assert _node(kc, "agent-1") is None, "node deleted"
     # Drained first: the pinned pod left through the eviction API (the server's audit log).
@@ -431,6 +418,24 @@ def test_agent_joins_when_added_and_leaves_cleanly_when_removed(fleet: Fleet, la
     assert k3s_procs("agent-1") == []
     for path in ("/usr/local/bin/k3s", "/etc/rancher/k3s", "/var/lib/rancher/k3s", "/var/lib/kubelet"):
         assert in_host(None, "agent-1", "test", "-e", path).returncode == 1, path
+
+    site["hosts"].append(agent)
+    fleet.write_inventory(inv)
+    t0 = time.monotonic()
+    out = fleet.stack("up", "--yes")
+    fleet.figures["agent_join_s"] = round(time.monotonic() - t0, 1)
+    # Lab hosts share this machine's kernel: lab-single's kubelets leave its settings alone.
+    assert "edge-protect-kernel-defaults" in out.stdout and "advisory" in out.stdout, out.stdout[-3000:]
+    node = _node(kc, "agent-1")
+    assert node is not None, "agent-1 registered"
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True", node["status"]["conditions"]
+    assert node["metadata"]["labels"]["edgefleet.io/site"] == "lab-single"
+    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {}), "a real kubelet, not a kwok node"
+    assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.35"), node["status"]["nodeInfo"]
+    assert [p for p in k3s_procs("agent-1") if p.startswith("k3s")], "K3s agent runs on agent-1"
+    # The pinned workload is started by the new kubelet.
+    kubectl(kc, "-n", "onboarding", "rollout", "status", "deployment/pinned", "--timeout=120s", timeout=150)
     kubectl(kc, "delete", "namespace", "onboarding", "--wait=false")
     fleet.stack("up", "--yes", "--expect-no-changes")
     assert sorted(os.listdir("/")) == machine_root, "nothing outside the lab host was touched"

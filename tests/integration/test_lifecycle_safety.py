@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import toolchain
-
 from .conftest import REPO, Lab
-from .test_e2e import Fleet, _server_pids, kubectl
+from .test_e2e import Fleet, _server_pids, fresh_fleet, kubectl
 from .test_remote import in_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
@@ -32,26 +30,11 @@ MARKER = "/var/lib/rancher/k3s/server/db/edgefleet-lifecycle-marker"
 @pytest.fixture(scope="module")
 def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A dev stack on fresh lab hosts: lab-single with agent-1 as a real agent, lab-ha."""
-    for action in ("down", "up"):
-        subprocess.run([str(REPO / "lab/lab"), action], check=True, capture_output=True, timeout=180)
-    tmp = tmp_path_factory.mktemp("lifecycle")
-    root = toolchain.project_copy(tmp, skip=("bench",))
-    (tmp / "state").mkdir()
-    f = Fleet(root, tmp / "state", tmp)
+    f = fresh_fleet(tmp_path_factory, "lifecycle", ("lab-single", "lab-ha"))
     inv = f.inventory()
-    inv["sites"] = [s for s in inv["sites"] if s["name"] in ("lab-single", "lab-ha")]
     single = inv["sites"][0]
     single["workloads"] = []
-    # Lab hosts share this machine's kernel: the agent must not change its global settings.
-    single["distribution"]["protect_kernel_defaults"] = False
-    single["hosts"].append(
-        {
-            "name": "agent-1",
-            "address": lab.address("agent-1"),
-            "role": "agent",
-            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/agent-1.pub"},
-        }
-    )
+    assert [(h["name"], h.get("role")) for h in single["hosts"]] == [("single-1", None), ("agent-1", "agent")]
     f.write_inventory(inv)
     yield f
     subprocess.run([str(REPO / "lab/lab"), "down"], capture_output=True, timeout=180)

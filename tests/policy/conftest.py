@@ -4,6 +4,7 @@ and a fake Kubernetes API server for it."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -36,11 +37,11 @@ class FakeApiServer(BaseHTTPRequestHandler):
     empty list elsewhere), refuses the paths in ``forbidden`` with 403, and records the
     Authorization header of every request in ``seen_auth``."""
 
-    objects: dict[str, list[dict[str, Any]]] = {}
-    forbidden: frozenset[str] = frozenset()
-    seen_auth: list[str] = []
+    objects: ClassVar[dict[str, list[dict[str, Any]]]] = {}
+    forbidden: ClassVar[frozenset[str]] = frozenset()
+    seen_auth: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         self.seen_auth.append(self.headers.get("Authorization", ""))
         path = self.path.split("?")[0]
         if path in self.forbidden:
@@ -94,7 +95,7 @@ def with_value(res: Resource, path: list[str | int], value: Any) -> Resource:
     """A copy of ``res`` with ``value`` at ``path`` (containers created as needed)."""
     props = copy.deepcopy(dict(res.props))
     cur: Any = props
-    for step, nxt in zip(path, path[1:]):
+    for step, nxt in itertools.pairwise(path):
         if isinstance(step, int):
             cur = cur[step]
         else:

@@ -74,8 +74,11 @@ def test_sarif_report_is_valid_sarif_2_1_0(tmp_path, sarif_schema):
 def test_sarif_marks_valid_exemptions_as_suppressions(tmp_path, sarif_schema):
     doc = yaml.safe_load((CORPUS / "bad-privileged.yaml").read_text().split("---")[-1])
     doc["spec"]["template"]["spec"]["hostNetwork"] = True
-    doc["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-host-namespaces",
-                                      "edgefleet.io/policy-exempt-reason": "device plugin", "edgefleet.io/policy-exempt-until": "2026-08-15"}
+    doc["metadata"]["annotations"] = {
+        "edgefleet.io/policy-exempt": "no-host-namespaces",
+        "edgefleet.io/policy-exempt-reason": "device plugin",
+        "edgefleet.io/policy-exempt-until": "2026-08-15",
+    }
     (tmp_path / "exempt.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "audit.sarif"
     assert main([str(tmp_path / "exempt.yaml"), "--format", "sarif", "-o", str(out), "--today", "2026-06-01"]) == 1
@@ -151,14 +154,19 @@ def test_stack_settings_apply(tmp_path):
 def cluster(tmp_path):
     docs = {d["kind"]: d for d in yaml.safe_load_all((CORPUS / "bad-privileged.yaml").read_text()) if d}
     pod = json.loads(json.dumps(docs["Deployment"]["spec"]["template"]))
-    pod["metadata"].update(name="privileged-5d9c-abc", namespace="lab-a",
-                           ownerReferences=[{"kind": "ReplicaSet", "name": "privileged-5d9c", "controller": True}])
+    pod["metadata"].update(
+        name="privileged-5d9c-abc",
+        namespace="lab-a",
+        ownerReferences=[{"kind": "ReplicaSet", "name": "privileged-5d9c", "controller": True}],
+    )
     FakeApiServer.objects = {
         "/apis/apps/v1/deployments": [docs["Deployment"]],
         "/api/v1/namespaces": [docs["Namespace"], {"metadata": {"name": "kube-system"}}],
         "/apis/networking.k8s.io/v1/networkpolicies": [docs["NetworkPolicy"]],
         "/api/v1/pods": [pod],
-        "/api/v1/configmaps": [{"metadata": {"name": "kube-root-ca.crt", "namespace": "lab-a"}, "data": {"ca.crt": "x"}}],
+        "/api/v1/configmaps": [
+            {"metadata": {"name": "kube-root-ca.crt", "namespace": "lab-a"}, "data": {"ca.crt": "x"}}
+        ],
     }
     FakeApiServer.forbidden = frozenset({"/apis/policy/v1/poddisruptionbudgets"})
     FakeApiServer.seen_auth = []
@@ -166,13 +174,19 @@ def cluster(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        # Plain HTTP carries no credentials (tests/policy/test_audit_live.py covers them over HTTPS).
-        "users": [{"name": "admin", "user": {}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "admin"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "lab",
+                "clusters": [{"name": "lab", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+                # Plain HTTP carries no credentials (tests/policy/test_audit_live.py covers them over HTTPS).
+                "users": [{"name": "admin", "user": {}}],
+                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "admin"}}],
+            }
+        )
+    )
     yield kubeconfig
     server.shutdown()
     server.server_close()
@@ -193,15 +207,27 @@ def test_live_cluster(cluster):
 
 def test_unreachable_cluster_and_bad_kubeconfig(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "current-context": "gone", "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
-        "contexts": [{"name": "gone", "context": {"cluster": "c"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "gone",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "c"}}],
+            }
+        )
+    )
     run = audit("--kubeconfig", str(kubeconfig))
     assert run.returncode == 2 and "cannot reach the API server" in run.stderr and "Traceback" not in run.stderr
-    kubeconfig.write_text(yaml.safe_dump({"current-context": "x", "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                                          "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                                          "users": [{"name": "u", "user": {"exec": {"command": "aws"}}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "x",
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"exec": {"command": "aws"}}}],
+            }
+        )
+    )
     run = audit("--kubeconfig", str(kubeconfig))
     assert run.returncode == 2 and "exec/auth-provider plugin" in run.stderr
 
@@ -209,30 +235,72 @@ def test_unreachable_cluster_and_bad_kubeconfig(tmp_path):
 def test_patches_custom_resources_and_helm_releases_are_audited(tmp_path):
     """A stack export's patches, Helm releases and custom resources, and YAML custom resources,
     are judged like the workloads they are (or refused where they cannot be seen into)."""
+
     def resource(type_: str, name: str, inputs: dict) -> dict:
-        return {"urn": f"urn:pulumi:prod::edgefleet::{type_}::{name}", "custom": True, "type": type_, "inputs": inputs,
-                "provider": "urn:pulumi:prod::edgefleet::pulumi:providers:kubernetes::plant-1::id"}
+        return {
+            "urn": f"urn:pulumi:prod::edgefleet::{type_}::{name}",
+            "custom": True,
+            "type": type_,
+            "inputs": inputs,
+            "provider": "urn:pulumi:prod::edgefleet::pulumi:providers:kubernetes::plant-1::id",
+        }
 
     privileged = {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}
-    export = {"version": 3, "deployment": {"resources": [
-        resource("kubernetes:apps/v1:DeploymentPatch", "detector-patch",
-                 {"metadata": {"name": "detector", "namespace": "inference"}, "spec": {"template": {"spec": privileged}}}),
-        resource("kubernetes:core/v1:NamespacePatch", "kube-system-psa",
-                 {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
-        resource("kubernetes:helm.sh/v3:Release", "ingress", {"chart": "ingress-nginx", "namespace": "ingress"}),
-        resource("kubernetes:argoproj.io/v1alpha1:Rollout", "detector-rollout",
-                 {"metadata": {"name": "rollout", "namespace": "inference"}, "spec": {"template": {"spec": privileged}}}),
-    ]}}
+    export = {
+        "version": 3,
+        "deployment": {
+            "resources": [
+                resource(
+                    "kubernetes:apps/v1:DeploymentPatch",
+                    "detector-patch",
+                    {
+                        "metadata": {"name": "detector", "namespace": "inference"},
+                        "spec": {"template": {"spec": privileged}},
+                    },
+                ),
+                resource(
+                    "kubernetes:core/v1:NamespacePatch",
+                    "kube-system-psa",
+                    {
+                        "metadata": {
+                            "name": "kube-system",
+                            "labels": {"pod-security.kubernetes.io/enforce": "privileged"},
+                        }
+                    },
+                ),
+                resource(
+                    "kubernetes:helm.sh/v3:Release", "ingress", {"chart": "ingress-nginx", "namespace": "ingress"}
+                ),
+                resource(
+                    "kubernetes:argoproj.io/v1alpha1:Rollout",
+                    "detector-rollout",
+                    {
+                        "metadata": {"name": "rollout", "namespace": "inference"},
+                        "spec": {"template": {"spec": privileged}},
+                    },
+                ),
+            ]
+        },
+    }
     (tmp_path / "export.json").write_text(json.dumps(export))
-    (tmp_path / "rollout.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "yaml-rollout", "namespace": "inference"},
-        "spec": {"template": {"spec": privileged}}}))
+    (tmp_path / "rollout.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "argoproj.io/v1alpha1",
+                "kind": "Rollout",
+                "metadata": {"name": "yaml-rollout", "namespace": "inference"},
+                "spec": {"template": {"spec": privileged}},
+            }
+        )
+    )
     run = audit(str(tmp_path / "export.json"), str(tmp_path / "rollout.yaml"), "--format", "json")
     assert run.returncode == 1, run.stderr
     found = {(f["rule"], f["resource"]) for f in json.loads(run.stdout)["findings"]}
-    assert {("no-privileged-containers", "DeploymentPatch inference/detector"),
-            ("namespace-patch-psa-restricted", "NamespacePatch kube-system"),
-            ("no-opaque-helm-release", "Release ingress"),
-            ("no-privileged-containers", "Rollout inference/rollout"),
-            ("no-privileged-containers", "Rollout inference/yaml-rollout")} <= found
+    assert {
+        ("no-privileged-containers", "DeploymentPatch inference/detector"),
+        ("namespace-patch-psa-restricted", "NamespacePatch kube-system"),
+        ("no-opaque-helm-release", "Release ingress"),
+        ("no-privileged-containers", "Rollout inference/rollout"),
+        ("no-privileged-containers", "Rollout inference/yaml-rollout"),
+    } <= found
     assert "no rule checks" not in run.stderr

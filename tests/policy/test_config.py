@@ -38,7 +38,9 @@ def test_dev_and_prod_differ_only_in_enforcement():
 def test_rule_settings_reach_the_rule():
     rule = next(r for r in all_rules() if r.name == "image-from-allowed-registry")
     assert stack_settings("prod").rule_config(rule)["allowedRegistries"] == ["registry.edgefleet.local"]
-    custom = settings_from_mapping({"all": "advisory", rule.name: {"enforcementLevel": "mandatory", "allowedRegistries": ["ghcr.io/x"]}})
+    custom = settings_from_mapping(
+        {"all": "advisory", rule.name: {"enforcementLevel": "mandatory", "allowedRegistries": ["ghcr.io/x"]}}
+    )
     assert custom.level(rule) == "mandatory"
     assert custom.rule_config(rule) == {"allowedRegistries": ["ghcr.io/x"]}
 

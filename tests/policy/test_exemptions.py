@@ -7,7 +7,8 @@ import datetime as dt
 
 import pytest
 
-from policies.engine import EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL, evaluate, exemption_of
+from policies.engine import evaluate
+from policies.exemptions import EXEMPT, EXEMPT_REASON, EXEMPT_UNTIL, exemption_of
 from policies.resource import UNKNOWN
 from tests.policy.conftest import REPO, load, with_value
 
@@ -100,8 +101,15 @@ def test_one_unknown_rule_name_voids_the_whole_exemption():
     assert "run-as-nonroot is not a rule of this pack" in v.message
 
 
-@pytest.mark.parametrize("key", [f"{EXEMPT_UNTIL}l", "edgefleet.io/policy-exemption", "edgefleet.io/exempt-from",
-                                 "Edgefleet.io/Policy-Exempt-Until"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"{EXEMPT_UNTIL}l",
+        "edgefleet.io/policy-exemption",
+        "edgefleet.io/exempt-from",
+        "Edgefleet.io/Policy-Exempt-Until",
+    ],
+)
 def test_an_unknown_policy_annotation_fails_loudly(key):
     res = exempt(**{key: "2026-07-01"})
     (f,) = findings([res], "no-host-path-volumes")
@@ -111,21 +119,31 @@ def test_an_unknown_policy_annotation_fails_loudly(key):
 
 
 def test_a_stray_policy_annotation_without_an_exemption_fails():
-    res = annotate(load(REPO / "policies/rules/fixtures/no-privileged-containers/good.yaml")[0],
-                   {"edgefleet.io/policy-skip": "all"})
+    res = annotate(
+        load(REPO / "policies/rules/fixtures/no-privileged-containers/good.yaml")[0],
+        {"edgefleet.io/policy-skip": "all"},
+    )
     assert [f.message for f in failing([res], VALIDITY)] == [
         f"edgefleet.io/policy-skip is not an exemption annotation (use {EXEMPT}, {EXEMPT_REASON}, {EXEMPT_UNTIL})",
-        f"{EXEMPT} names no rule", f"{EXEMPT_REASON} is missing", f"{EXEMPT_UNTIL} is missing"]
+        f"{EXEMPT} names no rule",
+        f"{EXEMPT_REASON} is missing",
+        f"{EXEMPT_UNTIL} is missing",
+    ]
 
 
 def test_component_resources_carry_exemptions_in_props_annotations():
     site = load(SITE)[0]
     assert findings([site], "edge-audit-log")
-    exempted = annotate(site, {EXEMPT: "edge-audit-log", EXEMPT_REASON: "no disk", EXEMPT_UNTIL: "2026-08-01"}, ("annotations",))
+    exempted = annotate(
+        site, {EXEMPT: "edge-audit-log", EXEMPT_REASON: "no disk", EXEMPT_UNTIL: "2026-08-01"}, ("annotations",)
+    )
     (f,) = findings([exempted], "edge-audit-log")
     assert f.exempt
-    misspelt = annotate(site, {EXEMPT: "edge-audit-log", EXEMPT_REASON: "no disk", "edgefleet.io/policy-exempt-till": "2026-08-01"},
-                        ("annotations",))
+    misspelt = annotate(
+        site,
+        {EXEMPT: "edge-audit-log", EXEMPT_REASON: "no disk", "edgefleet.io/policy-exempt-till": "2026-08-01"},
+        ("annotations",),
+    )
     (v, _) = failing([misspelt], VALIDITY)
     assert v.violation.path == 'annotations["edgefleet.io/policy-exempt-till"]'
 

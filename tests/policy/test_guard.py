@@ -41,7 +41,9 @@ def run(stack: str, type_: str, props_factory, config=None):
     async def go():
         settings = settings_from_mapping(config) if config is not None else stack_settings(stack)
         transform = make_transform(stack, settings, today=TODAY)
-        args = pulumi.ResourceTransformArgs(custom=True, type_=type_, name="r", props=props_factory(), opts=pulumi.ResourceOptions())
+        args = pulumi.ResourceTransformArgs(
+            custom=True, type_=type_, name="r", props=props_factory(), opts=pulumi.ResourceOptions()
+        )
         return await transform(args)
 
     original = pulumi.log.warn
@@ -60,7 +62,11 @@ def fixture_props(path: str) -> dict:
 
 def test_prod_refuses_a_mandatory_violation_naming_resource_rule_and_fix():
     with pytest.raises(PolicyViolationError) as e:
-        run("prod", "kubernetes:apps/v1:Deployment", lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/bad.yaml"))
+        run(
+            "prod",
+            "kubernetes:apps/v1:Deployment",
+            lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/bad.yaml"),
+        )
     text = str(e.value)
     assert "Deployment inference/detector violates no-privileged-containers (critical, mandatory in stack prod)" in text
     assert "fix: Remove securityContext.privileged" in text
@@ -68,12 +74,23 @@ def test_prod_refuses_a_mandatory_violation_naming_resource_rule_and_fix():
 
 
 def test_dev_lets_advisory_violations_through_with_a_warning():
-    warnings = run("dev", "kubernetes:apps/v1:Deployment", lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/bad.yaml"))
+    warnings = run(
+        "dev",
+        "kubernetes:apps/v1:Deployment",
+        lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/bad.yaml"),
+    )
     assert any("violates no-privileged-containers (critical, advisory)" in w for w in warnings)
 
 
 def test_a_compliant_resource_passes_silently():
-    assert run("prod", "kubernetes:apps/v1:Deployment", lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/good.yaml")) == []
+    assert (
+        run(
+            "prod",
+            "kubernetes:apps/v1:Deployment",
+            lambda: fixture_props("policies/rules/fixtures/no-privileged-containers/good.yaml"),
+        )
+        == []
+    )
 
 
 def test_types_no_rule_reads_are_ignored():
@@ -81,15 +98,20 @@ def test_types_no_rule_reads_are_ignored():
 
 
 def connection(private_key) -> dict:
-    return {"connection": {"host": "10.20.0.11", "user": "u", "privateKey": private_key, "hostKey": "ssh-ed25519 AAAA"},
-            "create": "sh install.sh"}
+    return {
+        "connection": {"host": "10.20.0.11", "user": "u", "privateKey": private_key, "hostKey": "ssh-ed25519 AAAA"},
+        "create": "sh install.sh",
+    }
 
 
 def test_secret_outputs_and_rpc_secrets_count_as_secrets():
     assert run("prod", "command:remote:Command", lambda: connection(output(KEY, secret=True))) == []
     assert run("prod", "command:remote:Command", lambda: connection(wrap_rpc_secret(KEY))) == []
     # The SDK pushes secretness up to the containing object: that protects the key too.
-    assert run("prod", "command:remote:Command", lambda: {"connection": wrap_rpc_secret(connection(KEY)["connection"])}) == []
+    assert (
+        run("prod", "command:remote:Command", lambda: {"connection": wrap_rpc_secret(connection(KEY)["connection"])})
+        == []
+    )
 
 
 def test_plain_outputs_are_checked_like_plain_values():
@@ -113,12 +135,17 @@ def test_unknown_outputs_never_fail():
 def test_exemptions_apply_and_are_logged():
     def props():
         p = fixture_props("policies/rules/fixtures/no-host-path-volumes/bad.yaml")
-        p["metadata"]["annotations"] = {"edgefleet.io/policy-exempt": "no-host-path-volumes",
-                                        "edgefleet.io/policy-exempt-reason": "device plugin", "edgefleet.io/policy-exempt-until": "2026-07-01"}
+        p["metadata"]["annotations"] = {
+            "edgefleet.io/policy-exempt": "no-host-path-volumes",
+            "edgefleet.io/policy-exempt-reason": "device plugin",
+            "edgefleet.io/policy-exempt-until": "2026-07-01",
+        }
         return p
 
     warnings = run("prod", "kubernetes:apps/v1:Deployment", props)
-    assert warnings == ["policy: Deployment inference/detector: exempt from no-host-path-volumes until 2026-07-01: device plugin"]
+    assert warnings == [
+        "policy: Deployment inference/detector: exempt from no-host-path-volumes until 2026-07-01: device plugin"
+    ]
 
 
 def test_a_void_exemption_is_refused():
@@ -127,33 +154,72 @@ def test_a_void_exemption_is_refused():
             p = fixture_props("policies/rules/fixtures/no-privileged-containers/good.yaml")
             p["metadata"]["annotations"] = annotations
             return p
+
         return make
 
     with pytest.raises(PolicyViolationError) as e:
         run("prod", "kubernetes:apps/v1:Deployment", props(**{"edgefleet.io/policy-exempt-untill": "2026-07-01"}))
     assert "valid-policy-exemption (critical" in str(e.value)
     with pytest.raises(PolicyViolationError, match="no-privileged-containers is critical and cannot be exempted"):
-        run("prod", "kubernetes:apps/v1:Deployment", props(**{"edgefleet.io/policy-exempt": "no-privileged-containers",
-                                                              "edgefleet.io/policy-exempt-reason": "r",
-                                                              "edgefleet.io/policy-exempt-until": "2026-07-01"}))
+        run(
+            "prod",
+            "kubernetes:apps/v1:Deployment",
+            props(
+                **{
+                    "edgefleet.io/policy-exempt": "no-privileged-containers",
+                    "edgefleet.io/policy-exempt-reason": "r",
+                    "edgefleet.io/policy-exempt-until": "2026-07-01",
+                }
+            ),
+        )
 
 
-@pytest.mark.parametrize("type_,props,rule", [
-    ("kubernetes:apps/v1:DeploymentPatch",
-     {"metadata": {"name": "detector", "namespace": "inference"},
-      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
-     "no-privileged-containers"),
-    ("kubernetes:core/v1:NamespacePatch",
-     {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}},
-     "namespace-patch-psa-restricted"),
-    ("kubernetes:core/v1:ReplicationController", {"metadata": {"name": "rc", "namespace": "inference"},
-     "spec": {"template": {"spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}}}},
-     "no-privileged-containers"),
-    ("kubernetes:argoproj.io/v1alpha1:Rollout", {"metadata": {"name": "r", "namespace": "inference"},
-     "spec": {"template": {"spec": {"volumes": [{"name": "host", "hostPath": {"path": "/"}}], "containers": [{"name": "c"}]}}}},
-     "no-host-path-volumes"),
-    ("kubernetes:helm.sh/v3:Release", {"chart": "ingress-nginx", "namespace": "ingress"}, "no-opaque-helm-release"),
-])
+@pytest.mark.parametrize(
+    "type_,props,rule",
+    [
+        (
+            "kubernetes:apps/v1:DeploymentPatch",
+            {
+                "metadata": {"name": "detector", "namespace": "inference"},
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}
+                },
+            },
+            "no-privileged-containers",
+        ),
+        (
+            "kubernetes:core/v1:NamespacePatch",
+            {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}},
+            "namespace-patch-psa-restricted",
+        ),
+        (
+            "kubernetes:core/v1:ReplicationController",
+            {
+                "metadata": {"name": "rc", "namespace": "inference"},
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}}
+                },
+            },
+            "no-privileged-containers",
+        ),
+        (
+            "kubernetes:argoproj.io/v1alpha1:Rollout",
+            {
+                "metadata": {"name": "r", "namespace": "inference"},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+                            "containers": [{"name": "c"}],
+                        }
+                    }
+                },
+            },
+            "no-host-path-volumes",
+        ),
+        ("kubernetes:helm.sh/v3:Release", {"chart": "ingress-nginx", "namespace": "ingress"}, "no-opaque-helm-release"),
+    ],
+)
 def test_patches_custom_resources_and_helm_releases_are_guarded(type_, props, rule):
     with pytest.raises(PolicyViolationError) as e:
         run("prod", type_, lambda: props)
@@ -161,9 +227,18 @@ def test_patches_custom_resources_and_helm_releases_are_guarded(type_, props, ru
 
 
 def test_a_patch_that_sets_only_an_image_passes():
-    props = {"metadata": {"name": "detector", "namespace": "inference"},
-             "spec": {"template": {"spec": {"containers": [
-                 {"name": "server", "image": "registry.edgefleet.local/inference/oip-server@sha256:" + "4f" * 32}]}}}}
+    props = {
+        "metadata": {"name": "detector", "namespace": "inference"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "server", "image": "registry.edgefleet.local/inference/oip-server@sha256:" + "4f" * 32}
+                    ]
+                }
+            }
+        },
+    }
     assert run("prod", "kubernetes:apps/v1:DeploymentPatch", lambda: props) == []
 
 
@@ -190,7 +265,7 @@ def test_install_guard_needs_the_engine():
     def program():
         try:
             install_guard("prod")
-        except Exception as e:  # noqa: BLE001 - the SDK raises a bare Exception
+        except Exception as e:  # the SDK raises a bare Exception
             errors.append(str(e))
         return True
 

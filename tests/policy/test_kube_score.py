@@ -38,8 +38,18 @@ def kube_score() -> dict[str, set[str]]:
     """Failing kube-score checks per corpus file."""
     files = sorted(str(p) for p in CORPUS.glob("*.yaml"))
     run = subprocess.run(
-        [str(BINARY), "score", "--enable-optional-test", "container-seccomp-profile", "--output-format", "json", *files],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(BINARY),
+            "score",
+            "--enable-optional-test",
+            "container-seccomp-profile",
+            "--output-format",
+            "json",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode in (0, 1), run.stderr
     failing: dict[str, set[str]] = defaultdict(set)

@@ -35,7 +35,9 @@ def service(monkeypatch):
     # Registers the current deserializer with monkeypatch, so the pack's replacement is undone.
     monkeypatch.setattr(analyzer, "deserialize_properties", analyzer.deserialize_properties)
     pack.keep_secrets_visible()
-    return analyzer._PolicyAnalyzerServicer("edgefleet-security", "1.0.0", pack.build_policies(), EnforcementLevel.ADVISORY)
+    return analyzer._PolicyAnalyzerServicer(
+        "edgefleet-security", "1.0.0", pack.build_policies(), EnforcementLevel.ADVISORY
+    )
 
 
 def configure(service, level: str) -> None:
@@ -47,7 +49,9 @@ def configure(service, level: str) -> None:
 
 
 def analyze(service, type_: str, props: dict) -> dict[str, list[str]]:
-    request = proto.AnalyzeRequest(type=type_, properties=struct(props), urn=f"urn:pulumi:prod::edgefleet::{type_}::r", name="r")
+    request = proto.AnalyzeRequest(
+        type=type_, properties=struct(props), urn=f"urn:pulumi:prod::edgefleet::{type_}::r", name="r"
+    )
     response = service.Analyze(request, None)
     out: dict[str, list[str]] = {}
     for d in response.diagnostics:
@@ -57,7 +61,12 @@ def analyze(service, type_: str, props: dict) -> dict[str, list[str]]:
 
 def command(private_key, token) -> dict:
     return {
-        "connection": {"host": "10.20.0.11", "user": "edgefleet", "privateKey": private_key, "hostKey": "ssh-ed25519 AAAA"},
+        "connection": {
+            "host": "10.20.0.11",
+            "user": "edgefleet",
+            "privateKey": private_key,
+            "hostKey": "ssh-ed25519 AAAA",
+        },
         "create": "sh install.sh",
         "environment": {"K3S_TOKEN": token},
     }
@@ -81,7 +90,9 @@ def test_unknown_values_pass_without_a_preview_diagnostic(service):
         "spec": {"template": {"spec": UNKNOWN_STRING}},
     }
     assert analyze(service, "kubernetes:apps/v1:Deployment", deployment) == {}
-    deployment["spec"]["template"]["spec"] = {"containers": [{"name": "c", "image": UNKNOWN_STRING, "securityContext": {"privileged": True}}]}
+    deployment["spec"]["template"]["spec"] = {
+        "containers": [{"name": "c", "image": UNKNOWN_STRING, "securityContext": {"privileged": True}}]
+    }
     found = analyze(service, "kubernetes:apps/v1:Deployment", deployment)
     assert "no-privileged-containers" in found
     assert not any("can't run policy" in m for msgs in found.values() for m in msgs)
@@ -101,9 +112,16 @@ def test_enforcement_comes_from_the_stack_config(service):
 
 def test_stack_outputs_are_checked_for_secrets(service):
     stack = proto.AnalyzerResource(
-        type="pulumi:pulumi:Stack", urn="urn:pulumi:prod::edgefleet::pulumi:pulumi:Stack::edgefleet-prod", name="edgefleet-prod",
-        properties=struct({"plant1Kubeconfig": secret("apiVersion: v1"), "store7Kubeconfig": "apiVersion: v1",
-                           "joinTokens": UNKNOWN_STRING}),
+        type="pulumi:pulumi:Stack",
+        urn="urn:pulumi:prod::edgefleet::pulumi:pulumi:Stack::edgefleet-prod",
+        name="edgefleet-prod",
+        properties=struct(
+            {
+                "plant1Kubeconfig": secret("apiVersion: v1"),
+                "store7Kubeconfig": "apiVersion: v1",
+                "joinTokens": UNKNOWN_STRING,
+            }
+        ),
     )
     response = service.AnalyzeStack(proto.AnalyzeStackRequest(resources=[stack]), None)
     messages = [d.message for d in response.diagnostics if d.policyName == "secret-stack-outputs"]
@@ -114,10 +132,21 @@ def test_stack_outputs_are_checked_for_secrets(service):
 def test_exemptions_are_reported_in_every_run(service):
     until = (dt.date.today() + dt.timedelta(days=30)).isoformat()
     site = {
-        "site": "store-7", "distribution": "k3s", "version": "v1.33.4+k3s1",
-        "install": {"secretsEncryption": True, "auditLog": False, "anonymousAuth": False, "protectKernelDefaults": True, "kubeconfigMode": "0600"},
-        "annotations": {"edgefleet.io/policy-exempt": "edge-audit-log", "edgefleet.io/policy-exempt-reason": "no disk",
-                        "edgefleet.io/policy-exempt-until": until},
+        "site": "store-7",
+        "distribution": "k3s",
+        "version": "v1.33.4+k3s1",
+        "install": {
+            "secretsEncryption": True,
+            "auditLog": False,
+            "anonymousAuth": False,
+            "protectKernelDefaults": True,
+            "kubeconfigMode": "0600",
+        },
+        "annotations": {
+            "edgefleet.io/policy-exempt": "edge-audit-log",
+            "edgefleet.io/policy-exempt-reason": "no disk",
+            "edgefleet.io/policy-exempt-until": until,
+        },
     }
     configure(service, "mandatory")
     found = analyze(service, "edge:site:EdgeSite", site)
@@ -133,35 +162,69 @@ def test_exemptions_are_reported_in_every_run(service):
 
 
 def mandatory_levels(service, type_: str, props: dict) -> dict[str, list[int]]:
-    request = proto.AnalyzeRequest(type=type_, properties=struct(props), urn=f"urn:pulumi:prod::edgefleet::{type_}::r", name="r")
+    request = proto.AnalyzeRequest(
+        type=type_, properties=struct(props), urn=f"urn:pulumi:prod::edgefleet::{type_}::r", name="r"
+    )
     out: dict[str, list[int]] = {}
     for d in service.Analyze(request, None).diagnostics:
         out.setdefault(d.policyName, []).append(d.enforcementLevel)
     return out
 
 
-@pytest.mark.parametrize("type_,props,rule", [
-    ("kubernetes:apps/v1:DeploymentPatch",
-     {"metadata": {"name": "detector", "namespace": "inference"},
-      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
-     "no-privileged-containers"),
-    ("kubernetes:core/v1:ReplicationController",
-     {"metadata": {"name": "detector", "namespace": "inference"},
-      "spec": {"template": {"spec": {"hostNetwork": True, "containers": [{"name": "server"}]}}}},
-     "no-host-namespaces"),
-    ("kubernetes:argoproj.io/v1alpha1:Rollout",
-     {"metadata": {"name": "detector", "namespace": "inference"},
-      "spec": {"template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}}},
-     "no-privileged-containers"),
-    ("kubernetes:core/v1:NamespacePatch",
-     {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}},
-     "namespace-patch-psa-restricted"),
-    ("kubernetes:helm.sh/v3:Release", {"chart": "ingress-nginx", "namespace": "ingress", "values": {"controller": {}}},
-     "no-opaque-helm-release"),
-    ("kubernetes:core/v1:ConfigMap",
-     {"metadata": {"name": "c", "namespace": "inference", "annotations": {"edgefleet.io/policy-exempt-untill": "2026-07-01"}}},
-     "valid-policy-exemption"),
-])
+@pytest.mark.parametrize(
+    "type_,props,rule",
+    [
+        (
+            "kubernetes:apps/v1:DeploymentPatch",
+            {
+                "metadata": {"name": "detector", "namespace": "inference"},
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}
+                },
+            },
+            "no-privileged-containers",
+        ),
+        (
+            "kubernetes:core/v1:ReplicationController",
+            {
+                "metadata": {"name": "detector", "namespace": "inference"},
+                "spec": {"template": {"spec": {"hostNetwork": True, "containers": [{"name": "server"}]}}},
+            },
+            "no-host-namespaces",
+        ),
+        (
+            "kubernetes:argoproj.io/v1alpha1:Rollout",
+            {
+                "metadata": {"name": "detector", "namespace": "inference"},
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "server", "securityContext": {"privileged": True}}]}}
+                },
+            },
+            "no-privileged-containers",
+        ),
+        (
+            "kubernetes:core/v1:NamespacePatch",
+            {"metadata": {"name": "kube-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}},
+            "namespace-patch-psa-restricted",
+        ),
+        (
+            "kubernetes:helm.sh/v3:Release",
+            {"chart": "ingress-nginx", "namespace": "ingress", "values": {"controller": {}}},
+            "no-opaque-helm-release",
+        ),
+        (
+            "kubernetes:core/v1:ConfigMap",
+            {
+                "metadata": {
+                    "name": "c",
+                    "namespace": "inference",
+                    "annotations": {"edgefleet.io/policy-exempt-untill": "2026-07-01"},
+                }
+            },
+            "valid-policy-exemption",
+        ),
+    ],
+)
 def test_patches_custom_resources_and_helm_releases_reach_the_pack(service, type_, props, rule):
     configure(service, "mandatory")
     levels = mandatory_levels(service, type_, props).get(rule)

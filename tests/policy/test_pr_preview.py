@@ -20,17 +20,27 @@ def test_comment_from_the_event_stream():
     run = pr_preview("--stack", "prod", str(EVENTS))
     assert run.returncode == 0, run.stderr
     md = run.stdout
-    assert md.startswith("<!-- edgefleet-preview:prod -->\n### ❌ Pulumi preview of stack `prod`: 10 mandatory policy violations")
+    assert md.startswith(
+        "<!-- edgefleet-preview:prod -->\n### ❌ Pulumi preview of stack `prod`: 10 mandatory policy violations"
+    )
     assert "**Changes:** 8 to create" in md
     assert "| Site | create |" in md and "| plant-1 | 4 |" in md and "| store-7 | 3 |" in md
     assert "- create `kubernetes:apps/v1:Deployment` store-7-counter" in md
     row = next(line for line in md.splitlines() if "`no-privileged-containers`" in line)
-    assert row.startswith("| mandatory | critical | `no-privileged-containers` | store-7 | `kubernetes:apps/v1:Deployment` store-7-counter |")
+    assert row.startswith(
+        "| mandatory | critical | `no-privileged-containers` | store-7 | `kubernetes:apps/v1:Deployment` "
+        "store-7-counter |"
+    )
     assert "container 'server' sets privileged: true" in row and "Remediation:" not in row
-    assert row.endswith("| Remove securityContext.privileged or set it to false; grant only the specific capability needed. |")
+    assert row.endswith(
+        "| Remove securityContext.privileged or set it to false; grant only the specific capability needed. |"
+    )
     stack_row = next(line for line in md.splitlines() if "`secret-stack-outputs`" in line)
     assert "| (fleet-wide) |" in stack_row and "store7Kubeconfig is not a secret" in stack_row
-    assert "#### Policy exemptions" in md and "exempt from edge-audit-log until 2099-01-01: gateway has no disk for audit logs" in md
+    assert (
+        "#### Policy exemptions" in md
+        and "exempt from edge-audit-log until 2099-01-01: gateway has no disk for audit logs" in md
+    )
     assert "preview failed" in md
 
 

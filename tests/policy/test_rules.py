@@ -20,7 +20,11 @@ KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def test_registry_matches_the_checked_in_list_and_the_pack():
-    listed = [ln for ln in (REPO / "policies" / "expected_rules.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    listed = [
+        ln
+        for ln in (REPO / "policies" / "expected_rules.txt").read_text().splitlines()
+        if ln and not ln.startswith("#")
+    ]
     registry = sorted(r.name for r in all_rules())
     pack = sorted(p.name for p in build_policies() if p.name != EXEMPTIONS_POLICY)
     assert listed == sorted(listed), "keep policies/expected_rules.txt sorted"
@@ -62,8 +66,11 @@ def test_an_unknown_value_is_not_a_violation(case: tuple[Rule, Path]):
             continue  # stack-wide findings are covered in test_stack_rules_wait_for_unknowns
         target = res if res is not None else resources[0]
         patched = [with_value(r, parse_path(violation.path), UNKNOWN) if r is target else r for r in resources]
-        again = [v for r, v in run_rule(rule, patched, rule.defaults()) if v.path == violation.path and r is not None
-                 and r.urn == target.urn]
+        again = [
+            v
+            for r, v in run_rule(rule, patched, rule.defaults())
+            if v.path == violation.path and r is not None and r.urn == target.urn
+        ]
         assert not again, f"{violation.path}: {[v.message for v in again]}"
 
 
@@ -133,9 +140,21 @@ def _as_kind(deployment, api: str, kind: str, wrap) -> Resource:
 CARRIERS = {
     "ReplicationController": ("v1", "ReplicationController", lambda t: {"replicas": 1, "template": t}),
     "Argo Rollout": ("argoproj.io/v1alpha1", "Rollout", lambda t: {"replicas": 2, "template": t}),
-    "Knative-style nested template": ("serving.example.com/v1", "Service", lambda t: {"template": {"spec": {"revision": t}}}),
-    "job template of a CronJob-like CR": ("batch.example.com/v1", "Schedule", lambda t: {"jobTemplate": {"spec": {"template": t}}}),
-    "list of templates": ("workflows.example.com/v1", "Workflow", lambda t: {"templates": [{"name": "a", "template": t}]}),
+    "Knative-style nested template": (
+        "serving.example.com/v1",
+        "Service",
+        lambda t: {"template": {"spec": {"revision": t}}},
+    ),
+    "job template of a CronJob-like CR": (
+        "batch.example.com/v1",
+        "Schedule",
+        lambda t: {"jobTemplate": {"spec": {"template": t}}},
+    ),
+    "list of templates": (
+        "workflows.example.com/v1",
+        "Workflow",
+        lambda t: {"templates": [{"name": "a", "template": t}]},
+    ),
 }
 
 
@@ -152,7 +171,11 @@ def test_pod_rules_read_pod_templates_whatever_kind_carries_them(rule: Rule, car
         found = run_rule(rule, [res], rule.defaults())
         assert found, f"{rule.name}/{path.name} in a {carrier}"
         assert all(v.path.startswith("spec.") for _, v in found), [v.path for _, v in found]
-        good = _as_kind(load(rule.fixtures / "good.yaml")[0], api, kind, wrap) if (rule.fixtures / "good.yaml").exists() else None
+        good = (
+            _as_kind(load(rule.fixtures / "good.yaml")[0], api, kind, wrap)
+            if (rule.fixtures / "good.yaml").exists()
+            else None
+        )
         if good is not None and good.kind == kind:
             assert not run_rule(rule, [good], rule.defaults()), f"{rule.name}/good.yaml in a {carrier}"
 
@@ -160,7 +183,9 @@ def test_pod_rules_read_pod_templates_whatever_kind_carries_them(rule: Rule, car
 def test_a_custom_resources_pod_template_path_is_reported():
     rule = next(r for r in all_rules() if r.name == "no-host-path-volumes")
     (res,) = load(REPO / "policies/rules/fixtures/no-host-path-volumes/bad-custom-resource-templates.yaml")
-    assert [v.path for _, v in run_rule(rule, [res], {})] == ["spec.pytorchReplicaSpecs.Worker.template.spec.volumes[0].hostPath"]
+    assert [v.path for _, v in run_rule(rule, [res], {})] == [
+        "spec.pytorchReplicaSpecs.Worker.template.spec.volumes[0].hostPath"
+    ]
 
 
 def test_a_patch_is_judged_on_what_it_sets():
@@ -184,10 +209,16 @@ def test_a_patch_is_judged_on_what_it_sets():
         assert rule in {f.rule.name for f in evaluate([bad]).findings}, rule
     host = with_value(patch, ["spec", "template", "spec", "hostPID"], True)
     assert "no-host-namespaces" in {f.rule.name for f in evaluate([host]).findings}
-    apparmor = with_value(patch, ["spec", "template", "metadata", "annotations"],
-                          {"container.apparmor.security.beta.kubernetes.io/server": "unconfined"})
+    apparmor = with_value(
+        patch,
+        ["spec", "template", "metadata", "annotations"],
+        {"container.apparmor.security.beta.kubernetes.io/server": "unconfined"},
+    )
     (f,) = [f for f in evaluate([apparmor]).findings if f.rule.name == "no-unconfined-apparmor"]
-    assert f.violation.path == 'spec.template.metadata.annotations["container.apparmor.security.beta.kubernetes.io/server"]'
+    assert (
+        f.violation.path
+        == 'spec.template.metadata.annotations["container.apparmor.security.beta.kubernetes.io/server"]'
+    )
 
 
 def test_a_namespace_patch_may_only_tighten_pod_security():
@@ -204,7 +235,10 @@ def test_helm_releases_are_refused_unless_allowed_by_name():
     rule = next(r for r in all_rules() if r.name == "no-opaque-helm-release")
     (release,) = load(REPO / "policies/rules/fixtures/no-opaque-helm-release/bad.yaml")
     (message,) = [v.message for _, v in run_rule(rule, [release], rule.defaults())]
-    assert message == "Release monitoring/node-exporter installs chart prometheus-node-exporter whose objects no policy rule sees"
+    assert (
+        message
+        == "Release monitoring/node-exporter installs chart prometheus-node-exporter whose objects no policy rule sees"
+    )
     assert not run_rule(rule, [release], {"allowedReleases": ["monitoring/node-exporter"]})
     assert run_rule(rule, [release], {"allowedReleases": ["default/node-exporter"]})
     unnamed = with_value(release, ["name"], UNKNOWN)

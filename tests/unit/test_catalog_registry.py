@@ -60,8 +60,13 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def publish(endpoint: str, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-    return subprocess.run([str(PUBLISH), *args, "--bucket", BUCKET, "--catalog", str(root / "models" / "catalog.yaml")],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(PUBLISH), *args, "--bucket", BUCKET, "--catalog", str(root / "models" / "catalog.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_publish_then_fetch_verified(s3, s3_endpoint: str, repo_copy: Path, tmp_path: Path):
@@ -75,7 +80,11 @@ def test_publish_then_fetch_verified(s3, s3_endpoint: str, repo_copy: Path, tmp_
 
     updated = load_catalog(repo_copy / "models" / "catalog.yaml").entry("predictive-maintenance", "2")
     assert updated.spec.uri == uri and updated.spec.sha256 == entry.spec.sha256
-    assert load_catalog(repo_copy / "models" / "catalog.yaml").entry("predictive-maintenance", "1").spec.uri.startswith("models/")
+    assert (
+        load_catalog(repo_copy / "models" / "catalog.yaml")
+        .entry("predictive-maintenance", "1")
+        .spec.uri.startswith("models/")
+    )
 
     got = fetch_verified(uri, entry.spec.sha256, tmp_path / "cache", s3_endpoint=s3_endpoint)
     assert got.read_bytes() == (repo_copy / "models/predictive-maintenance/2/model.onnx").read_bytes()
@@ -102,7 +111,10 @@ def test_tampered_object_is_refused(s3, s3_endpoint: str, repo_copy: Path, tmp_p
 
     again = publish(s3_endpoint, repo_copy, "quality-control", "1")
     assert again.returncode == 1
-    assert f"{uri} has content with sha256 {hashlib.sha256(tampered).hexdigest()} but its metadata records {entry.spec.sha256}" in again.stderr
+    assert (
+        f"{uri} has content with sha256 {hashlib.sha256(tampered).hexdigest()} "
+        f"but its metadata records {entry.spec.sha256}" in again.stderr
+    )
     assert "Traceback" not in again.stderr
 
 
@@ -112,7 +124,10 @@ def test_published_versions_are_immutable(s3, s3_endpoint: str, repo_copy: Path)
     s3.put_object(Bucket=BUCKET, Key=key, Body=other, Metadata={"sha256": hashlib.sha256(other).hexdigest()})
     refused = publish(s3_endpoint, repo_copy, "quality-control", "1")
     assert refused.returncode == 1
-    assert f"already holds sha256 {hashlib.sha256(other).hexdigest()}" in refused.stderr and "versions are immutable" in refused.stderr
+    assert (
+        f"already holds sha256 {hashlib.sha256(other).hexdigest()}" in refused.stderr
+        and "versions are immutable" in refused.stderr
+    )
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == other
 
 
@@ -129,7 +144,9 @@ def test_usage_errors_exit_2(s3_endpoint: str, repo_copy: Path):
     unknown = publish(s3_endpoint, repo_copy, "quality-control", "7")
     assert unknown.returncode == 2 and "model 'quality-control' has no version '7'" in unknown.stderr
     env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_MODEL_BUCKET"}
-    no_bucket = subprocess.run([str(PUBLISH), "quality-control", "1"], env=env, capture_output=True, text=True, timeout=60)
+    no_bucket = subprocess.run(
+        [str(PUBLISH), "quality-control", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert no_bucket.returncode == 2 and "no bucket: pass --bucket or set EDGEFLEET_MODEL_BUCKET" in no_bucket.stderr
 
 
@@ -140,7 +157,9 @@ def test_fetch_of_a_missing_object(s3, s3_endpoint: str, tmp_path: Path):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_registry_mode_trusts_the_catalog_not_the_objects_metadata(s3, s3_endpoint: str, repo_copy: Path, tmp_path: Path):
+def test_registry_mode_trusts_the_catalog_not_the_objects_metadata(
+    s3, s3_endpoint: str, repo_copy: Path, tmp_path: Path
+):
     """The inference server's --registry mode: an object replaced together with its
     x-amz-meta-sha256 is refused, and so is a version the catalog gives no digest for."""
     import boto3
@@ -152,10 +171,17 @@ def test_registry_mode_trusts_the_catalog_not_the_objects_metadata(s3, s3_endpoi
         assert publish(s3_endpoint, repo_copy, model, version).returncode == 0
     # Whoever can write the bucket swaps the bytes and writes a matching digest beside them.
     forged = (repo_copy / "models/predictive-maintenance/1/model.onnx").read_bytes()
-    s3.put_object(Bucket=BUCKET, Key="models/quality-control/1/model.onnx", Body=forged,
-                  Metadata={"sha256": hashlib.sha256(forged).hexdigest()})
-    expected = {(e.model, e.version): e.spec.sha256 for e in catalog.entries()
-                if (e.model, e.version) != ("predictive-maintenance", "2")}
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="models/quality-control/1/model.onnx",
+        Body=forged,
+        Metadata={"sha256": hashlib.sha256(forged).hexdigest()},
+    )
+    expected = {
+        (e.model, e.version): e.spec.sha256
+        for e in catalog.entries()
+        if (e.model, e.version) != ("predictive-maintenance", "2")
+    }
     client = boto3.client("s3", endpoint_url=s3_endpoint)
 
     result = sync(f"s3://{BUCKET}/models", tmp_path / "cache", client, expected)
@@ -163,8 +189,11 @@ def test_registry_mode_trusts_the_catalog_not_the_objects_metadata(s3, s3_endpoi
     assert set(result.expected) == {("quality-control", "1"), ("predictive-maintenance", "1")}
     qc = catalog.entry("quality-control", "1").spec.sha256
     assert result.failures[("quality-control", "1")].endswith(
-        f"the download hashes to {hashlib.sha256(forged).hexdigest()}, the catalog expects {qc}")
-    assert "the catalog gives no sha256 for predictive-maintenance:2 (fix: pass --expect-sha256" \
+        f"the download hashes to {hashlib.sha256(forged).hexdigest()}, the catalog expects {qc}"
+    )
+    assert (
+        "the catalog gives no sha256 for predictive-maintenance:2 (fix: pass --expect-sha256"
         in result.failures[("predictive-maintenance", "2")]
+    )
     cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("model.onnx"))
     assert cached == ["predictive-maintenance/1/model.onnx"]

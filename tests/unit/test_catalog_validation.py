@@ -18,6 +18,7 @@ from components.catalog import (
     load_catalog,
     validate_model,
 )
+from components.contract import LATENCY_BUDGET_MS
 
 CATALOG = load_catalog()
 FAST = {"runs": 30, "warmup": 3}
@@ -32,14 +33,21 @@ def _with(entry: CatalogEntry, **update) -> CatalogEntry:
     return dataclasses.replace(entry, spec=entry.spec.model_copy(update=update))
 
 
-@pytest.mark.parametrize("model,version", [("predictive-maintenance", "1"), ("predictive-maintenance", "2"), ("quality-control", "1")])
+@pytest.mark.parametrize(
+    "model,version", [("predictive-maintenance", "1"), ("predictive-maintenance", "2"), ("quality-control", "1")]
+)
 def test_catalog_models_pass_on_every_hardware_class(tmp_path: Path, model: str, version: str):
     entry, path = _entry(model, version)
     for hw, factor in HARDWARE_FACTORS.items():
         result = validate_model(entry, path, hardware_factor=factor, cache_dir=tmp_path, site=f"site-{hw}", **FAST)
-        assert (result.model, result.version, result.sha256, result.site) == (model, version, entry.spec.sha256, f"site-{hw}")
+        assert (result.model, result.version, result.sha256, result.site) == (
+            model,
+            version,
+            entry.spec.sha256,
+            f"site-{hw}",
+        )
         assert 0 < result.p50_ms <= result.p99_ms
-        assert result.expected_p99_ms <= result.budget_ms == catalog.LATENCY_BUDGET_MS[entry.spec.latency_class]
+        assert result.expected_p99_ms <= result.budget_ms == LATENCY_BUDGET_MS[entry.spec.latency_class]
 
 
 def test_wrong_sha256_names_model_version_site_and_both_digests(tmp_path: Path):
@@ -55,9 +63,14 @@ def test_wrong_sha256_names_model_version_site_and_both_digests(tmp_path: Path):
 
 def test_signature_mismatches_are_all_listed(tmp_path: Path):
     entry, path = _entry("quality-control")
-    wrong = _with(entry,
-                  inputs=[Tensor(name="pixels", datatype="FP64", shape=[-1, 63]), Tensor(name="mask", datatype="BOOL", shape=[-1])],
-                  outputs=[Tensor(name="label", datatype="INT64", shape=[-1])])
+    wrong = _with(
+        entry,
+        inputs=[
+            Tensor(name="pixels", datatype="FP64", shape=[-1, 63]),
+            Tensor(name="mask", datatype="BOOL", shape=[-1]),
+        ],
+        outputs=[Tensor(name="label", datatype="INT64", shape=[-1])],
+    )
     with pytest.raises(ModelError) as err:
         validate_model(wrong, path, hardware_factor=1.0, cache_dir=tmp_path, site="line-3", **FAST)
     got = {(p.field, p.message.split(": ", 1)[1]) for p in err.value.problems}
@@ -67,7 +80,9 @@ def test_signature_mismatches_are_all_listed(tmp_path: Path):
         ("models[1].versions.1.inputs[1].name", "declared input 'mask' is not an input of the model (it has 'pixels')"),
         ("models[1].versions.1.outputs", "the model's output 'probabilities' (FP32 [-1, 10]) is not declared"),
     }
-    assert all(p.message.startswith("model 'quality-control' version '1' at site 'line-3': ") for p in err.value.problems)
+    assert all(
+        p.message.startswith("model 'quality-control' version '1' at site 'line-3': ") for p in err.value.problems
+    )
 
 
 def test_corrupted_file_is_refused_by_onnxruntime(tmp_path: Path):
@@ -90,16 +105,36 @@ def test_over_budget_names_model_version_site_p99_factor_and_budget(tmp_path: Pa
     (problem,) = err.value.problems
     assert problem.field == "models[0].versions.2.latency_class"
     assert problem.message.startswith("model 'predictive-maintenance' version '2' at site 'gw-7': p99 ")
-    assert "x hardware factor 8 = " in problem.message and "exceeds the 'control' budget of 0.0001 ms" in problem.message
+    assert (
+        "x hardware factor 8 = " in problem.message and "exceeds the 'control' budget of 0.0001 ms" in problem.message
+    )
 
 
 def test_hardware_factor_decides_between_sites_of_one_budget(tmp_path: Path):
     entry, path = _entry("quality-control")
     p99 = validate_model(entry, path, cache_dir=tmp_path, **FAST).p99_ms
     budget = p99 * 2  # the cached measurement makes the comparison exact
-    assert validate_model(entry, path, budget_ms=budget, hardware_factor=HARDWARE_FACTORS["x86-server"], cache_dir=tmp_path, site="dc-1", **FAST).cached
-    with pytest.raises(ModelError, match=rf"at site 'pi-4': p99 {p99:.3f} ms x hardware factor 4 = {p99 * 4:.3f} ms exceeds"):
-        validate_model(entry, path, budget_ms=budget, hardware_factor=HARDWARE_FACTORS["arm64-edge"], cache_dir=tmp_path, site="pi-4", **FAST)
+    assert validate_model(
+        entry,
+        path,
+        budget_ms=budget,
+        hardware_factor=HARDWARE_FACTORS["x86-server"],
+        cache_dir=tmp_path,
+        site="dc-1",
+        **FAST,
+    ).cached
+    with pytest.raises(
+        ModelError, match=rf"at site 'pi-4': p99 {p99:.3f} ms x hardware factor 4 = {p99 * 4:.3f} ms exceeds"
+    ):
+        validate_model(
+            entry,
+            path,
+            budget_ms=budget,
+            hardware_factor=HARDWARE_FACTORS["arm64-edge"],
+            cache_dir=tmp_path,
+            site="pi-4",
+            **FAST,
+        )
 
 
 def test_second_validation_comes_from_the_cache_without_a_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -110,7 +145,7 @@ def test_second_validation_comes_from_the_cache_without_a_session(tmp_path: Path
     def no_session(_path):
         raise AssertionError("the session was opened although the measurement is cached")
 
-    monkeypatch.setattr(catalog, "open_session", no_session)
+    monkeypatch.setattr(catalog.validation, "open_session", no_session)
     second = validate_model(entry, path, hardware_factor=4.0, cache_dir=tmp_path, site="plant-b", **FAST)
     assert second.cached and (second.p50_ms, second.p99_ms) == (first.p50_ms, first.p99_ms)
     assert (second.hardware_factor, second.site) == (4.0, "plant-b")
@@ -118,8 +153,13 @@ def test_second_validation_comes_from_the_cache_without_a_session(tmp_path: Path
     with pytest.raises(ModelError, match="exceeds the 'control' budget of 1e-06 ms"):
         validate_model(entry, path, budget_ms=1e-6, hardware_factor=1.0, cache_dir=tmp_path, site="plant-b", **FAST)
     with pytest.raises(ModelError, match="input 'features' is declared \\[-1, 9\\]"):
-        validate_model(_with(entry, inputs=[Tensor(name="features", datatype="FP32", shape=[-1, 9])]), path,
-                       hardware_factor=1.0, cache_dir=tmp_path, **FAST)
+        validate_model(
+            _with(entry, inputs=[Tensor(name="features", datatype="FP32", shape=[-1, 9])]),
+            path,
+            hardware_factor=1.0,
+            cache_dir=tmp_path,
+            **FAST,
+        )
 
 
 def test_another_runtime_version_measures_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -140,6 +180,7 @@ def test_damaged_cache_file_is_ignored(tmp_path: Path):
 
 
 # --- fetch_verified from the repository -------------------------------------------------------
+
 
 def test_fetch_local_is_content_addressed(tmp_path: Path):
     entry, path = _entry("quality-control")
@@ -166,9 +207,18 @@ def test_fetch_replaces_a_damaged_cache_entry(tmp_path: Path):
     cached = tmp_path / entry.spec.sha256 / "model.onnx"
     cached.parent.mkdir()
     cached.write_bytes(b"bit rot")
-    assert fetch_verified(entry.spec.uri, entry.spec.sha256, tmp_path, repo_root=CATALOG.root).read_bytes() == path.read_bytes()
+    assert (
+        fetch_verified(entry.spec.uri, entry.spec.sha256, tmp_path, repo_root=CATALOG.root).read_bytes()
+        == path.read_bytes()
+    )
 
 
 def test_fetch_of_a_missing_file_says_how_to_build_it(tmp_path: Path):
-    with pytest.raises(ModelError, match=r"models/x/1/model.onnx: uri: cannot read .*models/x/1/model.onnx: No such file or directory \(fix: run scripts/make-models"):
+    with pytest.raises(
+        ModelError,
+        match=(
+            r"models/x/1/model.onnx: uri: cannot read .*models/x/1/model.onnx: No such file or directory \(fix: run "
+            r"scripts/make-models"
+        ),
+    ):
         fetch_verified("models/x/1/model.onnx", "a" * 64, tmp_path, repo_root=tmp_path)

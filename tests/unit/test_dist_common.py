@@ -15,36 +15,38 @@ import pytest
 import yaml
 
 from components.contract import VERSION_PATTERNS
-from components.distributions import DistributionError, NodeSpec, driver_for
+from components.distributions import DistributionError, driver_for
 from components.distributions.artifacts import UploadedArtifact, artifact_arch, pick_artifact, verify_lines
 from components.distributions.bash import ARTIFACT_VERIFY_EXIT, Script, ere_literal, heredoc_file
 from components.distributions.kube import rewrite_kubeconfig
 from components.distributions.templating import fill
 from components.distributions.units import render_supervisor
+from tests.unit.dist_fixtures import node_with
 
 SHA = "0" * 64
-NODE = NodeSpec(site="s", host="n1", address="10.0.0.11", role="server", first_server=True, server_url=None,
-                arch="amd64", labels={}, taints=[], tls_sans=[], cluster_cidr="10.42.0.0/16",
-                service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
-                registry_mirrors={})
+NODE = node_with()
 
 
 def art(name: str, path: str) -> UploadedArtifact:
-    return UploadedArtifact(name=name, url_or_path=path, sha256=SHA,
-                            dest=f"/var/lib/edgefleet/artifacts/{Path(path).name}")
+    return UploadedArtifact(
+        name=name, url_or_path=path, sha256=SHA, dest=f"/var/lib/edgefleet/artifacts/{Path(path).name}"
+    )
 
 
 # --- artifacts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path,arch", [
-    ("dist/k3s", None),
-    ("dist/k3s-arm64", "arm64"),
-    ("https://example.org/k0s-v1.33.4+k0s.0-amd64", "amd64"),
-    ("k3s-airgap-images-arm64.tar.zst", "arm64"),
-    ("images/aarch64/microshift-4.19.0.rpm", "arm64"),
-    ("microshift-4.19.0-1.el9.x86_64.rpm", "amd64"),
-])
+@pytest.mark.parametrize(
+    "path,arch",
+    [
+        ("dist/k3s", None),
+        ("dist/k3s-arm64", "arm64"),
+        ("https://example.org/k0s-v1.33.4+k0s.0-amd64", "amd64"),
+        ("k3s-airgap-images-arm64.tar.zst", "arm64"),
+        ("images/aarch64/microshift-4.19.0.rpm", "arm64"),
+        ("microshift-4.19.0-1.el9.x86_64.rpm", "amd64"),
+    ],
+)
 def test_artifact_arch_reads_the_release_file_name(path: str, arch: str | None) -> None:
     assert artifact_arch(art("k3s", path)) == arch
 
@@ -122,13 +124,22 @@ def supervised(tmp_path: Path):
 
     def make(argv: tuple[str, ...], stop_timeout_s: int = 10, restart_delay_s: int = 5):
         ctl = tmp_path / "svc-supervise"
-        ctl.write_text(render_supervisor("svc", argv, str(tmp_path / "run/svc.pid"), str(tmp_path / "log/svc.log"),
-                                         stop_timeout_s=stop_timeout_s, restart_delay_s=restart_delay_s))
+        ctl.write_text(
+            render_supervisor(
+                "svc",
+                argv,
+                str(tmp_path / "run/svc.pid"),
+                str(tmp_path / "log/svc.log"),
+                stop_timeout_s=stop_timeout_s,
+                restart_delay_s=restart_delay_s,
+            )
+        )
         ctl.chmod(0o755)
         made.append(tmp_path / "run/svc.pid")
 
         def run(action: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([str(ctl), action], capture_output=True, text=True, timeout=40)
+
         return run
 
     yield make
@@ -242,8 +253,7 @@ def test_rewrite_kubeconfig_handles_every_cluster_and_refuses_garbage() -> None:
 def test_heredoc_carries_content_verbatim_even_with_the_delimiter_inside(tmp_path: Path) -> None:
     content = "a line\nEDGEFLEET_EOF\n$HOME `x` '\"\n"
     dest = tmp_path / "f"
-    script = ("put_file() { cat >\"$1\"; chmod \"$2\" \"$1\"; }\n"
-              + heredoc_file(str(dest), content, 0o640))
+    script = 'put_file() { cat >"$1"; chmod "$2" "$1"; }\n' + heredoc_file(str(dest), content, 0o640)
     subprocess.run(["bash", "-c", script], check=True, timeout=10)
     assert dest.read_text() == content
     assert dest.stat().st_mode & 0o777 == 0o640

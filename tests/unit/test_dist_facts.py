@@ -18,31 +18,55 @@ from components.inventory import Inventory, Site
 from components.topology import site_props
 from policies.resource import Resource
 from policies.rules import get_rule
+from tests.unit.dist_fixtures import node_with
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"
 SHA = "ab" * 32
-INSTALL_RULES = {"secretsEncryption": "edge-secrets-encryption", "auditLog": "edge-audit-log",
-                 "anonymousAuth": "edge-anonymous-auth-off", "kubeconfigMode": "edge-kubeconfig-mode",
-                 "protectKernelDefaults": "edge-protect-kernel-defaults"}
+INSTALL_RULES = {
+    "secretsEncryption": "edge-secrets-encryption",
+    "auditLog": "edge-audit-log",
+    "anonymousAuth": "edge-anonymous-auth-off",
+    "kubeconfigMode": "edge-kubeconfig-mode",
+    "protectKernelDefaults": "edge-protect-kernel-defaults",
+}
 
 
 def host(name: str, address: str, role: str = "server") -> dict[str, Any]:
-    return {"name": name, "address": address, "role": role,
-            "ssh": {"host_key": HOST_KEY, "private_key": {"config": "k"}}}
+    return {
+        "name": name,
+        "address": address,
+        "role": role,
+        "ssh": {"host_key": HOST_KEY, "private_key": {"config": "k"}},
+    }
 
 
 SITES: dict[str, dict[str, Any]] = {
-    "k3s": {"name": "plant", "topology": "ha", "distribution": {"name": "k3s", "version": "v1.33.4+k3s1"},
-            "artifacts": [{"name": "k3s", "source": "https://a.example/k3s", "sha256": SHA}],
-            "hosts": [host("ha-1", "10.0.0.11"), host("ha-2", "10.0.0.12"), host("ha-3", "10.0.0.13"),
-                      host("ha-agent", "10.0.0.21", "agent")]},
-    "k0s": {"name": "store", "topology": "single-node", "distribution": {"name": "k0s", "version": "v1.33.4+k0s.0"},
-            "artifacts": [{"name": "k0s", "source": "https://a.example/k0s", "sha256": SHA}],
-            "hosts": [host("store-1", "10.0.1.10"), host("store-2", "10.0.1.11", "agent")]},
-    "microshift": {"name": "tower", "topology": "gateway", "distribution": {"name": "microshift", "version": "4.19.0"},
-                   "artifacts": [{"name": "microshift", "source": "https://a.example/microshift-4.19.0.rpm",
-                                  "sha256": SHA}],
-                   "hosts": [host("tower-gw", "10.0.2.2")]},
+    "k3s": {
+        "name": "plant",
+        "topology": "ha",
+        "distribution": {"name": "k3s", "version": "v1.33.4+k3s1"},
+        "artifacts": [{"name": "k3s", "source": "https://a.example/k3s", "sha256": SHA}],
+        "hosts": [
+            host("ha-1", "10.0.0.11"),
+            host("ha-2", "10.0.0.12"),
+            host("ha-3", "10.0.0.13"),
+            host("ha-agent", "10.0.0.21", "agent"),
+        ],
+    },
+    "k0s": {
+        "name": "store",
+        "topology": "single-node",
+        "distribution": {"name": "k0s", "version": "v1.33.4+k0s.0"},
+        "artifacts": [{"name": "k0s", "source": "https://a.example/k0s", "sha256": SHA}],
+        "hosts": [host("store-1", "10.0.1.10"), host("store-2", "10.0.1.11", "agent")],
+    },
+    "microshift": {
+        "name": "tower",
+        "topology": "gateway",
+        "distribution": {"name": "microshift", "version": "4.19.0"},
+        "artifacts": [{"name": "microshift", "source": "https://a.example/microshift-4.19.0.rpm", "sha256": SHA}],
+        "hosts": [host("tower-gw", "10.0.2.2")],
+    },
 }
 
 
@@ -69,9 +93,15 @@ def props(dist: str, **distribution: Any) -> dict[str, Any]:
 
 # --- what each distribution really renders -----------------------------------------------------------
 
+
 def test_k3s_renders_every_setting_the_rules_check() -> None:
-    assert props("k3s")["install"] == {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
-                                       "kubeconfigMode": "0600", "protectKernelDefaults": True}
+    assert props("k3s")["install"] == {
+        "secretsEncryption": True,
+        "auditLog": True,
+        "anonymousAuth": False,
+        "kubeconfigMode": "0600",
+        "protectKernelDefaults": True,
+    }
     assert failing(props("k3s")) == set()
 
 
@@ -80,13 +110,19 @@ def test_k0s_renders_every_setting_the_rules_check() -> None:
     assert args["anonymous-auth"] == "false"
     assert args["encryption-provider-config"] == "/var/lib/k0s/encryption.cfg"
     assert args["audit-policy-file"] == k0s.AUDIT_POLICY_FILE and args["audit-log-path"]
-    assert props("k0s")["install"] == {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
-                                       "kubeconfigMode": "0600", "protectKernelDefaults": True}
+    assert props("k0s")["install"] == {
+        "secretsEncryption": True,
+        "auditLog": True,
+        "anonymousAuth": False,
+        "kubeconfigMode": "0600",
+        "protectKernelDefaults": True,
+    }
     assert failing(props("k0s")) == set()
 
 
 def test_a_k0s_encryption_config_that_writes_in_plain_text_fails_the_encryption_rule(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert "edge-secrets-encryption" not in failing(props("k0s"))
     cfg = yaml.safe_load(k0s.render_encryption_config())
     cfg["resources"][0]["providers"].reverse()  # identity first: Secrets are stored as they are
@@ -110,14 +146,11 @@ def test_kubeconfig_mode_is_set_by_the_k0s_and_microshift_installs() -> None:
 
 
 def k0s_node() -> NodeSpec:
-    return NodeSpec(site="store", host="store-1", address="10.0.1.10", role="server", first_server=True,
-                    server_url=None,
-                    arch="amd64", labels={}, taints=[], tls_sans=[], cluster_cidr="10.42.0.0/16",
-                    service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
-                    registry_mirrors={})
+    return node_with(site="store", host="store-1", address="10.0.1.10")
 
 
 # --- a rendered configuration that lacks a setting fails the matching rule -----------------------------
+
 
 def drop_from_config(module: Any, change: Callable[[dict[str, Any], NodeSpec], None]) -> Callable[[NodeSpec], str]:
     original = module.render_config
@@ -134,6 +167,7 @@ def without_api_arg(prefix: str) -> Callable[[dict[str, Any], NodeSpec], None]:
     def change(cfg: dict[str, Any], node: NodeSpec) -> None:
         if "kube-apiserver-arg" in cfg:
             cfg["kube-apiserver-arg"] = [a for a in cfg["kube-apiserver-arg"] if not a.startswith(prefix)]
+
     return change
 
 
@@ -162,8 +196,12 @@ LACKING = [
 
 @pytest.mark.parametrize("dist, module, change, rule", LACKING, ids=[f"{d}-{r}" for d, _, _, r in LACKING])
 def test_a_setting_missing_from_the_rendered_config_fails_its_rule(
-        monkeypatch: pytest.MonkeyPatch, dist: str, module: Any, change: Callable[[dict[str, Any], NodeSpec], None],
-        rule: str) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+    dist: str,
+    module: Any,
+    change: Callable[[dict[str, Any], NodeSpec], None],
+    rule: str,
+) -> None:
     before = failing(props(dist))
     assert rule not in before
     monkeypatch.setattr(module, "render_config", drop_from_config(module, change))
@@ -172,7 +210,8 @@ def test_a_setting_missing_from_the_rendered_config_fails_its_rule(
 
 @pytest.mark.parametrize("module, attr", [(k0s, "_kubeconfig_mode_line"), (microshift, "_kubeconfig_mode_lines")])
 def test_an_install_that_does_not_narrow_the_kubeconfig_fails_the_mode_rule(
-        monkeypatch: pytest.MonkeyPatch, module: Any, attr: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, module: Any, attr: str
+) -> None:
     dist = module.NAME
     assert "edge-kubeconfig-mode" not in failing(props(dist))
     monkeypatch.setattr(module, attr, lambda *a: "")
@@ -215,9 +254,16 @@ def test_a_site_the_driver_cannot_render_holds_no_fact(monkeypatch: pytest.Monke
 
 # --- flags that would override the rendered baseline -------------------------------------------------
 
-OVERRIDES = ["--secrets-encryption=false", "--write-kubeconfig-mode=0644", "--protect-kernel-defaults=false",
-             "--kube-apiserver-arg=anonymous-auth=true", "--kube-apiserver-arg=--audit-log-path=",
-             "--kubelet-arg=anonymous-auth=true", "--token-file=/tmp/t", "--data-dir=/tmp/x"]
+OVERRIDES = [
+    "--secrets-encryption=false",
+    "--write-kubeconfig-mode=0644",
+    "--protect-kernel-defaults=false",
+    "--kube-apiserver-arg=anonymous-auth=true",
+    "--kube-apiserver-arg=--audit-log-path=",
+    "--kubelet-arg=anonymous-auth=true",
+    "--token-file=/tmp/t",
+    "--data-dir=/tmp/x",
+]
 
 
 @pytest.mark.parametrize("flag", OVERRIDES)
@@ -228,29 +274,45 @@ def test_k3s_flags_overriding_the_baseline_are_refused_by_the_driver(flag: str) 
     assert info.value.field.endswith(".extra_args") and flag in info.value.message and "baseline" in info.value.fix
 
 
-@pytest.mark.parametrize("flag", ["--kubelet-extra-args=--protect-kernel-defaults=false", "--labels=a=b",
-                                  "--data-dir=/x"])
+@pytest.mark.parametrize(
+    "flag", ["--kubelet-extra-args=--protect-kernel-defaults=false", "--labels=a=b", "--data-dir=/x"]
+)
 def test_k0s_flags_overriding_what_it_renders_are_refused(flag: str) -> None:
     with pytest.raises(DistributionError, match="overrides"):
         k0s.install_flags(dataclasses.replace(k0s_node(), extra_args=(flag,)))
 
 
 def test_flags_that_leave_the_baseline_alone_still_pass() -> None:
-    node = dataclasses.replace(k0s_node(), extra_args=("--kube-apiserver-arg=event-ttl=2h",
-                                                      "--disable=traefik,servicelb",
-                                                      "--kubelet-arg=enforce-node-allocatable=", "--debug"))
+    node = dataclasses.replace(
+        k0s_node(),
+        extra_args=(
+            "--kube-apiserver-arg=event-ttl=2h",
+            "--disable=traefik,servicelb",
+            "--kubelet-arg=enforce-node-allocatable=",
+            "--debug",
+        ),
+    )
     assert driver_for("k3s").install_facts(node)["secretsEncryption"] is True
 
 
 # --- mirror endpoints ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("environment, endpoint, refused", [("prod", "http://10.0.0.5:5000", True),
-                                                             ("prod", "https://mirror.example:5000", False),
-                                                             ("dev", "http://10.0.0.5:5000", False)])
+
+@pytest.mark.parametrize(
+    "environment, endpoint, refused",
+    [
+        ("prod", "http://10.0.0.5:5000", True),
+        ("prod", "https://mirror.example:5000", False),
+        ("dev", "http://10.0.0.5:5000", False),
+    ],
+)
 def test_plain_http_mirrors_are_refused_in_prod(environment: str, endpoint: str, refused: bool) -> None:
     raw = {**SITES["k3s"], "registry_mirrors": {"docker.io": ["https://mirror.example", endpoint]}}
-    found = site_props(Inventory.model_validate({"fleet": "unit", "environment": environment, "sites": [raw]}).sites[0],
-                       environment, Path("."))
+    found = site_props(
+        Inventory.model_validate({"fleet": "unit", "environment": environment, "sites": [raw]}).sites[0],
+        environment,
+        Path("."),
+    )
     assert found["registryMirrors"] == {"docker.io": ["https://mirror.example", endpoint]}
     rule = get_rule("edge-mirror-https")
     assert rule is not None

@@ -14,49 +14,95 @@ from components.distributions import DistributionError, NodeSpec, k0s
 from components.distributions.artifacts import UploadedArtifact
 from components.distributions.bash import LIB
 from components.distributions.k0s import K0sDriver
+from tests.unit.dist_fixtures import node_with
 
 K0S = K0sDriver()
 
 # ClusterConfig fields (docs/configuration.md of k0sproject/k0s); None = free-form below.
 SCHEMA: dict = {
-    "apiVersion": None, "kind": None, "metadata": {"name": None},
+    "apiVersion": None,
+    "kind": None,
+    "metadata": {"name": None},
     "spec": {
-        "api": {"externalAddress": None, "address": None, "sans": None, "extraArgs": None, "port": None,
-                "k0sApiPort": None},
-        "storage": {"type": None, "etcd": {"peerAddress": None, "extraArgs": None, "externalCluster": None},
-                    "kine": {"dataSource": None}},
-        "network": {"provider": None, "podCIDR": None, "serviceCIDR": None, "clusterDomain": None, "calico": None,
-                    "kuberouter": None, "kubeProxy": None, "nodeLocalLoadBalancing": None,
-                    "controlPlaneLoadBalancing": None, "dualStack": None},
-        "controllerManager": None, "scheduler": None, "workerProfiles": None, "featureGates": None,
-        "images": {"konnectivity": None, "metricsserver": None, "kubeproxy": None, "coredns": None, "pause": None,
-                   "calico": None, "kuberouter": None, "repository": None, "default_pull_policy": None},
-        "extensions": None, "konnectivity": {"agentPort": None, "adminPort": None},
+        "api": {
+            "externalAddress": None,
+            "address": None,
+            "sans": None,
+            "extraArgs": None,
+            "port": None,
+            "k0sApiPort": None,
+        },
+        "storage": {
+            "type": None,
+            "etcd": {"peerAddress": None, "extraArgs": None, "externalCluster": None},
+            "kine": {"dataSource": None},
+        },
+        "network": {
+            "provider": None,
+            "podCIDR": None,
+            "serviceCIDR": None,
+            "clusterDomain": None,
+            "calico": None,
+            "kuberouter": None,
+            "kubeProxy": None,
+            "nodeLocalLoadBalancing": None,
+            "controlPlaneLoadBalancing": None,
+            "dualStack": None,
+        },
+        "controllerManager": None,
+        "scheduler": None,
+        "workerProfiles": None,
+        "featureGates": None,
+        "images": {
+            "konnectivity": None,
+            "metricsserver": None,
+            "kubeproxy": None,
+            "coredns": None,
+            "pause": None,
+            "calico": None,
+            "kuberouter": None,
+            "repository": None,
+            "default_pull_policy": None,
+        },
+        "extensions": None,
+        "konnectivity": {"agentPort": None, "adminPort": None},
         "telemetry": {"enabled": None},
-        "installConfig": {"users": {"etcdUser": None, "kineUser": None, "konnectivityUser": None,
-                                    "kubeAPIserverUser": None, "kubeSchedulerUser": None}},
+        "installConfig": {
+            "users": {
+                "etcdUser": None,
+                "kineUser": None,
+                "konnectivityUser": None,
+                "kubeAPIserverUser": None,
+                "kubeSchedulerUser": None,
+            }
+        },
     },
 }
 # Kubelet configuration fields a worker profile may set (KubeletConfiguration v1beta1).
 KUBELET_FIELDS = {"systemReserved", "kubeReserved", "evictionHard", "evictionSoft", "maxPods"}
 
-BASE = NodeSpec(
-    site="plant-b", host="ctl-1", address="10.0.1.11", role="server", first_server=True, server_url=None,
-    arch="amd64", labels={"edgefleet.io/site": "plant-b"}, taints=[], tls_sans=["10.0.1.10"],
-    cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16", profile="standard", disable_agent=False,
-    service_manager="systemd", registry_mirrors={},
+BASE = node_with(
+    site="plant-b", host="ctl-1", address="10.0.1.11", labels={"edgefleet.io/site": "plant-b"}, tls_sans=["10.0.1.10"]
 )
 JOIN = "https://10.0.1.11:6443"
 SINGLE = BASE
 HA_FIRST = dataclasses.replace(BASE, ha=True)
 HA_JOIN = dataclasses.replace(BASE, host="ctl-2", address="10.0.1.12", first_server=False, server_url=JOIN, ha=True)
-WORKER = dataclasses.replace(BASE, host="wrk-1", address="10.0.1.21", role="agent", first_server=False, server_url=JOIN,
-                             taints=["dedicated=inference:NoSchedule"])
+WORKER = dataclasses.replace(
+    BASE,
+    host="wrk-1",
+    address="10.0.1.21",
+    role="agent",
+    first_server=False,
+    server_url=JOIN,
+    taints=["dedicated=inference:NoSchedule"],
+)
 GATEWAY = dataclasses.replace(BASE, host="gw-2", profile="gateway", service_manager="supervised")
-ARTS = [UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/a/k0s"),
-        UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64, "/a/bundle"),
-        UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-arm64.tar", "3" * 64,
-                         "/a/bundle-arm")]
+ARTS = [
+    UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, "/a/k0s"),
+    UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64, "/a/bundle"),
+    UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-arm64.tar", "3" * 64, "/a/bundle-arm"),
+]
 
 
 def assert_schema(data: object, schema: object, path: str = "") -> None:
@@ -147,12 +193,15 @@ def test_supervised_install_runs_the_same_command_under_the_supervisor() -> None
 
 
 def test_registry_mirrors_become_containerd_hosts_files() -> None:
-    node = dataclasses.replace(WORKER, registry_mirrors={"docker.io": ["https://mirror.plant-b:5000"],
-                                                         "quay.io": ["http://10.0.1.5:5000"]})
+    node = dataclasses.replace(
+        WORKER, registry_mirrors={"docker.io": ["https://mirror.plant-b:5000"], "quay.io": ["http://10.0.1.5:5000"]}
+    )
     files = K0S.config_files(node)
     docker = tomllib.loads(files["/etc/k0s/containerd.d/certs.d/docker.io/hosts.toml"][0])
-    assert docker == {"server": "https://registry-1.docker.io",
-                      "host": {"https://mirror.plant-b:5000": {"capabilities": ["pull", "resolve"]}}}
+    assert docker == {
+        "server": "https://registry-1.docker.io",
+        "host": {"https://mirror.plant-b:5000": {"capabilities": ["pull", "resolve"]}},
+    }
     quay = tomllib.loads(files["/etc/k0s/containerd.d/certs.d/quay.io/hosts.toml"][0])
     assert quay["server"] == "https://quay.io" and "http://10.0.1.5:5000" in quay["host"]
     script = K0S.render_install(node, ARTS)
@@ -200,10 +249,19 @@ OTHER_KEY = "b3RoZXIta2V5LW9mLTMyLWJ5dGVzLTAxMjM0NTY3ODk="
 def run_encryption_block(tmp_path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The install's encryption step under bash, with ownership changes recorded instead of made."""
     node = dataclasses.replace(SINGLE, data_dir=str(tmp_path))
-    script = ("set -euo pipefail\nHOST=ctl-1\n" + LIB["log"] + LIB["files"]
-              + 'chown() { printf "%s\\n" "$*" >>"$CHOWNS"; }\n' + k0s._encryption_lines(node))
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "CHOWNS": str(tmp_path / "chowns"), **env})
+    script = (
+        "set -euo pipefail\nHOST=ctl-1\n"
+        + LIB["log"]
+        + LIB["files"]
+        + 'chown() { printf "%s\\n" "$*" >>"$CHOWNS"; }\n'
+        + k0s._encryption_lines(node)
+    )
+    return subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "CHOWNS": str(tmp_path / "chowns"), **env},
+    )
 
 
 def key(value: str) -> dict[str, str]:

@@ -12,21 +12,35 @@ import yaml
 from components.distributions import DistributionError, NodeSpec, microshift
 from components.distributions.artifacts import UploadedArtifact
 from components.distributions.microshift import MicroShiftDriver
+from tests.unit.dist_fixtures import node_with
 
 MICROSHIFT = MicroShiftDriver()
 
 # /etc/microshift/config.yaml fields (packaging/microshift/config.yaml of openshift/microshift);
 # None = free-form (``kubelet`` is passed through to the KubeletConfiguration).
 SCHEMA: dict = {
-    "apiServer": {"advertiseAddress": None, "auditLog": {"maxFileAge": None, "maxFileSize": None, "maxFiles": None,
-                                                         "profile": None},
-                  "namedCertificates": None, "subjectAltNames": None, "tls": None},
+    "apiServer": {
+        "advertiseAddress": None,
+        "auditLog": {"maxFileAge": None, "maxFileSize": None, "maxFiles": None, "profile": None},
+        "namedCertificates": None,
+        "subjectAltNames": None,
+        "tls": None,
+    },
     "debugging": {"logLevel": None},
     "dns": {"baseDomain": None},
     "etcd": {"memoryLimitMB": None},
-    "ingress": {"status": None, "ports": None, "listenAddress": None, "routeAdmissionPolicy": None,
-                "defaultHTTPVersion": None, "forwardedHeaderPolicy": None, "httpCompression": None,
-                "httpEmptyRequestsPolicy": None, "logEmptyRequests": None, "tuningOptions": None},
+    "ingress": {
+        "status": None,
+        "ports": None,
+        "listenAddress": None,
+        "routeAdmissionPolicy": None,
+        "defaultHTTPVersion": None,
+        "forwardedHeaderPolicy": None,
+        "httpCompression": None,
+        "httpEmptyRequestsPolicy": None,
+        "logEmptyRequests": None,
+        "tuningOptions": None,
+    },
     "kubelet": None,
     "manifests": {"kustomizePaths": None},
     "network": {"clusterNetwork": None, "serviceNetwork": None, "serviceNodePortRange": None, "cniPlugin": None},
@@ -34,16 +48,14 @@ SCHEMA: dict = {
     "storage": {"driver": None, "optionalCsiComponents": None},
 }
 
-NODE = NodeSpec(
-    site="store-7", host="ms-1", address="192.168.50.10", role="server", first_server=True, server_url=None,
-    arch="amd64", labels={}, taints=[], tls_sans=["ms-1.store-7.example"], cluster_cidr="10.42.0.0/16",
-    service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
-    registry_mirrors={},
-)
+NODE = node_with(site="store-7", host="ms-1", address="192.168.50.10", tls_sans=["ms-1.store-7.example"])
 GATEWAY = dataclasses.replace(NODE, host="ms-gw", profile="gateway")
-RPMS = [UploadedArtifact("microshift", "rpms/microshift-4.19.0-1.el9.x86_64.rpm", "1" * 64, "/a/microshift.rpm"),
-        UploadedArtifact("microshift-networking", "rpms/microshift-networking-4.19.0-1.el9.x86_64.rpm", "2" * 64,
-                         "/a/net.rpm")]
+RPMS = [
+    UploadedArtifact("microshift", "rpms/microshift-4.19.0-1.el9.x86_64.rpm", "1" * 64, "/a/microshift.rpm"),
+    UploadedArtifact(
+        "microshift-networking", "rpms/microshift-networking-4.19.0-1.el9.x86_64.rpm", "2" * 64, "/a/net.rpm"
+    ),
+]
 
 
 def assert_schema(data: object, schema: object, path: str = "") -> None:
@@ -74,13 +86,16 @@ def test_gateway_removes_the_router_and_reserves_memory() -> None:
     assert yaml.safe_load(microshift.render_config(NODE))["ingress"]["status"] == "Managed"
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"ha": True}, "topology"),
-    ({"role": "agent", "first_server": False, "server_url": "https://192.168.50.10:6443"}, "role"),
-    ({"service_manager": "supervised"}, "service_manager"),
-    ({"extra_args": ("--debug",)}, "extra_args"),
-    ({"data_dir": "/data/microshift"}, "data_dir"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"ha": True}, "topology"),
+        ({"role": "agent", "first_server": False, "server_url": "https://192.168.50.10:6443"}, "role"),
+        ({"service_manager": "supervised"}, "service_manager"),
+        ({"extra_args": ("--debug",)}, "extra_args"),
+        ({"data_dir": "/data/microshift"}, "data_dir"),
+    ],
+)
 def test_anything_but_one_systemd_node_is_refused(change: dict, field: str) -> None:
     with pytest.raises(DistributionError) as err:
         MICROSHIFT.render_install(dataclasses.replace(NODE, **change), RPMS)
@@ -91,8 +106,13 @@ def test_anything_but_one_systemd_node_is_refused(change: dict, field: str) -> N
 
 def test_firewall_trusts_the_pod_network_and_opens_the_api() -> None:
     script = MICROSHIFT.render_install(NODE, RPMS)
-    for rule in ("fw_add source trusted 10.42.0.0/16", "fw_add source trusted 169.254.169.1",
-                 "fw_add port public 6443/tcp", "fw_add port public 80/tcp", "fw_add port public 443/tcp"):
+    for rule in (
+        "fw_add source trusted 10.42.0.0/16",
+        "fw_add source trusted 169.254.169.1",
+        "fw_add port public 6443/tcp",
+        "fw_add port public 80/tcp",
+        "fw_add port public 443/tcp",
+    ):
         assert rule in script
     gateway = MICROSHIFT.render_install(GATEWAY, RPMS)
     assert "fw_add port public 6443/tcp" in gateway
@@ -129,8 +149,9 @@ def test_greenboot_check_is_bounded_and_follows_the_profile() -> None:
 
 
 def test_mirrors_become_a_registries_conf_drop_in() -> None:
-    node = dataclasses.replace(NODE, registry_mirrors={"quay.io": ["https://mirror.store-7:5000",
-                                                                  "http://10.9.9.9:5000"]})
+    node = dataclasses.replace(
+        NODE, registry_mirrors={"quay.io": ["https://mirror.store-7:5000", "http://10.9.9.9:5000"]}
+    )
     conf = tomllib.loads(MICROSHIFT.config_files(node)[microshift.MIRRORS_FILE][0])
     (reg,) = conf["registry"]
     assert reg["prefix"] == reg["location"] == "quay.io"

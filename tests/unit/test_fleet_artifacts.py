@@ -27,7 +27,7 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server method name
+    def do_GET(self) -> None:
         if self.path == "/stall/k3s":
             time.sleep(5)
         if self.path == "/to-http/k3s":
@@ -48,9 +48,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """(base URL, CA bundle) of an HTTPS server on loopback; the cache is a temp directory."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -68,8 +90,9 @@ def https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str
 WHAT = "site 'store-1' artifact 'k3s' (amd64)"
 
 
-def test_download_is_verified_into_the_cache_and_reused(https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Path) -> None:
+def test_download_is_verified_into_the_cache_and_reused(
+    https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     base, ca = https
     monkeypatch.setenv(CA_BUNDLE_ENV, str(ca))
     path = fetch(f"{base}/k3s/v1.33.4/k3s", SHA, what=WHAT)
@@ -87,12 +110,16 @@ def test_an_untrusted_certificate_is_refused(https: tuple[str, Path]) -> None:
         fetch(f"{base}/k3s", SHA, what=WHAT)
     message = str(info.value)
     assert message.startswith(f"{WHAT}: cannot download {base}/k3s: ") and "CERTIFICATE_VERIFY_FAILED" in message
-    assert f"(fix: check that the URL is reachable from this machine and its server's certificate is trusted (set {CA_BUNDLE_ENV}" in message
+    assert (
+        "(fix: check that the URL is reachable from this machine "
+        f"and its server's certificate is trusted (set {CA_BUNDLE_ENV}" in message
+    )
     assert not cache_path(f"{base}/k3s", SHA).exists()
 
 
 def test_a_wrong_digest_a_downgrade_and_a_stalled_server_fail_naming_the_artifact(
-        https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     base, ca = https
     monkeypatch.setenv(CA_BUNDLE_ENV, str(ca))
     with pytest.raises(DownloadError) as info:
@@ -132,14 +159,17 @@ def _update_program(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
     def program() -> Any:
         from components.fleet import EdgeFleet
         from components.program import fetch_artifacts, fleet_args
+
         fetch_artifacts(loaded)
         EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(topo.FLEET_SECRET)))
         return True
+
     return program
 
 
-def test_an_update_uploads_the_verified_download(https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_an_update_uploads_the_verified_download(
+    https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     base, ca = https
     monkeypatch.setenv(CA_BUNDLE_ENV, str(ca))
     r = topo.run(_update_program(tmp_path, f"{base}/k3s"), {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",))
@@ -150,7 +180,9 @@ def test_an_update_uploads_the_verified_download(https: tuple[str, Path], monkey
     assert f"verify_artifact k3s {upload['remote_path']} {SHA}" in install
 
 
-def test_an_update_stops_before_registering_anything_when_a_download_fails(https: tuple[str, Path], tmp_path: Path) -> None:
+def test_an_update_stops_before_registering_anything_when_a_download_fails(
+    https: tuple[str, Path], tmp_path: Path
+) -> None:
     base, _ = https
     errors: list[str] = []
 
@@ -162,4 +194,3 @@ def test_an_update_stops_before_registering_anything_when_a_download_fails(https
 
     topo.run(program, {"sshKeyFleet": PRIVATE_KEY}, secret_keys=("sshKeyFleet",))
     assert errors and errors[0].startswith(f"site 'store-1' artifact 'k3s' (amd64): cannot download {base}/k3s: ")
-

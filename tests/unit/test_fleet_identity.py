@@ -42,7 +42,9 @@ def host_steps(r: Run) -> dict[str, Any]:
 
 
 def renamed(site: Site, old: str, new: str) -> Site:
-    return site.model_copy(update={"hosts": [h.model_copy(update={"name": new}) if h.name == old else h for h in site.hosts]})
+    return site.model_copy(
+        update={"hosts": [h.model_copy(update={"name": new}) if h.name == old else h for h in site.hosts]}
+    )
 
 
 def test_children_are_named_by_machine_with_their_earlier_names_as_aliases(machines: LoadedInventory) -> None:
@@ -58,8 +60,12 @@ def test_children_are_named_by_machine_with_their_earlier_names_as_aliases(machi
         assert r.get(f"lab-ha-{host.name}").inputs["machine"] == mid
 
 
-def test_rename_reorder_and_registration_address_keep_every_resource_and_rerun_nothing(machines: LoadedInventory) -> None:
-    site = lab_site(machines, "lab-ha").model_copy(update={"simulated_nodes": lab_site(machines, "lab-single").simulated_nodes})
+def test_rename_reorder_and_registration_address_keep_every_resource_and_rerun_nothing(
+    machines: LoadedInventory,
+) -> None:
+    site = lab_site(machines, "lab-ha").model_copy(
+        update={"simulated_nodes": lab_site(machines, "lab-single").simulated_nodes}
+    )
     before = host_steps(build_sites(machines, site))
     servers = [h for h in site.hosts if h.role == "server"]
     variants = {
@@ -95,7 +101,9 @@ def test_rename_reorder_and_registration_address_keep_every_resource_and_rerun_n
     assert r.get("lab-ha-ha-1-node").plain("connection")["host"] == "10.213.7.23"
 
 
-def test_a_rename_keeps_the_node_name_k3s_registered(machines: LoadedInventory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rename_keeps_the_node_name_k3s_registered(
+    machines: LoadedInventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class Registered(topo.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
             id_, outputs = super().new_resource(args)
@@ -105,9 +113,23 @@ def test_a_rename_keeps_the_node_name_k3s_registered(machines: LoadedInventory, 
 
     monkeypatch.setattr(topo, "Mocks", Registered)
     site = lab_site(machines, "lab-single").model_copy(update={"topology": "single-node"})
-    with_agent = site.model_copy(update={"hosts": [*site.hosts, site.hosts[0].model_copy(
-        update={"name": "edge-7", "address": "10.213.7.41", "role": "agent",
-                "ssh": site.hosts[0].ssh.model_copy(update={"host_key_file": "${EDGEFLEET_CACHE}/hostkeys/gw-1.pub"})})]})
+    with_agent = site.model_copy(
+        update={
+            "hosts": [
+                *site.hosts,
+                site.hosts[0].model_copy(
+                    update={
+                        "name": "edge-7",
+                        "address": "10.213.7.41",
+                        "role": "agent",
+                        "ssh": site.hosts[0].ssh.model_copy(
+                            update={"host_key_file": "${EDGEFLEET_CACHE}/hostkeys/gw-1.pub"}
+                        ),
+                    }
+                ),
+            ]
+        }
+    )
     r = build_sites(machines, renamed(with_agent, "edge-7", "edge-7b"))
     node = r.get("lab-single-edge-7b-node")
     assert "NODE=single-1" in node.inputs["create"] and "edge-7b" not in node.inputs["create"]
@@ -122,8 +144,14 @@ def test_k3s_keeps_the_registered_node_name_and_a_config_change_alone_restarts_n
     config = tmp_path / "config.yaml"
     config.write_text("token-file: /etc/rancher/k3s/token\nnode-name: single-1\nserver: https://old:6443\n")
     new = "token-file: /etc/rancher/k3s/token\nnode-name: single-1b\nserver: https://new:6443\n"
-    script = (LIB["log"] + LIB["files"] + 'HOST=unit\n' + k3s._pinned_node_name("single-1b") +
-              f"put_config {config} 0600 <<'EOF'\n{new}EOF\n" + 'echo "changed=$CHANGED name=$K3S_NODE_NAME"\n')
+    script = (
+        LIB["log"]
+        + LIB["files"]
+        + "HOST=unit\n"
+        + k3s._pinned_node_name("single-1b")
+        + f"put_config {config} 0600 <<'EOF'\n{new}EOF\n"
+        + 'echo "changed=$CHANGED name=$K3S_NODE_NAME"\n'
+    )
     done = run_bash(script.replace(k3s.CONFIG_FILE, str(config)), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "changed=0 name=single-1"
@@ -132,7 +160,9 @@ def test_k3s_keeps_the_registered_node_name_and_a_config_change_alone_restarts_n
     # server and the same machine as the first server (after a reorder) restart for nothing.
     joiner = topo.node_spec(*_single())
     first = replace(joiner, host="other", first_server=True, server_url=None)
-    assert "server" in yaml.safe_load(k3s.render_config(joiner)) and "cluster-init" in yaml.safe_load(k3s.render_config(first))
+    assert "server" in yaml.safe_load(k3s.render_config(joiner)) and "cluster-init" in yaml.safe_load(
+        k3s.render_config(first)
+    )
     assert k3s.steady_config(joiner) == k3s.steady_config(first)
 
 
@@ -146,21 +176,31 @@ def test_remote_commands_update_in_place_and_run_only_on_a_trigger_change(monkey
     ran: list[str] = []
     monkeypatch.setattr(remote, "run_script", lambda conn, script, *a, **k: (ran.append(script), ("out", ""))[1])
     provider = remote._CommandProvider()
-    olds = {"connection": {"host": "10.0.0.1"}, "create": "c", "update": "u", "delete": "d", "triggers": ["1"],
-            "label": "site 'a' host 'h' (10.0.0.1)", "stdout": "before"}
+    olds = {
+        "connection": {"host": "10.0.0.1"},
+        "create": "c",
+        "update": "u",
+        "delete": "d",
+        "triggers": ["1"],
+        "label": "site 'a' host 'h' (10.0.0.1)",
+        "stdout": "before",
+    }
     news = {**olds, "connection": {"host": "10.0.0.9"}, "update": "u2", "label": "site 'a' host 'h2' (10.0.0.9)"}
     diff = provider.diff("id", olds, news)
     assert diff.changes and not diff.replaces, "a new address or relay is the same machine: never delete + create"
     assert provider.update("id", olds, news).outs["stdout"] == "before" and ran == []
     provider.update("id", olds, {**news, "triggers": ["2"]})
     assert ran == ["u2"]
-    copy = remote._CopyProvider().diff("id", {"connection": {"host": "a"}, "remote_path": "/x"},
-                                       {"connection": {"host": "b"}, "remote_path": "/x"})
+    copy = remote._CopyProvider().diff(
+        "id", {"connection": {"host": "a"}, "remote_path": "/x"}, {"connection": {"host": "b"}, "remote_path": "/x"}
+    )
     assert copy.changes and not copy.replaces
 
 
 @pytest.mark.parametrize("owner, runs", [(None, True), ("dev/m-1", True), ("dev/m-2", False)])
-def test_uninstall_leaves_a_machine_claimed_by_another_resource_alone(tmp_path: Path, owner: str | None, runs: bool) -> None:
+def test_uninstall_leaves_a_machine_claimed_by_another_resource_alone(
+    tmp_path: Path, owner: str | None, runs: bool
+) -> None:
     claim = tmp_path / "owner"
     if owner:
         claim.write_text(owner + "\n")
@@ -177,7 +217,9 @@ def test_install_claims_the_machine_after_it_succeeded(tmp_path: Path) -> None:
     claim = tmp_path / "owner"
     script = claiming("true\n", "dev/m-1").replace(CLAIM_FILE, str(claim)).replace("/var/lib/edgefleet", str(tmp_path))
     assert run_bash(script, tmp_path).returncode == 0 and claim.read_text() == "dev/m-1\n"
-    failing = claiming("exit 1\n", "dev/m-9").replace(CLAIM_FILE, str(claim)).replace("/var/lib/edgefleet", str(tmp_path))
+    failing = (
+        claiming("exit 1\n", "dev/m-9").replace(CLAIM_FILE, str(claim)).replace("/var/lib/edgefleet", str(tmp_path))
+    )
     assert run_bash(failing, tmp_path).returncode == 1 and claim.read_text() == "dev/m-1\n"
 
 
@@ -215,15 +257,20 @@ def test_prod_protects_what_would_uninstall_unless_the_host_is_decommissioned(tm
 
 def program_for(loaded: LoadedInventory):  # type: ignore[no-untyped-def]
     """The fleet program for ``loaded``."""
+
     def program() -> Any:
         from components.fleet import EdgeFleet
         from components.program import fleet_args
+
         EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(topo.FLEET_SECRET)))
         return True
+
     return program
 
 
-def test_the_site_provider_is_the_same_cluster_wherever_its_api_moves_and_never_upserts(machines: LoadedInventory) -> None:
+def test_the_site_provider_is_the_same_cluster_wherever_its_api_moves_and_never_upserts(
+    machines: LoadedInventory,
+) -> None:
     site = lab_site(machines, "lab-ha")
     for variant in (site, site.model_copy(update={"registration_address": "10.213.7.20"})):
         provider = build_sites(machines, variant).get("lab-ha-k8s").inputs
@@ -233,13 +280,19 @@ def test_the_site_provider_is_the_same_cluster_wherever_its_api_moves_and_never_
 
 def test_the_wrapped_lifecycle_scripts_are_shellcheck_clean(lab: LoadedInventory, tmp_path: Path) -> None:
     r = build_sites(lab, lab_site(lab, "lab-ha"))
-    scripts = {"install": r.get("lab-ha-ha-2-install").inputs["create"],
-               "uninstall": r.get("lab-ha-ha-2-install").inputs["delete"],
-               "cluster-ca": r.get("lab-ha-cluster-ca").inputs["create"]}
+    scripts = {
+        "install": r.get("lab-ha-ha-2-install").inputs["create"],
+        "uninstall": r.get("lab-ha-ha-2-install").inputs["delete"],
+        "cluster-ca": r.get("lab-ha-cluster-ca").inputs["create"],
+    }
     for name, text in scripts.items():
         path = tmp_path / f"{name}.sh"
         path.write_text(text)
-        done = subprocess.run([str(REPO / ".venv/bin/shellcheck"), "-s", "bash", "-S", "warning", str(path)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [str(REPO / ".venv/bin/shellcheck"), "-s", "bash", "-S", "warning", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, (name, done.stdout)
     assert scripts["uninstall"].index(CLAIM_FILE) < scripts["uninstall"].index("svc_stop")

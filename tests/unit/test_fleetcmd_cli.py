@@ -18,8 +18,14 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y
 
 
 def site(name: str, wave: int, **extra) -> dict:
-    return {"name": name, "topology": "single-node", "wave": wave, "distribution": {"version": "v1.33.4+k3s1"},
-            "hosts": [{"name": f"{name}-h", "address": f"10.9.0.{wave * 10 + len(name)}", "ssh": {"host_key": KEY}}], **extra}
+    return {
+        "name": name,
+        "topology": "single-node",
+        "wave": wave,
+        "distribution": {"version": "v1.33.4+k3s1"},
+        "hosts": [{"name": f"{name}-h", "address": f"10.9.0.{wave * 10 + len(name)}", "ssh": {"host_key": KEY}}],
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -28,9 +34,17 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "tests/integration/projects/fleet-sim", root)
     (root / "sites").mkdir()
     sites = [site("c", 0), site("a1", 1), site("a22", 1), site("a333", 1), site("p", 2, paused=True), site("b1", 3)]
-    (root / "sites/sim.yaml").write_text(yaml.safe_dump({
-        "fleet": "sim", "environment": "dev", "rollout": {"max_failures": 1, "max_concurrency": 2},
-        "defaults": {"ssh": {"private_key": {"config": "k"}}}, "sites": sites}))
+    (root / "sites/sim.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "fleet": "sim",
+                "environment": "dev",
+                "rollout": {"max_failures": 1, "max_concurrency": 2},
+                "defaults": {"ssh": {"private_key": {"config": "k"}}},
+                "sites": sites,
+            }
+        )
+    )
     (root / "Pulumi.sim.yaml").write_text(yaml.safe_dump({"config": {"fleetsim:inventory": "sites/sim.yaml"}}))
     return root
 
@@ -42,15 +56,21 @@ def run(project: Path, *args: str) -> int:
 def test_plan_as_text_json_and_workflow_matrix(project: Path, capsys):
     assert run(project, "plan") == EXIT["ok"]
     text = capsys.readouterr().out
-    assert "wave 0 (mandatory): 1 site(s), concurrency 1, failure budget 0" in text and "sim.p: skipped (paused)" in text
+    assert (
+        "wave 0 (mandatory): 1 site(s), concurrency 1, failure budget 0" in text and "sim.p: skipped (paused)" in text
+    )
     assert run(project, "plan", "--format", "json") == 0
     plan = json.loads(capsys.readouterr().out)
     assert [w["wave"] for w in plan["waves"]] == [0, 1, 2, 3] and plan["waves"][2]["skipped"][0]["reason"] == "paused"
     assert run(project, "plan", "--format", "github") == 0
     matrix = json.loads(capsys.readouterr().out)
     assert [(w["wave"], w["sites"], w["max_parallel"], w["fail_fast"], w["run"]) for w in matrix["waves"]] == [
-        (0, ["c"], 1, True, True), (1, ["a1", "a22", "a333"], 2, False, True), (3, ["b1"], 1, False, True),
-        (-1, ["none"], 1, True, False), (-1, ["none"], 1, True, False)]  # the paused-only wave 2 has no job
+        (0, ["c"], 1, True, True),
+        (1, ["a1", "a22", "a333"], 2, False, True),
+        (3, ["b1"], 1, False, True),
+        (-1, ["none"], 1, True, False),
+        (-1, ["none"], 1, True, False),
+    ]  # the paused-only wave 2 has no job
 
 
 def results(dir_: Path, **statuses: str) -> Path:
@@ -84,10 +104,10 @@ def test_user_errors_are_one_line_with_a_fix_and_exit_2(project: Path, capsys):
 
 
 def test_progress_is_plain_lines_on_stderr_in_ci_and_a_live_table_on_a_terminal(project: Path, monkeypatch, capsys):
+    from components.inventory import load_inventory
     from fleet.cli import Progress
     from fleet.plan import build_plan
     from fleet.rollout import SiteResult
-    from components.inventory import load_inventory
 
     plan = build_plan(load_inventory(project / "sites/sim.yaml", check_files=False), "sim")
     monkeypatch.setenv("CI", "true")

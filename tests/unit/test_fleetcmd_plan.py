@@ -18,10 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def site(i: int, wave: int, **extra) -> dict:
-    return {"name": f"s{i}", "topology": "single-node", "wave": wave,
-            "distribution": {"name": "k3s", "version": "v1.33.4+k3s1"},
-            "hosts": [{"name": f"h{i}", "address": f"10.0.{i // 200}.{i % 200 + 1}",
-                       "ssh": {"host_key": KEY, "private_key": {"config": "k"}}}], **extra}
+    return {
+        "name": f"s{i}",
+        "topology": "single-node",
+        "wave": wave,
+        "distribution": {"name": "k3s", "version": "v1.33.4+k3s1"},
+        "hosts": [
+            {
+                "name": f"h{i}",
+                "address": f"10.0.{i // 200}.{i % 200 + 1}",
+                "ssh": {"host_key": KEY, "private_key": {"config": "k"}},
+            }
+        ],
+        **extra,
+    }
 
 
 def inventory(sites: list[dict], rollout: dict | None = None) -> LoadedInventory:
@@ -49,7 +59,11 @@ def test_counts_and_percentages_scale_with_their_rounding():
 def test_waves_in_order_with_budgets_and_the_canary_wave_mandatory():
     plan = build_plan(fleet((1, 4, 10), {"max_concurrency": "50%", "max_failures": "20%"}), "prod")
     assert [w.number for w in plan.waves] == [0, 1, 2]
-    assert [(w.max_concurrency, w.max_failures, w.mandatory) for w in plan.waves] == [(1, 0, True), (2, 0, False), (5, 2, False)]
+    assert [(w.max_concurrency, w.max_failures, w.mandatory) for w in plan.waves] == [
+        (1, 0, True),
+        (2, 0, False),
+        (5, 2, False),
+    ]
     assert plan.waves[1].sites[0].stack == "prod.s1"
 
 
@@ -66,9 +80,18 @@ def test_paused_and_maintenance_sites_are_planned_as_skipped():
 
 
 def test_selector_by_names_waves_and_labels():
-    inv = inventory([site(0, 0, labels={"region": "eu"}), site(1, 1, hardware_class="gateway"),
-                     site(2, 1, labels={"region": "us"}), site(3, 2)])
-    names = lambda **kw: [s.name for s in build_plan(inv, "p", selector=Selector.parse(**kw)).sites]
+    inv = inventory(
+        [
+            site(0, 0, labels={"region": "eu"}),
+            site(1, 1, hardware_class="gateway"),
+            site(2, 1, labels={"region": "us"}),
+            site(3, 2),
+        ]
+    )
+
+    def names(**kw: list[str]) -> list[str]:
+        return [s.name for s in build_plan(inv, "p", selector=Selector.parse(**kw)).sites]
+
     assert names(sites=["s1,s3"]) == ["s1", "s3"]
     assert names(sites=["s*"], waves=["1"]) == ["s1", "s2"]
     assert names(select=["hardware_class=gateway"]) == ["s1"]
@@ -90,7 +113,9 @@ def test_revision_changes_with_the_site_and_the_shared_inputs_only():
 
 def test_model_canaries_follow_the_waves(tmp_path: Path):
     catalog = (REPO / "models/catalog.yaml").read_text()
-    canaried = catalog.replace("- name: predictive-maintenance\n", "- name: predictive-maintenance\n  canary: {version: '2', waves: [0]}\n", 1)
+    canaried = catalog.replace(
+        "- name: predictive-maintenance\n", "- name: predictive-maintenance\n  canary: {version: '2', waves: [0]}\n", 1
+    )
     (tmp_path / "catalog.yaml").write_text(canaried)
     wl = [{"model": "predictive-maintenance", "version": "1"}]
     inv = inventory([site(0, 0, workloads=wl), site(1, 1, workloads=wl), site(2, 2)])
@@ -171,8 +196,10 @@ def test_an_offline_site_never_blocks_the_others():
 
 
 def test_rollout_wide_budget_stops_across_waves():
-    plan = build_plan(fleet((2, 2, 2), {"max_failures": 1, "failure_scope": "rollout", "mandatory_waves": [],
-                                        "max_concurrency": 1}), "p")
+    plan = build_plan(
+        fleet((2, 2, 2), {"max_failures": 1, "failure_scope": "rollout", "mandatory_waves": [], "max_concurrency": 1}),
+        "p",
+    )
     result = run_rollout(plan, runner({"s1": "failed", "s2": "failed"}))
     assert result.stopped == "rollout: 2 site(s) failed, budget 1" and result.last_wave == 1
 
@@ -181,7 +208,9 @@ def test_skipped_sites_are_reported_never_run():
     inv = inventory([site(0, 0), site(1, 1, maintenance=True)])
     ran: list[str] = []
     result = run_rollout(build_plan(inv, "p"), runner({}, log=ran))
-    assert ran == ["s0"] and [(r.site, r.status, r.reason) for r in result.results if r.status == "skipped"] == [("s1", "skipped", "maintenance")]
+    assert ran == ["s0"] and [(r.site, r.status, r.reason) for r in result.results if r.status == "skipped"] == [
+        ("s1", "skipped", "maintenance")
+    ]
 
 
 def test_a_runner_that_raises_is_a_failed_site_not_a_hung_rollout():

@@ -51,7 +51,8 @@ def ssh_server(address: str = "127.0.0.1"):
 
 def _new_key():
     pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     return paramiko.Ed25519Key.from_private_key(io.StringIO(pem.decode()))
 
 
@@ -83,7 +84,17 @@ def test_a_changed_host_key_is_refused_by_name_with_the_fix():
 
 def test_offline_within_the_dial_budget_and_never_longer():
     start = time.monotonic()
-    check = check_site(site(HostTarget("h", "127.0.0.1", free_port(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7")), 1.5)
+    check = check_site(
+        site(
+            HostTarget(
+                "h",
+                "127.0.0.1",
+                free_port(),
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7",
+            )
+        ),
+        1.5,
+    )
     took = time.monotonic() - start
     assert check.state == "offline" and "no SSH answer" in check.reason
     assert 1.0 <= took < 3.0
@@ -91,8 +102,9 @@ def test_offline_within_the_dial_budget_and_never_longer():
 
 def test_one_host_down_makes_the_site_offline():
     with ssh_server() as (port, key):
-        check = check_site(site(HostTarget("up", "127.0.0.1", port, key),
-                                HostTarget("down", "127.0.0.1", free_port(), key)), 1.5)
+        check = check_site(
+            site(HostTarget("up", "127.0.0.1", port, key), HostTarget("down", "127.0.0.1", free_port(), key)), 1.5
+        )
     assert check.state == "offline"
     assert [h.state for h in check.hosts] == ["online", "offline"] and check.reason.startswith("down (127.0.0.1)")
 
@@ -103,8 +115,15 @@ def test_a_host_that_accepts_but_never_speaks_is_offline_in_time():
     listener.listen(4)  # accepts into the backlog, never answers the SSH banner
     try:
         start = time.monotonic()
-        check = check_host(HostTarget("h", "127.0.0.1", listener.getsockname()[1],
-                                      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7"), 2)
+        check = check_host(
+            HostTarget(
+                "h",
+                "127.0.0.1",
+                listener.getsockname()[1],
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9qK5bO2d1yZ7x3c4v5b6n7m8q9w0e1r2t3y4u5i6o7",
+            ),
+            2,
+        )
         assert check.state == "offline" and time.monotonic() - start < 4
     finally:
         listener.close()

@@ -43,12 +43,14 @@ def test_a_base_config_that_names_a_site_is_refused(tmp_path: Path):
     (tmp_path / "Pulumi.prod.yaml").write_text(yaml.safe_dump({"config": {"edgefleet:site": "x"}}))
     with pytest.raises(FleetError, match="names a site itself"):
         write_site_configs(tmp_path, "prod", ["x"])
-    with pytest.raises(FleetError, match="Pulumi.nope.yaml: cannot read"):
+    with pytest.raises(FleetError, match=r"Pulumi\.nope\.yaml: cannot read"):
         write_site_configs(tmp_path, "nope", ["x"])
 
 
 def test_kms_secrets_providers_are_copied_too():
-    text = site_config_text({"secretsprovider": "awskms://alias/x", "encryptedkey": "KEY", "config": {}}, "p", "prod", "s")
+    text = site_config_text(
+        {"secretsprovider": "awskms://alias/x", "encryptedkey": "KEY", "config": {}}, "p", "prod", "s"
+    )
     data = yaml.safe_load(text)
     assert data["secretsprovider"] == "awskms://alias/x" and data["encryptedkey"] == "KEY"
 
@@ -60,7 +62,9 @@ def test_a_second_command_on_the_same_sites_is_refused(tmp_path: Path):
     store = FileStore(tmp_path)
     first = FleetLock(store, "edgefleet", ["prod.a", "prod.b"], "fleet up prod").acquire()
     try:
-        with pytest.raises(FleetError, match=r"another fleet command is changing these site stacks: prod.b \(held by 'fleet up prod'"):
+        with pytest.raises(
+            FleetError, match=r"another fleet command is changing these site stacks: prod.b \(held by 'fleet up prod'"
+        ):
             FleetLock(store, "edgefleet", ["prod.b", "prod.c"], "fleet destroy prod").acquire()
         assert store.read("edgefleet/prod.c") is None  # all or nothing
         FleetLock(store, "edgefleet", ["prod.c"], "fleet up prod").acquire().release()  # other sites are free
@@ -74,8 +78,10 @@ def test_a_dead_owners_lock_is_taken_over_and_marked_for_recovery(tmp_path: Path
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     import socket
 
-    store.create("edgefleet/prod.a", {"host": socket.gethostname(), "pid": int(dead.stdout), "command": "fleet up",
-                                       "expires": 9e12})
+    store.create(
+        "edgefleet/prod.a",
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "command": "fleet up", "expires": 9e12},
+    )
     lock = FleetLock(store, "edgefleet", ["prod.a"], "fleet up prod").acquire()
     try:
         assert lock.took_over("prod.a")
@@ -107,17 +113,29 @@ DYN = "pulumi:providers:pulumi-python::default"
 
 
 def deployment() -> dict:
-    return {"manifest": {}, "secrets_providers": {"type": "passphrase"}, "resources": [
-        res(STACK, "pulumi:pulumi:Stack"),
-        res(FLEET, "edge:fleet:EdgeFleet", parent=STACK),
-        res(DYN, "pulumi:providers:pulumi-python"),
-        res("edge:fleet:EdgeFleet$edge:site:EdgeSite::a", "edge:site:EdgeSite", parent=FLEET),
-        res("edge:fleet:EdgeFleet$edge:site:EdgeSite$pulumi-python:dynamic:Resource::a-install", "pulumi-python:dynamic:Resource",
-            parent="edge:fleet:EdgeFleet$edge:site:EdgeSite::a", provider=DYN),
-        res("edge:fleet:EdgeFleet$edge:site:EdgeSite::b", "edge:site:EdgeSite", parent=FLEET),
-        res("edge:fleet:EdgeFleet$edge:site:EdgeSite$pulumi-python:dynamic:Resource::b-install", "pulumi-python:dynamic:Resource",
-            parent="edge:fleet:EdgeFleet$edge:site:EdgeSite::b", provider=DYN),
-    ]}
+    return {
+        "manifest": {},
+        "secrets_providers": {"type": "passphrase"},
+        "resources": [
+            res(STACK, "pulumi:pulumi:Stack"),
+            res(FLEET, "edge:fleet:EdgeFleet", parent=STACK),
+            res(DYN, "pulumi:providers:pulumi-python"),
+            res("edge:fleet:EdgeFleet$edge:site:EdgeSite::a", "edge:site:EdgeSite", parent=FLEET),
+            res(
+                "edge:fleet:EdgeFleet$edge:site:EdgeSite$pulumi-python:dynamic:Resource::a-install",
+                "pulumi-python:dynamic:Resource",
+                parent="edge:fleet:EdgeFleet$edge:site:EdgeSite::a",
+                provider=DYN,
+            ),
+            res("edge:fleet:EdgeFleet$edge:site:EdgeSite::b", "edge:site:EdgeSite", parent=FLEET),
+            res(
+                "edge:fleet:EdgeFleet$edge:site:EdgeSite$pulumi-python:dynamic:Resource::b-install",
+                "pulumi-python:dynamic:Resource",
+                parent="edge:fleet:EdgeFleet$edge:site:EdgeSite::b",
+                provider=DYN,
+            ),
+        ],
+    }
 
 
 def test_split_keeps_every_urn_but_the_stack_name():
@@ -128,7 +146,10 @@ def test_split_keeps_every_urn_but_the_stack_name():
         "urn:pulumi:dev.a::edgefleet::edge:fleet:EdgeFleet::fleet",
         "urn:pulumi:dev.a::edgefleet::pulumi:providers:pulumi-python::default",
         "urn:pulumi:dev.a::edgefleet::edge:fleet:EdgeFleet$edge:site:EdgeSite::a",
-        "urn:pulumi:dev.a::edgefleet::edge:fleet:EdgeFleet$edge:site:EdgeSite$pulumi-python:dynamic:Resource::a-install",
+        (
+            "urn:pulumi:dev.a::edgefleet::edge:fleet:EdgeFleet$edge:site:EdgeSite"
+            "$pulumi-python:dynamic:Resource::a-install"
+        ),
     ]
     install = dest["resources"][-1]
     assert install["provider"] == "urn:pulumi:dev.a::edgefleet::pulumi:providers:pulumi-python::default::id-1"
@@ -149,7 +170,13 @@ def test_split_finds_a_site_named_under_the_fleet():
                 r[key] = r[key].replace("EdgeSite::a", "EdgeSite::fleet-a").replace("::a-install", "::fleet-a-install")
     dest, source = split(current, "edgefleet", "dev", "a")
     assert [r["urn"].rsplit("::", 1)[-1] for r in dest["resources"]][-2:] == ["fleet-a", "fleet-a-install"]
-    assert [r["urn"].rsplit("::", 1)[-1] for r in source["resources"]] == ["edgefleet-dev", "fleet", "default", "b", "b-install"]
+    assert [r["urn"].rsplit("::", 1)[-1] for r in source["resources"]] == [
+        "edgefleet-dev",
+        "fleet",
+        "default",
+        "b",
+        "b-install",
+    ]
 
 
 def test_split_refuses_an_unknown_site_and_pending_operations():
@@ -170,7 +197,9 @@ def test_the_program_selects_its_site_and_refuses_an_unknown_one():
     one = select_site(inv, "plant-lyon", "prod.plant-lyon", "sites/prod.yaml")
     assert [s.name for s in one.inventory.sites] == ["plant-lyon"] and one.path == inv.path
     assert select_site(inv, "", "prod", "sites/prod.yaml") is inv
-    with pytest.raises(pulumi.RunError, match="config edgefleet:site: 'plant-paris' is not a site of sites/prod.yaml"):
+    with pytest.raises(
+        pulumi.RunError, match=r"config edgefleet:site: 'plant-paris' is not a site of sites/prod\.yaml"
+    ):
         select_site(inv, "plant-paris", "prod.plant-paris", "sites/prod.yaml")
 
 
@@ -182,9 +211,12 @@ def test_json_roundtrip_of_split_is_plain_data():
 def test_a_base_stack_whose_sites_moved_to_site_stacks_refuses_the_whole_fleet(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
-    from tests.unit.test_topology import BASE as UNIT_INVENTORY, build_program_error
+    from tests.unit.test_topology import BASE as UNIT_INVENTORY
+    from tests.unit.test_topology import build_program_error
 
     message = build_program_error(tmp_path, UNIT_INVENTORY, stack="prod", siteStacks="true", fleetSecret="s")
-    assert message.startswith("Pulumi.prod.yaml: config edgefleet:siteStacks: the sites of stack 'prod' are managed as site stacks")
+    assert message.startswith(
+        "Pulumi.prod.yaml: config edgefleet:siteStacks: the sites of stack 'prod' are managed as site stacks"
+    )
     unknown = build_program_error(tmp_path, UNIT_INVENTORY, stack="prod.nowhere", site="nowhere", fleetSecret="s")
     assert "config edgefleet:site: 'nowhere' is not a site of" in unknown

@@ -12,10 +12,22 @@ from fleet.status import SiteStatus, render_json, render_markdown, render_plain,
 
 
 def row(name: str, **kw) -> SiteStatus:
-    base = dict(site=name, stack=f"prod.{name}", wave=1, planned_revision="a" * 16, distribution="k3s v1.33.4+k3s1",
-                models={"predictive-maintenance": "1"}, last_kind="update", last_result="succeeded",
-                last_start="2026-12-01T10:00:00", last_duration_s=42.0, applied_revision="a" * 16,
-                last_seen="2026-12-01T10:00:42", connectivity="online", policy="ok")
+    base = {
+        "site": name,
+        "stack": f"prod.{name}",
+        "wave": 1,
+        "planned_revision": "a" * 16,
+        "distribution": "k3s v1.33.4+k3s1",
+        "models": {"predictive-maintenance": "1"},
+        "last_kind": "update",
+        "last_result": "succeeded",
+        "last_start": "2026-12-01T10:00:00",
+        "last_duration_s": 42.0,
+        "applied_revision": "a" * 16,
+        "last_seen": "2026-12-01T10:00:42",
+        "connectivity": "online",
+        "policy": "ok",
+    }
     return SiteStatus(**{**base, **kw})
 
 
@@ -32,8 +44,16 @@ ROWS = [
 
 
 def test_each_site_gets_the_most_urgent_state():
-    assert [r.state for r in ROWS] == ["available", "offline", "behind", "degraded", "degraded", "offline",
-                                       "maintenance", "progressing"]
+    assert [r.state for r in ROWS] == [
+        "available",
+        "offline",
+        "behind",
+        "degraded",
+        "degraded",
+        "offline",
+        "maintenance",
+        "progressing",
+    ]
 
 
 def test_an_offline_site_is_never_available_even_with_a_successful_last_update():
@@ -44,8 +64,15 @@ def test_an_offline_site_is_never_available_even_with_a_successful_last_update()
 
 
 def test_summary_counts_like_ocm():
-    assert summary(ROWS) == {"total": 8, "applied": 5, "available": 1, "progressing": 1, "degraded": 2, "offline": 2,
-                             "skipped": 1}
+    assert summary(ROWS) == {
+        "total": 8,
+        "applied": 5,
+        "available": 1,
+        "progressing": 1,
+        "degraded": 2,
+        "offline": 2,
+        "skipped": 1,
+    }
     assert summary_line(ROWS).startswith("total 8 / applied 5 / available 1 / progressing 1 / degraded 2 / offline 2")
 
 
@@ -74,15 +101,26 @@ def node(name: str, ready: str) -> dict:
     return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
 
 
-def deployment(name: str, available: str = "True", updated: int = 1, replicas: int = 1, gen: int = 1, seen: int = 1) -> dict:
-    return {"metadata": {"name": name, "namespace": name, "generation": gen}, "spec": {"replicas": replicas},
-            "status": {"observedGeneration": seen, "updatedReplicas": updated,
-                       "conditions": [{"type": "Available", "status": available}]}}
+def deployment(
+    name: str, available: str = "True", updated: int = 1, replicas: int = 1, gen: int = 1, seen: int = 1
+) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": name, "generation": gen},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": seen,
+            "updatedReplicas": updated,
+            "conditions": [{"type": "Available", "status": available}],
+        },
+    }
 
 
 def api(ready=200, nodes=None, deps=None):
-    answers = {"/readyz": (ready, "ok"), "/api/v1/nodes": (200, {"items": nodes if nodes is not None else [node("n", "True")]}),
-               health.WORKLOADS: (200, {"items": deps or []})}
+    answers = {
+        "/readyz": (ready, "ok"),
+        "/api/v1/nodes": (200, {"items": nodes if nodes is not None else [node("n", "True")]}),
+        health.WORKLOADS: (200, {"items": deps or []}),
+    }
     return lambda path: answers[path]
 
 
@@ -114,7 +152,7 @@ class Clock:
 
 def test_soak_holds_opens_late_or_breaks():
     clock = Clock()
-    assert health.hold(lambda: [], 60, deadline=1000, clock=clock, sleep=clock.sleep) is None
+    assert health.hold(list, 60, deadline=1000, clock=clock, sleep=clock.sleep) is None
     assert clock.now >= 60
 
     clock = Clock()
@@ -123,7 +161,8 @@ def test_soak_holds_opens_late_or_breaks():
 
     clock = Clock()
     assert "did not open before the progress deadline" in health.hold(
-        lambda: ["node a is not Ready"], 30, deadline=20, clock=clock, sleep=clock.sleep)
+        lambda: ["node a is not Ready"], 30, deadline=20, clock=clock, sleep=clock.sleep
+    )
 
     clock = Clock()
     answers = iter([[], [], ["deployment m/m is not Available"]])

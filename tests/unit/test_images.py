@@ -38,8 +38,9 @@ def make_tree(root: Path, mtime: int, umask_mode: int) -> Path:
     return root
 
 
-RUNTIME = oci.RuntimeConfig(user="65532:65532", entrypoint=["/usr/bin/tool"], cmd=["--x"], env=["A=1"],
-                            exposed_ports=("8080/tcp",))
+RUNTIME = oci.RuntimeConfig(
+    user="65532:65532", entrypoint=["/usr/bin/tool"], cmd=["--x"], env=["A=1"], exposed_ports=("8080/tcp",)
+)
 
 
 def build_archive(tmp: Path, tree: Path, name: str = "demo") -> tuple[Path, oci.Blob]:
@@ -48,8 +49,12 @@ def build_archive(tmp: Path, tree: Path, name: str = "demo") -> tuple[Path, oci.
     manifest = oci.write_image(blobs, RUNTIME, [layer])
     config_digest = json.loads((blobs / manifest.digest[7:]).read_text())["config"]["digest"]
     archive = tmp / f"{name}.oci.tar"
-    oci.write_archive(archive, blobs, oci.image_index(manifest, f"registry.edgefleet.local/edgefleet/{name}", "latest"),
-                      [manifest.digest, config_digest, layer.blob.digest])
+    oci.write_archive(
+        archive,
+        blobs,
+        oci.image_index(manifest, f"registry.edgefleet.local/edgefleet/{name}", "latest"),
+        [manifest.digest, config_digest, layer.blob.digest],
+    )
     return archive, manifest
 
 
@@ -87,8 +92,10 @@ def test_archive_is_an_oci_layout_whose_digests_match_their_bytes(tmp_path):
     archive, manifest = build_archive(tmp_path, make_tree(tmp_path / "t", 1, 0o644))
     image = oci.read_archive(archive)
     assert image.manifest_digest == manifest.digest
-    assert image.names == ("registry.edgefleet.local/edgefleet/demo:latest",
-                           f"registry.edgefleet.local/edgefleet/demo@{manifest.digest}")
+    assert image.names == (
+        "registry.edgefleet.local/edgefleet/demo:latest",
+        f"registry.edgefleet.local/edgefleet/demo@{manifest.digest}",
+    )
     assert image.config["config"]["User"] == "65532:65532"
     assert image.config["config"]["Entrypoint"] == ["/usr/bin/tool"]
     assert image.config["config"]["ExposedPorts"] == {"8080/tcp": {}}
@@ -116,17 +123,28 @@ def test_reading_an_archive_with_a_tampered_layer_fails(tmp_path):
 
 def test_parse_depends_keeps_alternatives_and_drops_versions_and_arch_qualifiers():
     assert sources.parse_depends("libc6 (>= 2.34), media-types | mime-support, python3:any (>= 3.9~)") == (
-        ("libc6",), ("media-types", "mime-support"), ("python3",))
+        ("libc6",),
+        ("media-types", "mime-support"),
+        ("python3",),
+    )
 
 
 def pkg(name: str, depends: str = "") -> sources.DebPackage:
     return sources.DebPackage(name, "1.0", hashlib.sha256(name.encode()).hexdigest(), sources.parse_depends(depends))
 
 
-INDEX = {p.name: p for p in [
-    pkg("app", "libc6, media-types | mime-support, readline-common"),
-    pkg("libc6", "libgcc-s1"), pkg("libgcc-s1", "libc6"), pkg("media-types"), pkg("mime-support", "perl"),
-    pkg("readline-common", "dpkg (>= 1.15.4) | install-info"), pkg("broken", "virtual-only")]}
+INDEX = {
+    p.name: p
+    for p in [
+        pkg("app", "libc6, media-types | mime-support, readline-common"),
+        pkg("libc6", "libgcc-s1"),
+        pkg("libgcc-s1", "libc6"),
+        pkg("media-types"),
+        pkg("mime-support", "perl"),
+        pkg("readline-common", "dpkg (>= 1.15.4) | install-info"),
+        pkg("broken", "virtual-only"),
+    ]
+}
 
 
 def fake_show(names):
@@ -184,20 +202,24 @@ def test_every_definition_loads_and_names_registry_references():
     assert {"inference", "pause", "client"} <= set(image_names())
     for name in image_names():
         load(name)
-    assert pinned_reference("pause", "sha256:" + "a" * 64) == \
-        "registry.edgefleet.local/edgefleet/pause@sha256:" + "a" * 64
+    assert (
+        pinned_reference("pause", "sha256:" + "a" * 64) == "registry.edgefleet.local/edgefleet/pause@sha256:" + "a" * 64
+    )
 
 
 def dockerfile_final_stage() -> dict:
     text = (REPO / "inference/Dockerfile").read_text()
-    final = text[text.rindex("\nFROM "):]
+    final = text[text.rindex("\nFROM ") :]
     env_block = re.search(r"^ENV (.*?)(?=^\S)", final, re.S | re.M)[1]
     env = dict(re.findall(r"(\w+)=(\S+)", env_block.replace("\\\n", " ")))
-    return {"user": re.search(r"^USER (\S+)", final, re.M)[1],
-            "entrypoint": json.loads(re.search(r"^ENTRYPOINT (.*)$", final, re.M)[1]),
-            "cmd": json.loads(re.search(r"^CMD (.*)$", final, re.M)[1]),
-            "workdir": re.search(r"^WORKDIR (\S+)", final, re.M)[1],
-            "expose": re.search(r"^EXPOSE (\d+)", final, re.M)[1], "env": env}
+    return {
+        "user": re.search(r"^USER (\S+)", final, re.M)[1],
+        "entrypoint": json.loads(re.search(r"^ENTRYPOINT (.*)$", final, re.M)[1]),
+        "cmd": json.loads(re.search(r"^CMD (.*)$", final, re.M)[1]),
+        "workdir": re.search(r"^WORKDIR (\S+)", final, re.M)[1],
+        "expose": re.search(r"^EXPOSE (\d+)", final, re.M)[1],
+        "env": env,
+    }
 
 
 def test_inference_definition_runs_what_the_dockerfile_describes():
@@ -206,20 +228,23 @@ def test_inference_definition_runs_what_the_dockerfile_describes():
     assert config.entrypoint == docker["entrypoint"] and config.cmd == docker["cmd"]
     assert config.working_dir == docker["workdir"] and config.exposed_ports == [f"{docker['expose']}/tcp"]
     # PATH differs on purpose: the wheels are in Debian's site directory, not in a venv.
-    assert {k: v for k, v in docker["env"].items() if k != "PATH"} == \
-        {k: v for k, v in config.env.items() if k != "PATH"}
+    assert {k: v for k, v in docker["env"].items() if k != "PATH"} == {
+        k: v for k, v in config.env.items() if k != "PATH"
+    }
 
 
 def test_a_bad_definition_is_reported_with_file_field_and_fix(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad/image.yaml").write_text(
-        "description: x\nlayers: [{dirs: [{path: tmp}]}]\nconfig: {user: nonroot, entrypoint: [/x]}\n")
+        "description: x\nlayers: [{dirs: [{path: tmp}]}]\nconfig: {user: nonroot, entrypoint: [/x]}\n"
+    )
     with pytest.raises(ImageError, match=r"bad/image\.yaml: config\.user: .*is not numeric uid\[:gid\] \(fix: "):
         load("bad", tmp_path)
     with pytest.raises(ImageError, match=r"image\.yaml: name: no image definition 'nope' \(fix: use one of bad\)"):
         load("nope", tmp_path)
     (tmp_path / "bad/image.yaml").write_text(
-        "description: x\nlayers: [{dirs: [{path: ../etc}]}]\nconfig: {user: '1', entrypoint: [/x]}\n")
+        "description: x\nlayers: [{dirs: [{path: ../etc}]}]\nconfig: {user: '1', entrypoint: [/x]}\n"
+    )
     with pytest.raises(ImageError, match=r"layers\.0\.dirs\.0\.path: .*not a path inside the image"):
         load("bad", tmp_path)
 
@@ -235,7 +260,8 @@ def small_image(tmp_path):
         "  - copy: [{src: content, dst: opt/content}]\n"
         "    dirs: [{path: tmp, mode: '1777'}]\n"
         "    symlinks: [{path: usr/bin/content, target: /opt/content/run.sh}]\n"
-        "config: {user: '65532:65532', entrypoint: [/usr/bin/content]}\n")
+        "config: {user: '65532:65532', entrypoint: [/usr/bin/content]}\n"
+    )
     repo = tmp_path / "repo"
     (repo / "content").mkdir(parents=True)
     (repo / "content/run.sh").write_text("#!/bin/sh\n")
@@ -279,8 +305,10 @@ def test_pycache_in_the_repository_changes_neither_key_nor_layer(small_image, tm
     (repo / "content/__pycache__/junk.pyc").write_bytes(b"different")
     assert builder.build("small").cached
     layer_digest = json.loads((first.archive.parent / "image.json").read_text())["layers"][0]["digest"]
-    with tarfile.open(first.archive) as tar, \
-            tarfile.open(fileobj=tar.extractfile(f"blobs/sha256/{layer_digest[7:]}")) as layer:
+    with (
+        tarfile.open(first.archive) as tar,
+        tarfile.open(fileobj=tar.extractfile(f"blobs/sha256/{layer_digest[7:]}")) as layer,
+    ):
         assert "opt/content/__pycache__" not in layer.getnames()
         assert layer.getmember("tmp").mode == 0o1777
 

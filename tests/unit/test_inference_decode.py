@@ -10,15 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.codec import (DATATYPES, NUMPY_DTYPES, Signature, TensorSpec, decode_infer_request,
-                             encode_infer_response)
+from inference.codec import DATATYPES, NUMPY_DTYPES, Signature, TensorSpec, decode_infer_request, encode_infer_response
 from inference.errors import DecodeError
 
 MLP = Signature((TensorSpec("features", "FP32", (-1, 4)),), (TensorSpec("score", "FP32", (-1, 1)),))
-ECHO = Signature(tuple(TensorSpec(f"in_{d.lower()}", d, (-1,)) for d in DATATYPES),
-                 tuple(TensorSpec(f"out_{d.lower()}", d, (-1,)) for d in DATATYPES))
-TWO_OUT = Signature((TensorSpec("x", "INT64", (-1,)),),
-                    (TensorSpec("sum", "INT64", (-1,)), TensorSpec("greater", "BOOL", (-1,))))
+ECHO = Signature(
+    tuple(TensorSpec(f"in_{d.lower()}", d, (-1,)) for d in DATATYPES),
+    tuple(TensorSpec(f"out_{d.lower()}", d, (-1,)) for d in DATATYPES),
+)
+TWO_OUT = Signature(
+    (TensorSpec("x", "INT64", (-1,)),), (TensorSpec("sum", "INT64", (-1,)), TensorSpec("greater", "BOOL", (-1,)))
+)
 
 
 def body(*inputs, **extra) -> bytes:
@@ -44,21 +46,24 @@ def test_id_and_parameters_are_accepted():
     assert request.id == "req-7"
 
 
-@pytest.mark.parametrize("datatype,data,expected", [
-    ("BOOL", [True, False], np.array([True, False])),
-    ("UINT8", [0, 255], np.array([0, 255], np.uint8)),
-    ("UINT16", [0, 65535], np.array([0, 65535], np.uint16)),
-    ("UINT32", [0, 2**32 - 1], np.array([0, 2**32 - 1], np.uint32)),
-    ("UINT64", [0, 2**64 - 1], np.array([0, 2**64 - 1], np.uint64)),
-    ("INT8", [-128, 127], np.array([-128, 127], np.int8)),
-    ("INT16", [-32768, 32767], np.array([-32768, 32767], np.int16)),
-    ("INT32", [-2**31, 2**31 - 1], np.array([-2**31, 2**31 - 1], np.int32)),
-    ("INT64", [-2**63, 2**63 - 1], np.array([-2**63, 2**63 - 1], np.int64)),
-    ("FP16", [0.5, 2], np.array([0.5, 2], np.float16)),
-    ("FP32", [0.25, 1], np.array([0.25, 1], np.float32)),
-    ("FP64", [1e300, -3], np.array([1e300, -3], np.float64)),
-    ("BYTES", ["ok", "défaut"], np.array(["ok", "défaut"], dtype=object)),
-])
+@pytest.mark.parametrize(
+    "datatype,data,expected",
+    [
+        ("BOOL", [True, False], np.array([True, False])),
+        ("UINT8", [0, 255], np.array([0, 255], np.uint8)),
+        ("UINT16", [0, 65535], np.array([0, 65535], np.uint16)),
+        ("UINT32", [0, 2**32 - 1], np.array([0, 2**32 - 1], np.uint32)),
+        ("UINT64", [0, 2**64 - 1], np.array([0, 2**64 - 1], np.uint64)),
+        ("INT8", [-128, 127], np.array([-128, 127], np.int8)),
+        ("INT16", [-32768, 32767], np.array([-32768, 32767], np.int16)),
+        ("INT32", [-(2**31), 2**31 - 1], np.array([-(2**31), 2**31 - 1], np.int32)),
+        ("INT64", [-(2**63), 2**63 - 1], np.array([-(2**63), 2**63 - 1], np.int64)),
+        ("FP16", [0.5, 2], np.array([0.5, 2], np.float16)),
+        ("FP32", [0.25, 1], np.array([0.25, 1], np.float32)),
+        ("FP64", [1e300, -3], np.array([1e300, -3], np.float64)),
+        ("BYTES", ["ok", "défaut"], np.array(["ok", "défaut"], dtype=object)),
+    ],
+)
 def test_every_datatype_decodes_to_its_numpy_dtype(datatype, data, expected):
     name = f"in_{datatype.lower()}"
     others = [tensor(f"in_{d.lower()}", (0,), d, []) for d in DATATYPES if d != datatype]
@@ -69,36 +74,39 @@ def test_every_datatype_decodes_to_its_numpy_dtype(datatype, data, expected):
     assert all(request.inputs[f"in_{d.lower()}"].shape == (0,) for d in DATATYPES if d != datatype)
 
 
-@pytest.mark.parametrize("document,field,fragment", [
-    (b"{not json", "", "not valid JSON"),
-    (b"[1, 2]", "", "JSON object"),
-    (b"{}", "inputs", "non-empty array"),
-    (body(), "inputs", "non-empty array"),
-    (body("x"), "inputs[0]", "must be an object"),
-    (body(tensor(name=7)), "inputs[0].name", "must be a string"),
-    (body(tensor(name="nope")), "inputs[0].name", "no input 'nope'"),
-    (body(tensor(), tensor()), "inputs[1].name", "more than once"),
-    (body(tensor(datatype="FP64")), "inputs[0].datatype", "takes FP32, not FP64"),
-    (body(tensor(datatype="FLOAT")), "inputs[0].datatype", "must be one of"),
-    (body(tensor(shape=(4,))), "inputs[0].shape", "does not fit"),
-    (body(tensor(shape=(1, 5), data=range(5))), "inputs[0].shape", "does not fit"),
-    (body(tensor(shape=(1, -4))), "inputs[0].shape", "non-negative integers"),
-    (body(tensor(shape=(1.0, 4))), "inputs[0].shape", "non-negative integers"),
-    (body(tensor(shape=(True, 4))), "inputs[0].shape", "non-negative integers"),
-    (body(tensor(shape=(2**40, 4))), "inputs[0].shape", "non-negative integers"),
-    (body(tensor(shape=(2, 4))), "inputs[0].data", "needs 8"),
-    (body(tensor(shape=(2, 4), data=[[1, 2, 3, 4], [5, 6, 7]])), "inputs[0].data", "rectangular"),
-    (body(tensor(shape=(2, 4), data=[[1, 2], [3, 4], [5, 6], [7, 8]])), "inputs[0].data", "needs 8"),
-    (body(tensor(data=["1", "2", "3", "4"])), "inputs[0].data", "FP32 takes JSON"),
-    (body(tensor(data=[1, None, 3, 4])), "inputs[0].data", "FP32 takes JSON"),
-    (body({**tensor(), "data": 3}), "inputs[0].data", "must be an array"),
-    (body(tensor(parameters=[1])), "inputs[0].parameters", "must be an object"),
-    (body(tensor(), id=5), "id", "must be a string"),
-    (body(tensor(), parameters="x"), "parameters", "must be an object"),
-    (body(tensor(), outputs="score"), "outputs", "must be an array"),
-    (body(tensor(), outputs=[{"name": "nope"}]), "outputs[0].name", "no output 'nope'"),
-    (body(tensor(), outputs=[{"id": "score"}]), "outputs[0]", "string 'name'"),
-])
+@pytest.mark.parametrize(
+    "document,field,fragment",
+    [
+        (b"{not json", "", "not valid JSON"),
+        (b"[1, 2]", "", "JSON object"),
+        (b"{}", "inputs", "non-empty array"),
+        (body(), "inputs", "non-empty array"),
+        (body("x"), "inputs[0]", "must be an object"),
+        (body(tensor(name=7)), "inputs[0].name", "must be a string"),
+        (body(tensor(name="nope")), "inputs[0].name", "no input 'nope'"),
+        (body(tensor(), tensor()), "inputs[1].name", "more than once"),
+        (body(tensor(datatype="FP64")), "inputs[0].datatype", "takes FP32, not FP64"),
+        (body(tensor(datatype="FLOAT")), "inputs[0].datatype", "must be one of"),
+        (body(tensor(shape=(4,))), "inputs[0].shape", "does not fit"),
+        (body(tensor(shape=(1, 5), data=range(5))), "inputs[0].shape", "does not fit"),
+        (body(tensor(shape=(1, -4))), "inputs[0].shape", "non-negative integers"),
+        (body(tensor(shape=(1.0, 4))), "inputs[0].shape", "non-negative integers"),
+        (body(tensor(shape=(True, 4))), "inputs[0].shape", "non-negative integers"),
+        (body(tensor(shape=(2**40, 4))), "inputs[0].shape", "non-negative integers"),
+        (body(tensor(shape=(2, 4))), "inputs[0].data", "needs 8"),
+        (body(tensor(shape=(2, 4), data=[[1, 2, 3, 4], [5, 6, 7]])), "inputs[0].data", "rectangular"),
+        (body(tensor(shape=(2, 4), data=[[1, 2], [3, 4], [5, 6], [7, 8]])), "inputs[0].data", "needs 8"),
+        (body(tensor(data=["1", "2", "3", "4"])), "inputs[0].data", "FP32 takes JSON"),
+        (body(tensor(data=[1, None, 3, 4])), "inputs[0].data", "FP32 takes JSON"),
+        (body({**tensor(), "data": 3}), "inputs[0].data", "must be an array"),
+        (body(tensor(parameters=[1])), "inputs[0].parameters", "must be an object"),
+        (body(tensor(), id=5), "id", "must be a string"),
+        (body(tensor(), parameters="x"), "parameters", "must be an object"),
+        (body(tensor(), outputs="score"), "outputs", "must be an array"),
+        (body(tensor(), outputs=[{"name": "nope"}]), "outputs[0].name", "no output 'nope'"),
+        (body(tensor(), outputs=[{"id": "score"}]), "outputs[0]", "string 'name'"),
+    ],
+)
 def test_bad_requests_raise_decode_error_naming_the_field(document, field, fragment):
     with pytest.raises(DecodeError) as err:
         decode_infer_request(document, MLP)
@@ -108,20 +116,23 @@ def test_bad_requests_raise_decode_error_naming_the_field(document, field, fragm
 
 def test_missing_input_is_named():
     sig = Signature((TensorSpec("x", "INT64", (-1,)), TensorSpec("y", "INT64", (-1,))), ())
-    with pytest.raises(DecodeError, match="missing input.*y"):
+    with pytest.raises(DecodeError, match=r"missing input.*y"):
         decode_infer_request(body(tensor("x", (1,), "INT64", [1])), sig)
 
 
-@pytest.mark.parametrize("datatype,data,fragment", [
-    ("UINT8", [256], "outside the UINT8 range"),
-    ("UINT8", [-1], "outside the UINT8 range"),
-    ("INT8", [200], "outside the INT8 range"),
-    ("INT64", [2**63], "outside the INT64 range"),
-    ("INT32", [1.5], "INT32 takes JSON"),
-    ("BOOL", [1], "BOOL takes JSON true/false"),
-    ("BYTES", [1], "BYTES takes JSON strings"),
-    ("BYTES", [["a"], ["b", "c"]], "rectangular"),
-])
+@pytest.mark.parametrize(
+    "datatype,data,fragment",
+    [
+        ("UINT8", [256], "outside the UINT8 range"),
+        ("UINT8", [-1], "outside the UINT8 range"),
+        ("INT8", [200], "outside the INT8 range"),
+        ("INT64", [2**63], "outside the INT64 range"),
+        ("INT32", [1.5], "INT32 takes JSON"),
+        ("BOOL", [1], "BOOL takes JSON true/false"),
+        ("BYTES", [1], "BYTES takes JSON strings"),
+        ("BYTES", [["a"], ["b", "c"]], "rectangular"),
+    ],
+)
 def test_values_are_checked_against_the_datatype(datatype, data, fragment):
     name = f"in_{datatype.lower()}"
     others = [tensor(f"in_{d.lower()}", (0,), d, []) for d in DATATYPES if d != datatype]
@@ -132,24 +143,37 @@ def test_values_are_checked_against_the_datatype(datatype, data, fragment):
 def test_requested_outputs_keep_request_order_without_duplicates():
     request = decode_infer_request(
         body(tensor("x", (1,), "INT64", [1]), outputs=[{"name": "greater"}, {"name": "sum"}, {"name": "greater"}]),
-        TWO_OUT)
+        TWO_OUT,
+    )
     assert request.outputs == ("greater", "sum")
-    assert decode_infer_request(body(tensor("x", (1,), "INT64", [1]), outputs=[]), TWO_OUT).outputs == ("sum", "greater")
+    assert decode_infer_request(body(tensor("x", (1,), "INT64", [1]), outputs=[]), TWO_OUT).outputs == (
+        "sum",
+        "greater",
+    )
 
 
 def test_response_encodes_shape_datatype_and_flat_data():
-    out = encode_infer_response("m", "3", "id-1", list(TWO_OUT.outputs),
-                                [np.array([[1, 2], [3, 4]], np.int64), np.array([True, False])])
+    out = encode_infer_response(
+        "m", "3", "id-1", list(TWO_OUT.outputs), [np.array([[1, 2], [3, 4]], np.int64), np.array([True, False])]
+    )
     assert orjson.loads(out) == {
-        "model_name": "m", "model_version": "3", "id": "id-1",
-        "outputs": [{"name": "sum", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]},
-                    {"name": "greater", "datatype": "BOOL", "shape": [2], "data": [True, False]}]}
+        "model_name": "m",
+        "model_version": "3",
+        "id": "id-1",
+        "outputs": [
+            {"name": "sum", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]},
+            {"name": "greater", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+        ],
+    }
 
 
 def test_response_writes_strings_and_non_finite_floats():
     specs = [TensorSpec("s", "BYTES", (-1,)), TensorSpec("f", "FP32", (-1,))]
-    out = orjson.loads(encode_infer_response("m", "1", None, specs, [
-        np.array(["é", ""], dtype=object), np.array([np.nan, 1.5], np.float32)]))
+    out = orjson.loads(
+        encode_infer_response(
+            "m", "1", None, specs, [np.array(["é", ""], dtype=object), np.array([np.nan, 1.5], np.float32)]
+        )
+    )
     assert "id" not in out
     assert out["outputs"][0]["data"] == ["é", ""] and out["outputs"][1]["data"] == [None, 1.5]
 
@@ -157,22 +181,33 @@ def test_response_writes_strings_and_non_finite_floats():
 # --- fuzzing: any body gives a decoded request or a DecodeError, nothing else ----------------
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=4),
-    max_leaves=30)
+    max_leaves=30,
+)
 SHAPES = st.lists(st.integers(min_value=-2, max_value=6) | st.sampled_from([2**31, 1.0, True, "1"]), max_size=3)
 NAMES = st.sampled_from([f"in_{d.lower()}" for d in DATATYPES] + ["features", "x", ""])
 DATA = st.recursive(
     st.lists(st.integers(-300, 2**64) | st.floats() | st.booleans() | st.text(max_size=3) | st.none(), max_size=8),
-    lambda inner: st.lists(inner, max_size=3), max_leaves=20)
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=20,
+)
 TENSORS = st.fixed_dictionaries(
-    {"name": NAMES, "shape": SHAPES, "datatype": st.sampled_from(DATATYPES + ("FLOAT", 3)), "data": DATA},
-    optional={"parameters": JSON_VALUES})
+    {"name": NAMES, "shape": SHAPES, "datatype": st.sampled_from((*DATATYPES, "FLOAT", 3)), "data": DATA},
+    optional={"parameters": JSON_VALUES},
+)
 REQUESTS = st.fixed_dictionaries(
     {"inputs": st.lists(TENSORS, max_size=4) | JSON_VALUES},
-    optional={"id": JSON_VALUES, "outputs": st.lists(st.fixed_dictionaries({"name": NAMES}), max_size=3) | JSON_VALUES,
-              "parameters": JSON_VALUES})
+    optional={
+        "id": JSON_VALUES,
+        "outputs": st.lists(st.fixed_dictionaries({"name": NAMES}), max_size=3) | JSON_VALUES,
+        "parameters": JSON_VALUES,
+    },
+)
 
 
 def _decode_or_decode_error(raw: bytes, signature: Signature) -> None:

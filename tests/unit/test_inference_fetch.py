@@ -9,7 +9,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inference.fetch", *args], cwd=REPO, text=True, capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "inference.fetch", *args], cwd=REPO, text=True, capture_output=True, timeout=60
+    )
 
 
 def test_matching_file_is_placed(tmp_path: Path):

@@ -15,12 +15,24 @@ import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
-                                               response_headers_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from tests.unit.inference_fixtures import (REPO, arith_model, echo_model, get_json, mlp_model, run_server,
-                                           text_model, write_version)
+from models.synthetic import mlp_model
+from tests.unit.inference_fixtures import (
+    REPO,
+    arith_model,
+    echo_model,
+    get_json,
+    run_server,
+    text_model,
+    write_version,
+)
 
 OPENAPI = REPO / "inference" / "openapi.yaml"
 MAX_BODY = 256 * 1024
@@ -59,26 +71,49 @@ schema = _api_schema()
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_the_openapi_document(case, server):
-    case.call_and_validate(base_url=server.base, timeout=10, checks=[
-        not_a_server_error, status_code_conformance, content_type_conformance,
-        response_headers_conformance, response_schema_conformance, negative_data_rejection])
+    case.call_and_validate(
+        base_url=server.base,
+        timeout=10,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_headers_conformance,
+            response_schema_conformance,
+            negative_data_rejection,
+        ],
+    )
 
 
 def test_openapi_document_lists_every_route_the_server_has():
     paths = set(yaml.safe_load(OPENAPI.read_text())["paths"])
-    assert paths == {"/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{model}",
-                     "/v2/models/{model}/versions/{version}", "/v2/models/{model}/ready",
-                     "/v2/models/{model}/versions/{version}/ready", "/v2/models/{model}/infer",
-                     "/v2/models/{model}/versions/{version}/infer", "/metrics"}
+    assert paths == {
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/{model}",
+        "/v2/models/{model}/versions/{version}",
+        "/v2/models/{model}/ready",
+        "/v2/models/{model}/versions/{version}/ready",
+        "/v2/models/{model}/infer",
+        "/v2/models/{model}/versions/{version}/infer",
+        "/metrics",
+    }
 
 
 # --- 10,000 bad requests ---------------------------------------------------------------------
+
 
 def _bad_requests(rng: random.Random):
     """(raw bytes, closes connection) pairs: malformed HTTP, and well-formed HTTP with bad bodies."""
     good = {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}
     bodies = [
-        b"", b"{", b"null", b"[]", b'{"inputs": 5}', b'{"inputs": [{}]}',
+        b"",
+        b"{",
+        b"null",
+        b"[]",
+        b'{"inputs": 5}',
+        b'{"inputs": [{}]}',
         orjson.dumps({"inputs": [{**good, "datatype": "INT8"}]}),
         orjson.dumps({"inputs": [{**good, "shape": [1, 65]}]}),
         orjson.dumps({"inputs": [{**good, "data": [[0.5] * 64, [1]]}]}),
@@ -89,30 +124,49 @@ def _bad_requests(rng: random.Random):
         b'{"inputs": [' * 300,
         bytes(rng.randrange(256) for _ in range(64)),
     ]
-    paths = ["/v2/models/mlp/infer", "/v2/models/mlp/versions/1/infer", "/v2/models/arith/infer",
-             "/v2/models/text/infer", "/v2/models/echo/infer", "/v2/models/nope/infer"]
+    paths = [
+        "/v2/models/mlp/infer",
+        "/v2/models/mlp/versions/1/infer",
+        "/v2/models/arith/infer",
+        "/v2/models/text/infer",
+        "/v2/models/echo/infer",
+        "/v2/models/nope/infer",
+    ]
     while True:
         roll = rng.random()
         if roll < 0.8:
             body = rng.choice(bodies)
             path = rng.choice(paths)
-            yield (b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body),
-                   False)
+            yield (
+                b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body),
+                False,
+            )
         elif roll < 0.9:
-            path = rng.choice([b"/v2/models/%s" % bytes(rng.randrange(33, 127) for _ in range(12)),
-                               b"/v2/../../etc/passwd", b"/v2/models/mlp/versions//infer", b"/%ff%00"])
+            path = rng.choice(
+                [
+                    b"/v2/models/%s" % bytes(rng.randrange(33, 127) for _ in range(12)),
+                    b"/v2/../../etc/passwd",
+                    b"/v2/models/mlp/versions//infer",
+                    b"/%ff%00",
+                ]
+            )
             method = rng.choice([b"GET", b"DELETE", b"PATCH", b"POST", b"OPTIONS"])
             yield b"%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n" % (method, path), False
         elif roll < 0.97:
-            yield rng.choice([
-                b"GARBAGE\r\n\r\n",
-                b"POST /v2/models/mlp/infer HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
-                b"POST /v2/models/mlp/infer HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
-                b"POST /v2/models/mlp/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                b"GET /v2 HTTP/9.9\r\n\r\n",
-                b"GET /v2/health/live HTTP/1.1\r\nBad Header\r\n\r\n",
-                bytes(rng.randrange(256) for _ in range(40)) + b"\r\n\r\n",
-            ]), True
+            yield (
+                rng.choice(
+                    [
+                        b"GARBAGE\r\n\r\n",
+                        b"POST /v2/models/mlp/infer HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                        b"POST /v2/models/mlp/infer HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+                        b"POST /v2/models/mlp/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                        b"GET /v2 HTTP/9.9\r\n\r\n",
+                        b"GET /v2/health/live HTTP/1.1\r\nBad Header\r\n\r\n",
+                        bytes(rng.randrange(256) for _ in range(40)) + b"\r\n\r\n",
+                    ]
+                ),
+                True,
+            )
         else:
             yield (b"GET /v2/health/live HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"), True
 

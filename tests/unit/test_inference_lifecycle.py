@@ -12,8 +12,18 @@ import orjson
 import psutil
 import pytest
 
-from tests.unit.inference_fixtures import (REPO, free_port, get_json, mlp_model, post_json, request,
-                                           run_server, sha256, wait_until, write_version)
+from models.synthetic import mlp_model
+from tests.unit.inference_fixtures import (
+    REPO,
+    free_port,
+    get_json,
+    post_json,
+    request,
+    run_server,
+    sha256,
+    wait_until,
+    write_version,
+)
 
 GOOD = {"inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
 
@@ -30,8 +40,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(repo, tmp_path):
     with run_server(["--model-repository", str(repo)], tmp_path / "server.log") as srv:
         idle = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         busy = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        busy.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                     % (len(body), body[:100]))
+        busy.sendall(
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:100])
+        )
         time.sleep(0.2)
         srv.proc.send_signal(signal.SIGTERM)
         # It stops accepting, and drops the idle keep-alive connection...
@@ -85,9 +96,14 @@ def _requests_total(port: int) -> float:
 
 
 def test_environment_variables_configure_the_server(repo, tmp_path):
-    env = {"EDGE_INFER_MODEL_REPOSITORY": str(repo), "EDGE_INFER_MAX_BODY_BYTES": "2048",
-           "EDGE_INFER_EXPECT_SHA256": f"mlp:1={sha256(mlp_model(0))}", "EDGE_INFER_LOG_LEVEL": "debug",
-           "EDGE_INFER_LOOP": "asyncio", "EDGE_INFER_PORT": "1"}  # the --port flag wins over the variable
+    env = {
+        "EDGE_INFER_MODEL_REPOSITORY": str(repo),
+        "EDGE_INFER_MAX_BODY_BYTES": "2048",
+        "EDGE_INFER_EXPECT_SHA256": f"mlp:1={sha256(mlp_model(0))}",
+        "EDGE_INFER_LOG_LEVEL": "debug",
+        "EDGE_INFER_LOOP": "asyncio",
+        "EDGE_INFER_PORT": "1",
+    }  # the --port flag wins over the variable
     with run_server([], tmp_path / "server.log", env=env) as srv:
         assert get_json(srv.port, "/v2/models/mlp")[1]["sha256"] == sha256(mlp_model(0))
         batch = {"inputs": [{"name": "features", "shape": [8, 64], "datatype": "FP32", "data": [0.123456] * 512}]}
@@ -106,24 +122,37 @@ def test_log_sampling_logs_successful_requests_at_info(repo, tmp_path):
         assert line["level"] == "info" and line["model"] == "mlp" and line["duration_us"] > 0
 
 
-@pytest.mark.parametrize("args,env,fragment", [
-    (["--workers", "0"], {}, "argument --workers: '0': must be between 1 and 64"),
-    (["--expect-sha256", "mlp=abc"], {}, "is not model:version=<64 hex digits>"),
-    (["--log-level", "loud"], {}, "argument --log-level: 'loud': must be one of debug, info"),
-    ([], {"EDGE_INFER_WORKERS": "many"}, "EDGE_INFER_WORKERS: 'many'"),
-    ([], {"EDGE_INFER_EXPECT_SHA256": "mlp:1=zz"}, "EDGE_INFER_EXPECT_SHA256"),
-])
+@pytest.mark.parametrize(
+    "args,env,fragment",
+    [
+        (["--workers", "0"], {}, "argument --workers: '0': must be between 1 and 64"),
+        (["--expect-sha256", "mlp=abc"], {}, "is not model:version=<64 hex digits>"),
+        (["--log-level", "loud"], {}, "argument --log-level: 'loud': must be one of debug, info"),
+        ([], {"EDGE_INFER_WORKERS": "many"}, "EDGE_INFER_WORKERS: 'many'"),
+        ([], {"EDGE_INFER_EXPECT_SHA256": "mlp:1=zz"}, "EDGE_INFER_EXPECT_SHA256"),
+    ],
+)
 def test_bad_configuration_exits_2_without_traceback(args, env, fragment):
-    proc = subprocess.run([sys.executable, "-m", "inference", *args], cwd=REPO, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env},
+        timeout=60,
+    )
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_repository_is_live_but_not_ready(tmp_path):
-    with run_server(["--model-repository", str(tmp_path / "absent")], tmp_path / "server.log",
-                    wait_for="/v2/health/live") as srv:
-        wait_until(lambda: "holds no model version" in get_json(srv.port, "/v2/health/ready")[1].get("error", ""),
-                   10, "the repository to be read")
+    with run_server(
+        ["--model-repository", str(tmp_path / "absent")], tmp_path / "server.log", wait_for="/v2/health/live"
+    ) as srv:
+        wait_until(
+            lambda: "holds no model version" in get_json(srv.port, "/v2/health/ready")[1].get("error", ""),
+            10,
+            "the repository to be read",
+        )
         assert get_json(srv.port, "/v2/health/ready")[0] == 503
         assert any(line.get("msg") == "model repository missing" for line in srv.log_lines())
 
@@ -133,8 +162,23 @@ def test_port_in_use_is_reported(repo, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        proc = subprocess.run([sys.executable, "-m", "inference", "--host", "127.0.0.1", "--port", str(port),
-                               "--model-repository", str(repo)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "inference",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model-repository",
+                str(repo),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode != 0
     [line] = [orjson.loads(ln) for ln in proc.stderr.splitlines() if "cannot listen" in ln]
     assert line["port"] == port and line["level"] == "error"

@@ -12,7 +12,8 @@ import orjson
 import psutil
 import pytest
 
-from tests.unit.inference_fixtures import get_json, mlp_model, post_json, run_server, write_version
+from models.synthetic import mlp_model
+from tests.unit.inference_fixtures import get_json, post_json, run_server, write_version
 
 POD_LIMIT = 256 * 2**20
 FLOATS = 4 * 2**20  # ~4M numbers: 16 MB as "0.5,", 8 MB as "0,"
@@ -21,8 +22,7 @@ GOOD = {"inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "d
 
 def _tensor_body(shape: list[int], data: bytes) -> bytes:
     """A v2 body around raw JSON ``data`` (built as bytes: the test must not hold 4M objects)."""
-    return b'{"inputs":[{"name":"features","datatype":"FP32","shape":%s,"data":%s}]}' % (
-        orjson.dumps(shape), data)
+    return b'{"inputs":[{"name":"features","datatype":"FP32","shape":%s,"data":%s}]}' % (orjson.dumps(shape), data)
 
 
 def _flat(value: bytes, count: int) -> bytes:
@@ -34,14 +34,19 @@ ABUSE = {
     "4M floats, flat, declared": ("/v2/models/mlp/infer", _tensor_body([FLOATS // 64, 64], _flat(b"0.5", FLOATS))),
     "4M small ints, flat, declared": ("/v2/models/mlp/infer", _tensor_body([FLOATS // 64, 64], _flat(b"0", FLOATS))),
     "4M floats under a small shape": ("/v2/models/mlp/infer", _tensor_body([1, 64], _flat(b"0.5", FLOATS))),
-    "4M floats nested": ("/v2/models/mlp/infer",
-                         _tensor_body([FLOATS // 64, 64], b"[" + b",".join([_flat(b"0.5", 64)] * (FLOATS // 64)) + b"]")),
-    "nested empty arrays": ("/v2/models/mlp/infer", _tensor_body([1, 64], b"[" + b"[" * 500 + b"]" * 500 + b"]")
-                            .replace(b"[" * 500 + b"]" * 500, b",".join([b"[" * 500 + b"]" * 500] * 8000))),
+    "4M floats nested": (
+        "/v2/models/mlp/infer",
+        _tensor_body([FLOATS // 64, 64], b"[" + b",".join([_flat(b"0.5", 64)] * (FLOATS // 64)) + b"]"),
+    ),
+    "nested empty arrays": (
+        "/v2/models/mlp/infer",
+        _tensor_body([1, 64], b"[" + b"[" * 500 + b"]" * 500 + b"]").replace(
+            b"[" * 500 + b"]" * 500, b",".join([b"[" * 500 + b"]" * 500] * 8000)
+        ),
+    ),
     "a huge declared shape": ("/v2/models/mlp/infer", _tensor_body([2**20, 2**20], _flat(b"0.5", 64))),
     "4M floats to a fixed-shape model": ("/v2/models/fixed/infer", _tensor_body([1, 64], _flat(b"0.5", FLOATS))),
-    "4M floats in parameters": ("/v2/models/mlp/infer",
-                                b'{"parameters":{"x":%s},"inputs":[]}' % _flat(b"0.5", FLOATS)),
+    "4M floats in parameters": ("/v2/models/mlp/infer", b'{"parameters":{"x":%s},"inputs":[]}' % _flat(b"0.5", FLOATS)),
 }
 
 
@@ -84,8 +89,12 @@ def _post(port: int, path: str, body: bytes, chunked: bool = False) -> int:
         if chunked:
             head = b"POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
             step = 1 << 20
-            payload = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step])
-                               for i in range(0, len(body), step)) + b"0\r\n\r\n"
+            payload = (
+                b"".join(
+                    b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step)
+                )
+                + b"0\r\n\r\n"
+            )
         else:
             head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body))
             payload = body
@@ -112,7 +121,7 @@ def test_bodies_of_millions_of_numbers_are_refused_before_decoding(server):
         statuses[name] = _post(server.port, path, body, chunked)
 
     with RssWatch(server.proc.pid) as rss:
-        for attempt in range(2):  # each case, all at once, twice
+        for _ in range(2):  # each case, all at once, twice
             threads = [threading.Thread(target=send, args=case) for case in cases]
             for thread in threads:
                 thread.start()
@@ -129,9 +138,11 @@ def test_bodies_of_millions_of_numbers_are_refused_before_decoding(server):
 
 
 def test_the_refusal_says_what_the_model_takes(server):
-    status, body = post_json(server.port, "/v2/models/mlp/infer",
-                             {"inputs": [{"name": "features", "shape": [2**20, 64], "datatype": "FP32",
-                                          "data": [0.5] * 64}]})
+    status, body = post_json(
+        server.port,
+        "/v2/models/mlp/infer",
+        {"inputs": [{"name": "features", "shape": [2**20, 64], "datatype": "FP32", "data": [0.5] * 64}]},
+    )
     assert status == 413 and "at most 1048576" in body["error"]
     # A batch within the limit is served.
     batch = {"inputs": [{"name": "features", "shape": [1024, 64], "datatype": "FP32", "data": [0.5] * 65536}]}
@@ -160,10 +171,12 @@ def test_connections_over_the_cap_get_503(tmp_path):
 def test_a_request_over_the_inflight_budget_waits_for_the_others(tmp_path):
     root = tmp_path / "models"
     write_version(root, "mlp", "1", mlp_model(0))
-    body = orjson.dumps({"inputs": [{"name": "features", "shape": [2, 64], "datatype": "FP32",
-                                     "data": [0.123456789] * 128}]})
-    head = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    body = orjson.dumps(
+        {"inputs": [{"name": "features", "shape": [2, 64], "datatype": "FP32", "data": [0.123456789] * 128}]}
+    )
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
     args = ["--model-repository", str(root), "--max-inflight-bytes", str(len(body) + 100)]
     with run_server(args, tmp_path / "server.log") as srv:
         first = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
@@ -187,19 +200,23 @@ def test_a_request_over_the_inflight_budget_waits_for_the_others(tmp_path):
 
 # --- the limits themselves (pure) -----------------------------------------------------------
 
+
 def _signature(*inputs: tuple[str, str, tuple[int, ...]]):
     from inference.codec import Signature, TensorSpec
+
     return Signature(tuple(TensorSpec(*i) for i in inputs), (TensorSpec("y", "FP32", (-1,)),))
 
 
 def test_limits_follow_the_input_shapes_and_datatypes():
     from inference.limits import BODY_CAP, HEADROOM, JSON_WIDTH, VALUE_HEADROOM, limits_for
+
     fixed = limits_for(_signature(("x", "FP32", (1, 3, 8, 8)), ("mask", "BOOL", (1, 10))))
     assert fixed.elements == 192 + 10 and fixed.values == 202 + VALUE_HEADROOM
     assert fixed.body_bytes == HEADROOM + 192 * JSON_WIDTH["FP32"] + 10 * JSON_WIDTH["BOOL"]
     # Dynamic inputs share max_elements, at the widest of their datatypes; the cap bounds the body.
-    dynamic = limits_for(_signature(("a", "UINT8", (-1, 4)), ("b", "INT64", (-1,)), ("c", "FP32", (2,))),
-                         max_elements=1000)
+    dynamic = limits_for(
+        _signature(("a", "UINT8", (-1, 4)), ("b", "INT64", (-1,)), ("c", "FP32", (2,))), max_elements=1000
+    )
     assert dynamic.elements == 1002 and dynamic.body_bytes == HEADROOM + 1000 * JSON_WIDTH["INT64"] + 2 * 32
     assert limits_for(_signature(("x", "FP32", (-1, 64)))).body_bytes == BODY_CAP
     assert limits_for(_signature(("x", "FP32", (1,))), override=5000).body_bytes == 5000
@@ -207,8 +224,9 @@ def test_limits_follow_the_input_shapes_and_datatypes():
 
 def test_json_values_are_counted_outside_strings():
     from inference.limits import json_values_over
+
     body = orjson.dumps({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["a,b,c" * 1000, "x"]}]})
-    assert json_values_over(body, 50) == 0       # 5000 commas, all inside a string
+    assert json_values_over(body, 50) == 0  # 5000 commas, all inside a string
     assert json_values_over(b"[" + b"0," * 100 + b"0]", 50) == 102
     assert json_values_over(b"[" * 60 + b"]" * 60, 50) == 61  # nesting without commas counts too
     assert json_values_over(b'["a\\",b", ' + b"1," * 60 + b"1]", 50) == 63  # an escaped quote ends no string
@@ -217,9 +235,16 @@ def test_json_values_are_counted_outside_strings():
 def test_declared_shapes_over_the_element_budget_are_413_before_conversion():
     from inference.codec import decode_infer_request
     from inference.errors import TooLarge
+
     signature = _signature(("x", "FP32", (-1, 4)), ("z", "FP32", (-1,)))
-    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8},
-                                    {"name": "z", "shape": [3], "datatype": "FP32", "data": [1.0] * 3}]})
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8},
+                {"name": "z", "shape": [3], "datatype": "FP32", "data": [1.0] * 3},
+            ]
+        }
+    )
     assert decode_infer_request(body, signature, max_elements=11).inputs["z"].shape == (3,)
     with pytest.raises(TooLarge, match=r"inputs\[1\]\.shape: \[3\] is 3 elements; .* at most 10 in all"):
         decode_infer_request(body, signature, max_elements=10)

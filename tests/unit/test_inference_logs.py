@@ -56,7 +56,11 @@ def test_batched_successes_export_what_observe_would():
     batched.flush()
 
     def series(metrics: Metrics) -> list[str]:
-        return [line for line in generate_latest(metrics.registry).decode().splitlines()
-                if line.startswith(("edge_infer_requests", "edge_infer_request_duration"))]
+        return [
+            line
+            for line in generate_latest(metrics.registry).decode().splitlines()
+            if line.startswith(("edge_infer_requests", "edge_infer_request_duration"))
+        ]
+
     assert series(batched) == series(direct)
     assert any('le="5e-05"' in line and line.endswith(" 2.0") for line in series(batched))

@@ -12,10 +12,19 @@ from inference.config import Settings, parse
 from inference.errors import ConfigError
 from inference.logs import RequestLog
 from inference.metrics import Metrics
-from inference.repository import (FAILED, LOADING, READY, ModelVersion, Repository, load_version, parse_config,
-                                  version_key)
+from inference.repository import (
+    FAILED,
+    LOADING,
+    READY,
+    ModelVersion,
+    Repository,
+    load_version,
+    parse_config,
+    version_key,
+)
 from inference.runtime import SessionTuning
-from tests.unit.inference_fixtures import mlp_model, sha256, write_version
+from models.synthetic import mlp_model
+from tests.unit.inference_fixtures import sha256, write_version
 
 
 def app_for(repo: Repository) -> App:
@@ -97,13 +106,16 @@ def test_bad_config_file_fails_only_that_version(tmp_path):
     assert repo.get("m", "2").state == READY
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("sha256: 0000\n", "64 hex digits"),
-    ("[1, 2]\n", "must be a mapping"),
-    ("intra_op_threads: 0\n", "from 1 to 64"),
-    ("inter_op_threads: two\n", "from 1 to 64"),
-    ("a: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("sha256: 0000\n", "64 hex digits"),
+        ("[1, 2]\n", "must be a mapping"),
+        ("intra_op_threads: 0\n", "from 1 to 64"),
+        ("inter_op_threads: two\n", "from 1 to 64"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
 def test_config_file_errors_name_the_file_and_key(text, fragment):
     with pytest.raises(ConfigError, match=fragment) as err:
         parse_config(text, "/models/m/1/config.yaml")
@@ -124,15 +136,23 @@ def test_unexpected_runtime_failure_is_a_500_without_details(tmp_path):
             raise MemoryError("secret internals")
 
     repo.get("m", "1").session = Exploding()
-    status, body = call(app_for(repo), "POST", "/v2/models/m/infer", {"inputs": [
-        {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
+    status, body = call(
+        app_for(repo),
+        "POST",
+        "/v2/models/m/infer",
+        {"inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
+    )
     assert (status, body) == (500, {"error": "internal server error"})
 
 
 def test_settings_from_flags_over_environment_over_defaults():
     assert parse([], {}) == Settings()
-    env = {"EDGE_INFER_PORT": "9000", "EDGE_INFER_WORKERS": "2", "EDGE_INFER_MODEL_REPOSITORY": "/srv/models",
-           "EDGE_INFER_EXPECT_SHA256": f"a:1={'a' * 64}, b:2={'B' * 64}"}
+    env = {
+        "EDGE_INFER_PORT": "9000",
+        "EDGE_INFER_WORKERS": "2",
+        "EDGE_INFER_MODEL_REPOSITORY": "/srv/models",
+        "EDGE_INFER_EXPECT_SHA256": f"a:1={'a' * 64}, b:2={'B' * 64}",
+    }
     settings = parse(["--port", "9100", "--expect-sha256", f"a:1={'c' * 64}"], env)
     assert settings.port == 9100 and settings.workers == 2 and settings.model_repository == Path("/srv/models")
     assert settings.expect_sha256 == {("a", "1"): "c" * 64, ("b", "2"): "b" * 64}

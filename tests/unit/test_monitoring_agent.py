@@ -12,8 +12,16 @@ import pulumi
 import pytest
 
 from components.monitoring import core
-from components.monitoring.agent import (PROFILES, AgentArgs, AgentError, CoreEndpoint, agent_flags, prometheus_config,
-                                         render, wal_bytes)
+from components.monitoring.agent import (
+    PROFILES,
+    AgentArgs,
+    AgentError,
+    CoreEndpoint,
+    agent_flags,
+    prometheus_config,
+    render,
+    wal_bytes,
+)
 from components.monitoring.component import SiteMonitoring
 from components.monitoring.rules import SiteExpectation
 from tests.unit.test_serving import TestSite, policy_findings, run_program
@@ -24,9 +32,16 @@ PROMTOOL = shutil.which("promtool") or "promtool"
 
 
 def args(**kw: Any) -> AgentArgs:
-    base: dict[str, Any] = dict(site="plant-a", wave=2, hardware_class="x86-edge", latency_class="control", image=IMAGE,
-                                core=CoreEndpoint("10.20.0.5", 9090), nodes={"plant-a-1": "10.0.1.11", "plant-a-2": "10.0.1.12"},
-                                scrape_namespaces=["predictive-maintenance", "quality-control"])
+    base: dict[str, Any] = {
+        "site": "plant-a",
+        "wave": 2,
+        "hardware_class": "x86-edge",
+        "latency_class": "control",
+        "image": IMAGE,
+        "core": CoreEndpoint("10.20.0.5", 9090),
+        "nodes": {"plant-a-1": "10.0.1.11", "plant-a-2": "10.0.1.12"},
+        "scrape_namespaces": ["predictive-maintenance", "quality-control"],
+    }
     return AgentArgs(**{**base, **kw})
 
 
@@ -50,8 +65,11 @@ def test_rendered_prometheus_yml_passes_promtool(tmp_path: Path, hardware_class:
 def test_core_config_passes_promtool(tmp_path: Path) -> None:
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
-    files = core.core_files(core.CoreArgs(rules_dir=str(rules_dir)), {"control": 0.01},
-                            [SiteExpectation("plant-a", "control", {"predictive-maintenance": ["2"]})])
+    files = core.core_files(
+        core.CoreArgs(rules_dir=str(rules_dir)),
+        {"control": 0.01},
+        [SiteExpectation("plant-a", "control", {"predictive-maintenance": ["2"]})],
+    )
     path = tmp_path / "core.yml"
     path.write_text(files.pop("prometheus.yml"))
     for name, text in files.items():
@@ -63,13 +81,19 @@ def test_core_config_passes_promtool(tmp_path: Path) -> None:
 
 def test_every_series_carries_the_site_labels_and_goes_to_the_core() -> None:
     cfg = prometheus_config(args())
-    assert cfg["global"]["external_labels"] == {"site": "plant-a", "wave": "2", "hardware_class": "x86-edge",
-                                                "latency_class": "control"}
+    assert cfg["global"]["external_labels"] == {
+        "site": "plant-a",
+        "wave": "2",
+        "hardware_class": "x86-edge",
+        "latency_class": "control",
+    }
     assert [rw["url"] for rw in cfg["remote_write"]] == ["http://10.20.0.5:9090/api/v1/write"]
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert set(jobs) == {"inference", "kubelet", "cadvisor", "node"}
     assert jobs["inference"]["dns_sd_configs"][0]["names"] == [
-        "inference-pods.predictive-maintenance.svc.cluster.local", "inference-pods.quality-control.svc.cluster.local"]
+        "inference-pods.predictive-maintenance.svc.cluster.local",
+        "inference-pods.quality-control.svc.cluster.local",
+    ]
     assert [t["targets"] for t in jobs["cadvisor"]["static_configs"]] == [["10.0.1.11:10250"], ["10.0.1.12:10250"]]
     assert jobs["node"]["metrics_path"] == "/metrics/resource"
 
@@ -102,6 +126,7 @@ def test_deployment_volume_and_limits_follow_the_hardware_class() -> None:
 def test_config_change_restarts_the_pod() -> None:
     def digest(a: AgentArgs) -> str:
         return render(a)["deployment"]["spec"]["template"]["metadata"]["annotations"]["edgefleet.io/config-sha256"]
+
     assert digest(args()) != digest(args(core=CoreEndpoint("10.20.0.6", 9090)))
 
 
@@ -115,8 +140,10 @@ def test_network_is_egress_only_to_the_core_dns_kubelets_and_inference_pods() ->
     assert core_rule == {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 9090}]}
     assert dns["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
     assert {p["port"] for p in dns["ports"]} == {53}
-    assert kubelets == {"to": [{"ipBlock": {"cidr": "10.0.1.11/32"}}, {"ipBlock": {"cidr": "10.0.1.12/32"}}],
-                        "ports": [{"protocol": "TCP", "port": 10250}]}
+    assert kubelets == {
+        "to": [{"ipBlock": {"cidr": "10.0.1.11/32"}}, {"ipBlock": {"cidr": "10.0.1.12/32"}}],
+        "ports": [{"protocol": "TCP", "port": 10250}],
+    }
     assert pods["ports"] == [{"protocol": "TCP", "port": 8080}] and len(pods["to"]) == 2
     for rule in egress["egress"]:
         assert rule["to"] and rule["ports"]
@@ -125,19 +152,23 @@ def test_network_is_egress_only_to_the_core_dns_kubelets_and_inference_pods() ->
 def test_rbac_is_only_kubelet_metrics() -> None:
     m = render(args())
     assert m["cluster-role"]["rules"] == [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]
-    assert m["cluster-role-binding"]["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus-agent",
-                                                      "namespace": "monitoring"}]
+    assert m["cluster-role-binding"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus-agent", "namespace": "monitoring"}
+    ]
     assert not [k for k, v in m.items() if v["kind"] in ("Role", "RoleBinding")]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: CoreEndpoint("core.example"), "monitoring.core.address"),
-    (lambda: CoreEndpoint("10.0.0.1", 0), "monitoring.core.port"),
-    (lambda: args(hardware_class="mainframe"), "hardware_class"),
-    (lambda: args(nodes={}), "no node address"),
-    (lambda: args(nodes={"n": "node-1.local"}), "not an IP address"),
-    (lambda: args(scrape_namespaces=["Bad_NS"]), "scrape namespace"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: CoreEndpoint("core.example"), "monitoring.core.address"),
+        (lambda: CoreEndpoint("10.0.0.1", 0), "monitoring.core.port"),
+        (lambda: args(hardware_class="mainframe"), "hardware_class"),
+        (lambda: args(nodes={}), "no node address"),
+        (lambda: args(nodes={"n": "node-1.local"}), "not an IP address"),
+        (lambda: args(scrape_namespaces=["Bad_NS"]), "scrape namespace"),
+    ],
+)
 def test_bad_args_name_the_field_and_the_fix(make, message: str) -> None:
     with pytest.raises(AgentError, match=message) as err:
         make()
@@ -147,9 +178,14 @@ def test_bad_args_name_the_field_and_the_fix(make, message: str) -> None:
 def deploy(hardware_class: str = "x86-edge"):
     def program() -> Any:
         site = TestSite("plant-a")
-        mon = SiteMonitoring("plant-a-monitoring", args(hardware_class=hardware_class), site.provider,
-                             pulumi.ResourceOptions(parent=site))
+        mon = SiteMonitoring(
+            "plant-a-monitoring",
+            args(hardware_class=hardware_class),
+            site.provider,
+            pulumi.ResourceOptions(parent=site),
+        )
         return mon.namespace
+
     return run_program(program)
 
 
@@ -157,8 +193,20 @@ def test_component_registers_every_object_on_the_site_provider() -> None:
     run = deploy()
     assert run.value == "monitoring"
     kinds = sorted(r.kind for r in run.k8s())
-    assert kinds == sorted(["Namespace", "NetworkPolicy", "NetworkPolicy", "ServiceAccount", "ClusterRole",
-                            "ClusterRoleBinding", "Service", "Service", "ConfigMap", "Deployment"])
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Service",
+            "ConfigMap",
+            "Deployment",
+        ]
+    )
     assert all("plant-a-k8s" in r.provider for r in run.k8s())
     (comp,) = [r for r in run.registered if r.type == "edge:monitoring:SiteMonitoring"]
     assert comp.name == "plant-a-monitoring"

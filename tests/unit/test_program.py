@@ -23,33 +23,46 @@ def _no_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("stack", ["prod", "prod-eu", "plants"])
-def test_the_dev_passphrase_never_protects_a_prod_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             stack: str) -> None:
+def test_the_dev_passphrase_never_protects_a_prod_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: str
+) -> None:
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
     message = build_program_error(tmp_path, BASE, stack=stack, fleetSecret="s")
-    assert message.startswith(f"Pulumi.{stack}.yaml: PULUMI_CONFIG_PASSPHRASE: the public dev passphrase cannot protect")
+    assert message.startswith(
+        f"Pulumi.{stack}.yaml: PULUMI_CONFIG_PASSPHRASE: the public dev passphrase cannot protect"
+    )
     assert "(fix: " in message
 
 
-def test_the_dev_passphrase_in_a_passphrase_file_is_refused_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dev_passphrase_in_a_passphrase_file_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     phrase = tmp_path / "passphrase"
     phrase.write_text(DEV_PASSPHRASE + "\n")
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE_FILE", str(phrase))
     message = build_program_error(tmp_path, BASE, stack="prod-eu", fleetSecret="s")
-    assert message.startswith(f"Pulumi.prod-eu.yaml: PULUMI_CONFIG_PASSPHRASE_FILE ({phrase}): the public dev passphrase")
+    assert message.startswith(
+        f"Pulumi.prod-eu.yaml: PULUMI_CONFIG_PASSPHRASE_FILE ({phrase}): the public dev passphrase"
+    )
 
 
 def test_a_dev_inventory_may_use_the_dev_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
     # The next guard (no fleetSecret) answers: the passphrase was accepted.
-    assert build_program_error(tmp_path, DEV, stack="dev").startswith("Pulumi.dev.yaml: config edgefleet:fleetSecret is not set")
+    assert build_program_error(tmp_path, DEV, stack="dev").startswith(
+        "Pulumi.dev.yaml: config edgefleet:fleetSecret is not set"
+    )
 
 
-def test_a_prod_inventory_with_its_own_passphrase_passes_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_prod_inventory_with_its_own_passphrase_passes_the_guard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     phrase = tmp_path / "passphrase"
     phrase.write_text("a-real-prod-passphrase\n")
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE_FILE", str(phrase))
-    assert build_program_error(tmp_path, BASE, stack="prod-eu").startswith("Pulumi.prod-eu.yaml: config edgefleet:fleetSecret is not set")
+    assert build_program_error(tmp_path, BASE, stack="prod-eu").startswith(
+        "Pulumi.prod-eu.yaml: config edgefleet:fleetSecret is not set"
+    )
 
 
 def test_the_fleet_secret_fix_passes_the_secret_on_stdin(tmp_path: Path) -> None:
@@ -74,9 +87,11 @@ def _fleet_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: str) 
     monkeypatch.setattr(program, "workload_settings", lambda *a, **k: None)
     inventory = tmp_path / "unit.yaml"
     inventory.write_text(DEV)
-    run(lambda: program.build_fleet(pulumi.Config(), "dev"),
+    run(
+        lambda: program.build_fleet(pulumi.Config(), "dev"),
         {"inventory": str(inventory), "fleetSecret": "s", "sshKeyFleet": "k", **config},
-        secret_keys=("fleetSecret", "sshKeyFleet"))
+        secret_keys=("fleetSecret", "sshKeyFleet"),
+    )
     (args,) = captured
     return args
 

@@ -47,8 +47,9 @@ def repo(tmp_path: Path) -> Path:
 def stack(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "EDGEFLEET_"))}
     base.update(HOME=str(repo.parent), PATH=f"{repo.parent / 'bin'}:/usr/bin:/bin", CALLS=str(repo.parent / "calls"))
-    return subprocess.run([str(repo / "scripts/stack"), *args], capture_output=True, text=True,
-                          env={**base, **env}, timeout=60)
+    return subprocess.run(
+        [str(repo / "scripts/stack"), *args], capture_output=True, text=True, env={**base, **env}, timeout=60
+    )
 
 
 def calls(repo: Path) -> str:

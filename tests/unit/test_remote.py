@@ -10,9 +10,10 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import paramiko
 import pytest
@@ -32,7 +33,12 @@ def openssh_private(key: Any, password: bytes | None = None) -> str:
 
 
 def public_base64(key: Any) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode().split()[1]
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+        .split()[1]
+    )
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Exec:
 class StubSftp(paramiko.SFTPServerInterface):
     """SFTP on this machine's file system; ``.`` is the fake user's home."""
 
-    host: "FakeHost"
+    host: FakeHost
 
     def __init__(self, server: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(server, *args, **kwargs)
@@ -59,7 +65,9 @@ class StubSftp(paramiko.SFTPServerInterface):
         fd = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o600)
         handle = paramiko.SFTPHandle(flags)
         handle.filename = path
-        handle.writefile = handle.readfile = os.fdopen(fd, "r+b" if flags & os.O_RDWR else ("wb" if flags & os.O_WRONLY else "rb"))
+        handle.writefile = handle.readfile = os.fdopen(
+            fd, "r+b" if flags & os.O_RDWR else ("wb" if flags & os.O_WRONLY else "rb")
+        )
         host = self.host
 
         def write(offset: int, data: bytes) -> int:
@@ -210,14 +218,25 @@ def host(tmp_path: Path, client_key: Any):
 
 
 def conn(host: FakeHost, key: Any, user: str = "root", **extra: Any) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": host.port, "user": user, "privateKey": openssh_private(key),
-            "hostKey": host.known_host(), "dialTimeout": 5, "perDialTimeout": 5, **extra}
+    return {
+        "host": "127.0.0.1",
+        "port": host.port,
+        "user": user,
+        "privateKey": openssh_private(key),
+        "hostKey": host.known_host(),
+        "dialTimeout": 5,
+        "perDialTimeout": 5,
+        **extra,
+    }
 
 
 # --- command lines: root's bash, or bash through sudo; secrets only on stdin ------------------
 
+
 def test_root_runs_scripts_with_bash_and_the_environment_on_stdin(host: FakeHost, client_key: Any) -> None:
-    out, _ = remote.run_script(conn(host, client_key), 'echo "token is $JOIN_TOKEN"\n', {"JOIN_TOKEN": "s3cr3t x"}, LABEL)
+    out, _ = remote.run_script(
+        conn(host, client_key), 'echo "token is $JOIN_TOKEN"\n', {"JOIN_TOKEN": "s3cr3t x"}, LABEL
+    )
     assert out == "token is s3cr3t x\n"
     (record,) = host.execs
     assert record.command == "bash -s"
@@ -225,14 +244,18 @@ def test_root_runs_scripts_with_bash_and_the_environment_on_stdin(host: FakeHost
     assert host.users == ["root"]
 
 
-def test_a_non_root_user_runs_every_script_through_sudo_with_the_secret_on_stdin(host: FakeHost, client_key: Any) -> None:
-    out, _ = remote.run_script(conn(host, client_key, user="edgeops"), 'echo "$JOIN_TOKEN"\n', {"JOIN_TOKEN": "s3cr3t"}, LABEL)
+def test_a_non_root_user_runs_every_script_through_sudo_with_the_secret_on_stdin(
+    host: FakeHost, client_key: Any
+) -> None:
+    out, _ = remote.run_script(
+        conn(host, client_key, user="edgeops"), 'echo "$JOIN_TOKEN"\n', {"JOIN_TOKEN": "s3cr3t"}, LABEL
+    )
     assert out == "s3cr3t\n"
     (record,) = host.execs
     # Exactly the command the documented sudoers line allows; the secret is not on it.
     assert record.command == SUDO
     assert remote.sudoers_line("edgeops") == "edgeops ALL=(root) NOPASSWD: /bin/bash -s"
-    assert record.stdin == f"export PATH={remote.ROOT_PATH}\nexport JOIN_TOKEN=s3cr3t\necho \"$JOIN_TOKEN\"\n".encode()
+    assert record.stdin == f'export PATH={remote.ROOT_PATH}\nexport JOIN_TOKEN=s3cr3t\necho "$JOIN_TOKEN"\n'.encode()
     assert host.users == ["edgeops"]
 
 
@@ -253,18 +276,23 @@ def test_a_failing_script_names_label_step_and_exit_status(host: FakeHost, clien
 
 # --- deadlines and keepalives --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("user", ["root", "edgeops"])
-def test_a_host_that_stops_answering_mid_script_fails_within_the_deadline(host: FakeHost, client_key: Any,
-                                                                         monkeypatch: pytest.MonkeyPatch, user: str) -> None:
+def test_a_host_that_stops_answering_mid_script_fails_within_the_deadline(
+    host: FakeHost, client_key: Any, monkeypatch: pytest.MonkeyPatch, user: str
+) -> None:
     monkeypatch.setattr(remote, "KEEPALIVE_S", 1)
     host.behaviour = "hang"
     started = time.monotonic()
     with pytest.raises(RemoteError) as info:
-        remote.run_script(conn(host, client_key, user=user), "sleep 600\n", {}, LABEL, step="h1-install/create", timeout_s=3)
+        remote.run_script(
+            conn(host, client_key, user=user), "sleep 600\n", {}, LABEL, step="h1-install/create", timeout_s=3
+        )
     elapsed = time.monotonic() - started
     assert 3 <= elapsed < 8, elapsed
-    assert str(info.value).startswith(f"{LABEL}: step 'h1-install/create' did not finish within its deadline of 3s; "
-                                      "the connection was closed (fix: ")
+    assert str(info.value).startswith(
+        f"{LABEL}: step 'h1-install/create' did not finish within its deadline of 3s; the connection was closed (fix: "
+    )
     assert host.keepalives >= 1, "the client sent keepalives while the host was quiet"
     assert _closed_soon(host.transports[-1]), "the client closed the connection"
 
@@ -288,8 +316,15 @@ def test_a_host_that_drops_the_connection_mid_script_fails_at_once(host: FakeHos
 
 def test_the_command_resource_passes_its_name_and_deadline_to_every_run(host: FakeHost, client_key: Any) -> None:
     host.behaviour = "hang"
-    props = {"kind": "edgefleet:remote:Command", "label": LABEL, "connection": conn(host, client_key),
-             "create": "sleep 600\n", "environment": {}, "step": "unit-h1-install", "timeout": 2}
+    props = {
+        "kind": "edgefleet:remote:Command",
+        "label": LABEL,
+        "connection": conn(host, client_key),
+        "create": "sleep 600\n",
+        "environment": {},
+        "step": "unit-h1-install",
+        "timeout": 2,
+    }
     started = time.monotonic()
     with pytest.raises(RemoteError, match=r"step 'unit-h1-install/create' did not finish within its deadline of 2s"):
         remote._CommandProvider().create(props)
@@ -297,6 +332,7 @@ def test_the_command_resource_passes_its_name_and_deadline_to_every_run(host: Fa
 
 
 # --- uploads: bounded, sha256-checked, installed into place by root ----------------------------
+
 
 def _artifact(tmp_path: Path, size: int = 300_000) -> tuple[Path, str]:
     src = tmp_path / "k3s"
@@ -314,8 +350,9 @@ def test_root_uploads_in_place_and_checks_the_sha256(host: FakeHost, client_key:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["abc-k3s"], "no temporary file is left"
 
 
-def test_a_non_root_user_uploads_to_its_home_and_root_installs_the_file(host: FakeHost, client_key: Any,
-                                                                        tmp_path: Path) -> None:
+def test_a_non_root_user_uploads_to_its_home_and_root_installs_the_file(
+    host: FakeHost, client_key: Any, tmp_path: Path
+) -> None:
     src, sha = _artifact(tmp_path)
     dest = tmp_path / "var/lib/edgefleet/artifacts/abc-k3s"
     remote.upload(conn(host, client_key, user="edgeops"), str(src), str(dest), LABEL)
@@ -331,8 +368,9 @@ def test_a_non_root_user_uploads_to_its_home_and_root_installs_the_file(host: Fa
 
 
 @pytest.mark.parametrize("user", ["root", "edgeops"])
-def test_an_upload_altered_on_the_way_is_refused_and_removed(host: FakeHost, client_key: Any, tmp_path: Path,
-                                                              user: str) -> None:
+def test_an_upload_altered_on_the_way_is_refused_and_removed(
+    host: FakeHost, client_key: Any, tmp_path: Path, user: str
+) -> None:
     src, _ = _artifact(tmp_path)
     dest = tmp_path / "artifacts/abc-k3s"
     host.on_sftp_write = lambda data: bytes([data[0] ^ 1]) + data[1:]
@@ -341,14 +379,21 @@ def test_an_upload_altered_on_the_way_is_refused_and_removed(host: FakeHost, cli
     assert list(dest.parent.iterdir()) == []
 
 
-def test_an_upload_to_a_host_that_stops_answering_fails_within_the_deadline(host: FakeHost, client_key: Any,
-                                                                           tmp_path: Path) -> None:
+def test_an_upload_to_a_host_that_stops_answering_fails_within_the_deadline(
+    host: FakeHost, client_key: Any, tmp_path: Path
+) -> None:
     src, _ = _artifact(tmp_path, size=4_000_000)
     host.on_sftp_write = lambda data: (host.stop.wait(), data)[1]
     started = time.monotonic()
     with pytest.raises(RemoteError) as info:
-        remote.upload(conn(host, client_key), str(src), str(tmp_path / "artifacts/k3s"), LABEL,
-                      step="h1-upload-k3s/upload", timeout_s=3)
+        remote.upload(
+            conn(host, client_key),
+            str(src),
+            str(tmp_path / "artifacts/k3s"),
+            LABEL,
+            step="h1-upload-k3s/upload",
+            timeout_s=3,
+        )
     assert time.monotonic() - started < 8
     assert str(info.value).startswith(f"{LABEL}: step 'h1-upload-k3s/upload' did not finish within its deadline of 3s")
 
@@ -363,7 +408,7 @@ def test_resources_carry_their_name_and_deadline_as_inputs() -> None:
     import pulumi
 
     class Mocks(pulumi.runtime.Mocks):
-        inputs: dict[str, Any] = {}
+        inputs: ClassVar[dict[str, Any]] = {}
 
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
             Mocks.inputs[args.name] = dict(args.inputs)
@@ -376,8 +421,14 @@ def test_resources_carry_their_name_and_deadline_as_inputs() -> None:
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(Mocks(), project="edgefleet", stack="unit", preview=False)
-    c = remote.connection("10.0.0.1", 22, "edgeops", pulumi.Output.secret("KEY"), "ssh-ed25519 AAAA",
-                          private_key_passphrase=pulumi.Output.secret("pw"))
+    c = remote.connection(
+        "10.0.0.1",
+        22,
+        "edgeops",
+        pulumi.Output.secret("KEY"),
+        "ssh-ed25519 AAAA",
+        private_key_passphrase=pulumi.Output.secret("pw"),
+    )
 
     @pulumi.runtime.test
     def program() -> Any:
@@ -387,12 +438,22 @@ def test_resources_carry_their_name_and_deadline_as_inputs() -> None:
 
     program()
     assert (Mocks.inputs["h1-install"]["step"], Mocks.inputs["h1-install"]["timeout"]) == ("h1-install", 1500)
-    assert (Mocks.inputs["h1-upload-k3s"]["step"], Mocks.inputs["h1-upload-k3s"].get("timeout")) == ("h1-upload-k3s", None)
+    assert (Mocks.inputs["h1-upload-k3s"]["step"], Mocks.inputs["h1-upload-k3s"].get("timeout")) == (
+        "h1-upload-k3s",
+        None,
+    )
 
 
 def test_the_placement_script_is_shellcheck_clean() -> None:
-    script = remote._placement("/home/edgeops/.edgefleet-upload-1/k3s", "/var/lib/edgefleet/artifacts/k3s.part-1",
-                               "/var/lib/edgefleet/artifacts/k3s", "ab" * 32, "/home/edgeops/.edgefleet-upload-1")
-    shellcheck = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "shellcheck"
+    script = remote._placement(
+        "/home/edgeops/.edgefleet-upload-1/k3s",
+        "/var/lib/edgefleet/artifacts/k3s.part-1",
+        "/var/lib/edgefleet/artifacts/k3s",
+        "ab" * 32,
+        "/home/edgeops/.edgefleet-upload-1",
+    )
+    shellcheck = (
+        Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "shellcheck"
+    )
     run = subprocess.run([str(shellcheck), "-s", "bash", "-"], input=script, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout

@@ -3,8 +3,9 @@ without a passphrase; keys that cannot be used fail with a message that never sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -42,7 +43,9 @@ def keys() -> dict[str, Any]:
 
 @pytest.mark.parametrize("protected", [False, True], ids=["plain", "passphrase"])
 @pytest.mark.parametrize(("kind", "fmt"), CASES)
-def test_every_key_type_and_format_loads(keys: dict[str, Any], tmp_path: Path, kind: str, fmt: str, protected: bool) -> None:
+def test_every_key_type_and_format_loads(
+    keys: dict[str, Any], tmp_path: Path, kind: str, fmt: str, protected: bool
+) -> None:
     key = keys[kind]
     path = tmp_path / "id"
     path.write_text(key_text(key, fmt, PASSPHRASE if protected else None))
@@ -59,7 +62,11 @@ def test_a_passphrase_protected_key_logs_in(tmp_path: Path, keys: dict[str, Any]
     home.mkdir()
     host = FakeHost(home, key)
     try:
-        c = {**conn(host, key), "privateKey": key_text(key, "openssh", PASSPHRASE), "privateKeyPassphrase": PASSPHRASE.decode()}
+        c = {
+            **conn(host, key),
+            "privateKey": key_text(key, "openssh", PASSPHRASE),
+            "privateKeyPassphrase": PASSPHRASE.decode(),
+        }
         out, _ = remote.run_script(c, "echo in\n", {}, LABEL)
         assert out == "in\n"
     finally:
@@ -76,7 +83,9 @@ def test_a_protected_key_without_its_passphrase_says_so(keys: dict[str, Any], fm
     text = key_text(keys["ecdsa-p256"], fmt, PASSPHRASE)
     with pytest.raises(RemoteError) as info:
         remote.load_private_key(text, None, LABEL)
-    assert str(info.value).startswith(f"{LABEL}: connection.privateKey is passphrase-protected and no passphrase was given (fix: ")
+    assert str(info.value).startswith(
+        f"{LABEL}: connection.privateKey is passphrase-protected and no passphrase was given (fix: "
+    )
 
 
 @pytest.mark.parametrize("fmt", ["openssh", "pem-pkcs8"])

@@ -53,6 +53,7 @@ users:
 
 # --- the mock harness ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Registered:
     """One resource as the program registered it."""
@@ -78,6 +79,7 @@ class Registered:
 
 def _name(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
+
 
 PULL_SECRET = '{"auths": {"quay.io": {"auth": "dW5pdDp0ZXN0"}}}'
 
@@ -109,7 +111,7 @@ class Monitor(MockMonitor):
         super().__init__(mocks)
         self.requests: list[Any] = []
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
+    def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         self.requests.append(request)
         return response
@@ -134,23 +136,37 @@ class Run:
         return [r for r in self.registered if r.kind == COMMAND]
 
 
-def run(program: Callable[[], Any], config: dict[str, str] | None = None, secret_keys: tuple[str, ...] = (),
-        preview: bool = False) -> Run:
+def run(
+    program: Callable[[], Any],
+    config: dict[str, str] | None = None,
+    secret_keys: tuple[str, ...] = (),
+    preview: bool = False,
+) -> Run:
     """``program`` under mocks (project ``edgefleet``): what it registered and what it returned.
     ``preview``: as in `pulumi preview` (nothing is downloaded)."""
     mocks = Mocks()
     monitor = Monitor(mocks)
     value = run_mocked(program, mocks, config=config, secret_keys=secret_keys, preview=preview, monitor=monitor)
     requests = [r for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
-    aliases = {r.name: frozenset([*(a.spec.name for a in r.aliases if a.spec.name), *(_name(u) for u in r.aliasURNs)])
-               for r in requests}
+    aliases = {
+        r.name: frozenset([*(a.spec.name for a in r.aliases if a.spec.name), *(_name(u) for u in r.aliasURNs)])
+        for r in requests
+    }
     # Resources named by machine carry their earlier name as an alias: tests speak of them by
     # that name (site-host-step), and check the machine names themselves separately.
     shown = {name: next(iter(a)) if len(a) == 1 else name for name, a in aliases.items()}
     registered = [
-        Registered(r.type, shown[r.name], mocks.inputs[r.name], shown.get(_name(r.parent), _name(r.parent)),
-                   frozenset(shown.get(_name(u), _name(u)) for u in r.dependencies),
-                   frozenset(r.additionalSecretOutputs), r.name, aliases[r.name], r.protect)
+        Registered(
+            r.type,
+            shown[r.name],
+            mocks.inputs[r.name],
+            shown.get(_name(r.parent), _name(r.parent)),
+            frozenset(shown.get(_name(u), _name(u)) for u in r.dependencies),
+            frozenset(r.additionalSecretOutputs),
+            r.name,
+            aliases[r.name],
+            r.protect,
+        )
         for r in requests
     ]
     return Run(registered, value)
@@ -178,6 +194,7 @@ def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
             )
             outs[site.name] = site_outputs(EdgeSite(site.name, site_args(site, settings)))
         return outs
+
     return run(program)
 
 
@@ -201,7 +218,9 @@ def put_files(script: str) -> dict[str, str]:
 
 def k3s_config(run_: Run, site: str, host: str) -> dict[str, Any]:
     """The K3s config.yaml the install command of ``host`` writes."""
-    return yaml.safe_load(put_files(run_.get(f"{site}-{host}-install").inputs["create"])["/etc/rancher/k3s/config.yaml"])
+    return yaml.safe_load(
+        put_files(run_.get(f"{site}-{host}-install").inputs["create"])["/etc/rancher/k3s/config.yaml"]
+    )
 
 
 def plain_strings(value: Any) -> Iterator[str]:
@@ -224,18 +243,37 @@ def sha(content: bytes) -> str:
 
 # --- single-node -----------------------------------------------------------------------------------
 
+
 def test_single_node_site_registers_the_lifecycle_of_its_host(lab: LoadedInventory) -> None:
     site = lab_site(lab, "lab-single")
     r = build_sites(lab, site)
     host = "lab-single-single-1"
-    assert sorted(r.names()) == sorted([
-        "lab-single", host, f"{host}-upload-k3s", f"{host}-drain", f"{host}-install", f"{host}-node",
-        f"{host}-kubeconfig", "lab-single-kwok-upload", "lab-single-kwok", "lab-single-k8s",
-    ])
+    assert sorted(r.names()) == sorted(
+        [
+            "lab-single",
+            host,
+            f"{host}-upload-k3s",
+            f"{host}-drain",
+            f"{host}-install",
+            f"{host}-node",
+            f"{host}-kubeconfig",
+            "lab-single-kwok-upload",
+            "lab-single-kwok",
+            "lab-single-k8s",
+        ]
+    )
     assert (r.get("lab-single").type, r.get(host).type, r.get("lab-single-k8s").type) == (
-        "edge:site:EdgeSite", "edge:host:EdgeHost", "pulumi:providers:kubernetes")
-    assert {n: (r.get(n).type, r.get(n).kind) for n in (f"{host}-upload-k3s", f"{host}-install", "lab-single-kwok-upload")} == {
-        f"{host}-upload-k3s": (DYNAMIC, COPY), f"{host}-install": (DYNAMIC, COMMAND), "lab-single-kwok-upload": (DYNAMIC, COPY)}
+        "edge:site:EdgeSite",
+        "edge:host:EdgeHost",
+        "pulumi:providers:kubernetes",
+    )
+    assert {
+        n: (r.get(n).type, r.get(n).kind) for n in (f"{host}-upload-k3s", f"{host}-install", "lab-single-kwok-upload")
+    } == {
+        f"{host}-upload-k3s": (DYNAMIC, COPY),
+        f"{host}-install": (DYNAMIC, COMMAND),
+        "lab-single-kwok-upload": (DYNAMIC, COPY),
+    }
     assert r.get(host).parent == "lab-single" and r.get(f"{host}-install").parent == host
     # upload and drain, then install, then node ready, then the kubeconfig fetch.
     assert r.get(f"{host}-install").depends_on == {f"{host}-upload-k3s", f"{host}-drain"}
@@ -257,8 +295,9 @@ def test_install_triggers_carry_version_artifact_digest_and_config(lab: LoadedIn
     assert (version, digest) == ("v1.35.1+k3s-e69d1861", sha(ARTIFACTS["k3s"]))
     assert re.fullmatch(r"[0-9a-f]{20}", rendered)
     # drain, install and node ready re-run on the same change.
-    assert {tuple(r.get(f"lab-single-single-1-{step}").inputs["triggers"]) for step in ("drain", "install", "node")} == {
-        (version, digest, rendered)}
+    assert {
+        tuple(r.get(f"lab-single-single-1-{step}").inputs["triggers"]) for step in ("drain", "install", "node")
+    } == {(version, digest, rendered)}
 
 
 def test_simulated_nodes_run_kwok_on_the_first_server(lab: LoadedInventory) -> None:
@@ -268,7 +307,11 @@ def test_simulated_nodes_run_kwok_on_the_first_server(lab: LoadedInventory) -> N
     assert upload.depends_on == {"lab-single-single-1-node"}
     assert kwok.depends_on == {"lab-single-kwok-upload", "lab-single-single-1-node"}
     # The site's provider is usable once the last node and the simulated nodes are ready.
-    assert r.get("lab-single-k8s").depends_on == {"lab-single-single-1-kubeconfig", "lab-single-single-1-node", "lab-single-kwok"}
+    assert r.get("lab-single-k8s").depends_on == {
+        "lab-single-single-1-kubeconfig",
+        "lab-single-single-1-node",
+        "lab-single-kwok",
+    }
     assert kwok.plain("connection")["host"] == "10.213.7.11"
     # kwok re-runs whenever the first server's install does (it comes back with K3s).
     first_install = r.get("lab-single-single-1-install").inputs["triggers"]
@@ -285,6 +328,7 @@ def test_sites_without_simulated_nodes_register_no_kwok(lab: LoadedInventory) ->
 
 # --- ha ----------------------------------------------------------------------------------------------
 
+
 def test_ha_servers_join_the_first_one_after_another_then_agents(lab: LoadedInventory) -> None:
     site = lab_site(lab, "lab-ha")
     assert [h.name for h in ordered_hosts(site)] == ["ha-1", "ha-2", "ha-3", "ha-agent"]
@@ -300,7 +344,11 @@ def test_ha_servers_join_the_first_one_after_another_then_agents(lab: LoadedInve
     assert r.get("lab-ha-cluster-ca").plain("connection")["host"] == "10.213.7.21"
     for host in ("ha-2", "ha-3", "ha-agent"):
         assert r.get(f"lab-ha-{host}-install").depends_on == {
-            f"lab-ha-{host}-upload-k3s", f"lab-ha-{host}-drain", "lab-ha-ha-1-install", "lab-ha-cluster-ca"}
+            f"lab-ha-{host}-upload-k3s",
+            f"lab-ha-{host}-drain",
+            "lab-ha-ha-1-install",
+            "lab-ha-cluster-ca",
+        }
         assert r.get(f"lab-ha-{host}-drain").depends_on == {"lab-ha-ha-1-install"}
         # Drain and node readiness go through the first server's API.
         assert r.get(f"lab-ha-{host}-drain").plain("connection")["host"] == "10.213.7.21"
@@ -310,7 +358,9 @@ def test_ha_servers_join_the_first_one_after_another_then_agents(lab: LoadedInve
     for before, host in (("ha-1", "ha-2"), ("ha-2", "ha-3"), ("ha-3", "ha-agent")):
         assert r.index(f"lab-ha-{before}-node") < min(r.index(n) for n in r.names() if n.startswith(f"lab-ha-{host}"))
     # Only servers hold an admin kubeconfig; the provider uses the first server's.
-    assert [n for n in r.names() if n.endswith("-kubeconfig")] == [f"lab-ha-{h}-kubeconfig" for h in ("ha-1", "ha-2", "ha-3")]
+    assert [n for n in r.names() if n.endswith("-kubeconfig")] == [
+        f"lab-ha-{h}-kubeconfig" for h in ("ha-1", "ha-2", "ha-3")
+    ]
     assert r.get("lab-ha-k8s").depends_on == {"lab-ha-ha-1-kubeconfig", "lab-ha-ha-agent-node"}
 
 
@@ -337,6 +387,7 @@ def test_ha_with_a_registration_address_joins_and_serves_through_it(lab: LoadedI
 
 # --- gateway -----------------------------------------------------------------------------------------
 
+
 def test_gateway_runs_the_reduced_component_set_bound_to_its_address(lab: LoadedInventory) -> None:
     r = build_sites(lab, lab_site(lab, "lab-gw"))
     cfg = k3s_config(r, "lab-gw", "gw-1")
@@ -351,9 +402,11 @@ def test_gateway_runs_the_reduced_component_set_bound_to_its_address(lab: Loaded
 
 # --- secrets -----------------------------------------------------------------------------------------
 
+
 def test_join_token_is_a_secret_per_site_and_never_plain(lab: LoadedInventory) -> None:
     sites = [lab_site(lab, n) for n in ("lab-single", "lab-ha", "lab-gw")]
     r = build_sites(lab, *sites)
+
     def hmac_hex(purpose: str, site: str) -> str:
         return hmac.new(FLEET_SECRET.encode(), f"edgefleet/{purpose}/{site}".encode(), hashlib.sha256).hexdigest()
 
@@ -378,8 +431,10 @@ def test_join_token_is_a_secret_per_site_and_never_plain(lab: LoadedInventory) -
             assert not [f for f, body in files.items() if tokens[site] in body]
             assert "agent-token-file" not in k3s_config(r, "lab-ha", "ha-agent")
         else:
-            assert env == {"K3S_TOKEN": f"K10{CA_SHA256}::server:{tokens[site]}",
-                           "K3S_AGENT_TOKEN": agent_tokens[site]}, install.name
+            assert env == {
+                "K3S_TOKEN": f"K10{CA_SHA256}::server:{tokens[site]}",
+                "K3S_AGENT_TOKEN": agent_tokens[site],
+            }, install.name
     assert k3s_config(r, "lab-ha", "ha-2")["agent-token-file"] == "/etc/rancher/k3s/agent-token"
     plain = [s for res in r.registered for s in plain_strings(res.inputs)]
     for secret in [*tokens.values(), *agent_tokens.values(), FLEET_SECRET, PRIVATE_KEY]:
@@ -399,6 +454,7 @@ def test_join_token_is_stable_and_site_specific() -> None:
         a1, a2 = join_token(pulumi.Output.from_input("s"), "a"), join_token(pulumi.Output.from_input("s"), "a")
         b = join_token(pulumi.Output.from_input("s"), "b")
         return pulumi.Output.all(a1, a2, b, pulumi.Output.from_input(a1.is_secret()))
+
     a1, a2, b, secret = run(program).value
     assert a1 == a2 != b and re.fullmatch(r"[0-9a-f]{64}", a1) and secret is True
 
@@ -418,17 +474,37 @@ def test_kubeconfig_is_secret_and_points_at_the_site_api(lab: LoadedInventory) -
 
 # --- what the policy pack reads -------------------------------------------------------------------
 
+
 def test_site_component_carries_the_policy_contract(lab: LoadedInventory) -> None:
     r = build_sites(lab, lab_site(lab, "lab-ha"))
     props = r.get("lab-ha").inputs
     assert (props["site"], props["topology"], props["environment"], props["distribution"], props["version"]) == (
-        "lab-ha", "ha", "dev", "k3s", "v1.35.1+k3s-e69d1861")
-    assert props["install"] == {"secretsEncryption": True, "auditLog": True, "anonymousAuth": False,
-                                "protectKernelDefaults": True, "kubeconfigMode": "0600"}
+        "lab-ha",
+        "ha",
+        "dev",
+        "k3s",
+        "v1.35.1+k3s-e69d1861",
+    )
+    assert props["install"] == {
+        "secretsEncryption": True,
+        "auditLog": True,
+        "anonymousAuth": False,
+        "protectKernelDefaults": True,
+        "kubeconfigMode": "0600",
+    }
     # The source as the inventory writes it; the digest read from the checksums file.
-    assert props["artifacts"] == [{"name": "k3s", "source": "${EDGEFLEET_CACHE}/toolchain/k3s", "sha256": sha(ARTIFACTS["k3s"])}]
-    assert props["hosts"] == [{"name": h, "address": a, "hostKey": f"{HOST_KEY} root@{h}"} for h, a in (
-        ("ha-agent", "10.213.7.24"), ("ha-1", "10.213.7.21"), ("ha-2", "10.213.7.22"), ("ha-3", "10.213.7.23"))]
+    assert props["artifacts"] == [
+        {"name": "k3s", "source": "${EDGEFLEET_CACHE}/toolchain/k3s", "sha256": sha(ARTIFACTS["k3s"])}
+    ]
+    assert props["hosts"] == [
+        {"name": h, "address": a, "hostKey": f"{HOST_KEY} root@{h}"}
+        for h, a in (
+            ("ha-agent", "10.213.7.24"),
+            ("ha-1", "10.213.7.21"),
+            ("ha-2", "10.213.7.22"),
+            ("ha-3", "10.213.7.23"),
+        )
+    ]
     assert r.get("lab-ha-ha-2").inputs["hostKey"] == f"{HOST_KEY} root@ha-2"
     assert r.get("lab-ha-ha-2-install").plain("connection")["hostKey"] == f"{HOST_KEY} root@ha-2"
     report = evaluate([Resource("edge:site:EdgeSite", "lab-ha", props)])
@@ -437,30 +513,41 @@ def test_site_component_carries_the_policy_contract(lab: LoadedInventory) -> Non
 
 def test_policy_pack_flags_a_site_component_that_breaks_the_contract(lab: LoadedInventory) -> None:
     props = build_sites(lab, lab_site(lab, "lab-gw")).get("lab-gw").inputs
-    broken = {**props, "install": {**props["install"], "kubeconfigMode": "0644"},
-              "artifacts": [{**props["artifacts"][0], "sha256": None}]}
+    broken = {
+        **props,
+        "install": {**props["install"], "kubeconfigMode": "0644"},
+        "artifacts": [{**props["artifacts"][0], "sha256": None}],
+    }
     names = sorted(f.rule.name for f in evaluate([Resource("edge:site:EdgeSite", "lab-gw", broken)]).findings)
     assert names == ["edge-artifact-sha256", "edge-kubeconfig-mode"]
 
 
 # --- checks before anything is registered -----------------------------------------------------------
 
+
 def test_every_shipped_and_test_site_can_be_installed(lab: LoadedInventory) -> None:
-    shipped = [load_inventory(REPO / "sites" / "prod.yaml"), load_inventory(REPO / "sites" / "examples" / "microshift.yaml")]
+    shipped = [
+        load_inventory(REPO / "sites" / "prod.yaml"),
+        load_inventory(REPO / "sites" / "examples" / "microshift.yaml"),
+    ]
     for loaded in (*shipped, load_inventory(INVENTORIES / "base.yaml"), lab):
         assert {s.name: check_site(s, loaded.base) for s in loaded.inventory.sites} == {
-            s.name: [] for s in loaded.inventory.sites}
+            s.name: [] for s in loaded.inventory.sites
+        }
 
 
 def test_check_site_names_site_host_and_fix_for_a_node_that_cannot_install() -> None:
     loaded = load_inventory(INVENTORIES / "base.yaml")
     tower = loaded.inventory.sites[2]
-    art = tower.artifacts[0].model_copy(update={"name": "microshift-rpms",
-                                                 "source": "https://artifacts.example.internal/microshift-rpms.tar"})
+    art = tower.artifacts[0].model_copy(
+        update={"name": "microshift-rpms", "source": "https://artifacts.example.internal/microshift-rpms.tar"}
+    )
     problems = check_site(tower.model_copy(update={"artifacts": [art]}), loaded.base)
-    assert problems == ["site 'tower' host 'tower-gw': artifacts[microshift-rpms]: "
-                        "'https://artifacts.example.internal/microshift-rpms.tar' is not an RPM "
-                        "(fix: give MicroShift's release RPMs (and their dependencies) as artifacts)"]
+    assert problems == [
+        "site 'tower' host 'tower-gw': artifacts[microshift-rpms]: "
+        "'https://artifacts.example.internal/microshift-rpms.tar' is not an RPM "
+        "(fix: give MicroShift's release RPMs (and their dependencies) as artifacts)"
+    ]
 
 
 def build_program_error(tmp_path: Path, inventory_text: str | None, stack: str = "unit", **config: str) -> str:
@@ -487,7 +574,8 @@ BASE = (INVENTORIES / "base.yaml").read_text()
 
 def test_program_refuses_a_stack_without_an_inventory(tmp_path: Path) -> None:
     assert build_program_error(tmp_path, None) == (
-        "Pulumi.unit.yaml: config edgefleet:inventory is not set (fix: pulumi config set inventory sites/<file>.yaml)")
+        "Pulumi.unit.yaml: config edgefleet:inventory is not set (fix: pulumi config set inventory sites/<file>.yaml)"
+    )
 
 
 def test_program_refuses_an_invalid_inventory_with_every_problem(tmp_path: Path) -> None:
@@ -505,12 +593,15 @@ def test_program_refuses_sites_that_cannot_be_installed(tmp_path: Path) -> None:
     assert message.splitlines() == [
         f"{tmp_path / 'unit.yaml'}: the sites cannot be installed as described:",
         "site 'tower' host 'tower-gw': artifacts[microshift]: 'https://artifacts.example.internal/microshift/4.19.0/"
-        "microshift-rpms.tar' is not an RPM (fix: give MicroShift's release RPMs (and their dependencies) as artifacts)",
+        "microshift-rpms.tar' is not an RPM (fix: give MicroShift's release RPMs (and their dependencies) as "
+        "artifacts)",
     ]
 
 
 def test_program_refuses_a_stack_without_a_fleet_secret(tmp_path: Path) -> None:
-    assert build_program_error(tmp_path, BASE).startswith("Pulumi.unit.yaml: config edgefleet:fleetSecret is not set (fix: ")
+    assert build_program_error(tmp_path, BASE).startswith(
+        "Pulumi.unit.yaml: config edgefleet:fleetSecret is not set (fix: "
+    )
 
 
 def test_program_refuses_the_dev_passphrase_for_prod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,6 +611,7 @@ def test_program_refuses_the_dev_passphrase_for_prod(tmp_path: Path, monkeypatch
 
 
 # --- the whole prod fleet -------------------------------------------------------------------------------
+
 
 def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     loaded = load_inventory(REPO / "sites" / "prod.yaml")
@@ -542,19 +634,29 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     store = r.get("store-0307-st0307-1-install")
     assert is_rpc_secret(store.inputs["environment"])
     key = store.plain("environment")["K0S_ENCRYPTION_KEY"]
-    assert key == base64.b64encode(hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/store-0307",
-                                            hashlib.sha256).digest()).decode()
+    assert (
+        key
+        == base64.b64encode(
+            hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/store-0307", hashlib.sha256).digest()
+        ).decode()
+    )
     assert len(base64.b64decode(key)) == 32 and key not in store.inputs["create"]
     # https artifacts are uploaded from their verified download in the cache.
     uploads = {x.name: x.inputs for x in r.registered if x.kind == COPY}
     assert uploads["plant-hamburg-ham-cp-1-upload-k3s"]["source"].endswith(
-        f"/artifacts/{loaded.inventory.sites[0].artifacts[0].sha256}/k3s")
-    assert len(uploads) == sum(len([a for a in s.artifacts if a.arch == (h.arch or "amd64")]) for s in sites for h in s.hosts)
+        f"/artifacts/{loaded.inventory.sites[0].artifacts[0].sha256}/k3s"
+    )
+    assert len(uploads) == sum(
+        len([a for a in s.artifacts if a.arch == (h.arch or "amd64")]) for s in sites for h in s.hosts
+    )
     # Prod: what would uninstall a host or remove its node is protected.
     assert {x.name.rsplit("-", 1)[1] for x in r.registered if x.protect} == {"install", "node"}
     assert len([x for x in r.registered if x.protect]) == 2 * sum(len(s.hosts) for s in sites)
     assert {name: out["secret"] for name, out in r.value.items()} == {s.name: True for s in sites}
-    assert yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"] == "https://10.20.0.10:6443"
+    assert (
+        yaml.safe_load(r.value["plant-hamburg"]["kubeconfig"])["clusters"][0]["cluster"]["server"]
+        == "https://10.20.0.10:6443"
+    )
     assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or key in s]
     # Every prod site passes the mandatory pack.
     props = [Resource("edge:site:EdgeSite", s.name, r.get(s.name).inputs) for s in sites]
@@ -568,15 +670,25 @@ def test_microshift_example_installs_with_the_pull_secret_only() -> None:
         fleet = EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET)))
         return {name: site_outputs(site) for name, site in fleet.sites.items()}
 
-    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
-            secret_keys=("sshKeyFleet", "microshiftPullSecret"), preview=True)
+    r = run(
+        program,
+        {"sshKeyFleet": PRIVATE_KEY, "microshiftPullSecret": PULL_SECRET},
+        secret_keys=("sshKeyFleet", "microshiftPullSecret"),
+        preview=True,
+    )
     # MicroShift reads the site's pull secret (a config secret), never a join token.
     tower = r.get("tower-sud-04-ts04-gw-install")
-    assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {"MICROSHIFT_PULL_SECRET": PULL_SECRET}
+    assert is_rpc_secret(tower.inputs["environment"]) and tower.plain("environment") == {
+        "MICROSHIFT_PULL_SECRET": PULL_SECRET
+    }
     assert not [s for res in r.registered for s in plain_strings(res.inputs) if PRIVATE_KEY in s or PULL_SECRET in s]
     # Dev only: the prod baseline refuses what MicroShift cannot configure.
-    names = {f.rule.name for f in evaluate([Resource("edge:site:EdgeSite", "tower-sud-04",
-                                                     {**r.get("tower-sud-04").inputs, "environment": "prod"})]).findings}
+    names = {
+        f.rule.name
+        for f in evaluate(
+            [Resource("edge:site:EdgeSite", "tower-sud-04", {**r.get("tower-sud-04").inputs, "environment": "prod"})]
+        ).findings
+    }
     assert {"edge-secrets-encryption", "edge-anonymous-auth-off"} <= names
 
 
@@ -598,7 +710,9 @@ sites:
 """
 
 
-def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_k0s_joiners_install_with_a_token_the_first_controller_mints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "k0s.yaml"
     path.write_text(K0S_HA % {"sha": "5c" * 32, "hk": HOST_KEY})
     loaded = load_inventory(path)
@@ -623,25 +737,34 @@ def test_k0s_joiners_install_with_a_token_the_first_controller_mints(tmp_path: P
         assert set(env) == ({"K0S_TOKEN", "K0S_ENCRYPTION_KEY"} if role == "controller" else {"K0S_TOKEN"})
         assert env["K0S_TOKEN"] != hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest()
     # Every controller encrypts Secrets with the same site key; workers never see it.
-    key = base64.b64encode(hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/depot", hashlib.sha256).digest()).decode()
+    key = base64.b64encode(
+        hmac.new(FLEET_SECRET.encode(), b"edgefleet/secrets-encryption/depot", hashlib.sha256).digest()
+    ).decode()
     assert {r.get(f"depot-{h}-install").plain("environment")["K0S_ENCRYPTION_KEY"] for h in ("c2", "c3")} == {key}
     assert r.get("depot-c1-install").plain("environment") == {
         "K0S_TOKEN": hmac.new(FLEET_SECRET.encode(), b"edgefleet/join/depot", hashlib.sha256).hexdigest(),
-        "K0S_ENCRYPTION_KEY": key}
+        "K0S_ENCRYPTION_KEY": key,
+    }
 
 
 def test_servers_and_agents_take_their_own_flags_and_kernel_protection_is_reported(lab: LoadedInventory) -> None:
     site = lab_site(lab, "lab-ha")
-    dist = site.distribution.model_copy(update={
-        "extra_args": ["--kube-apiserver-arg=event-ttl=2h"],
-        "agent_args": ["--container-runtime-endpoint=unix:///run/cri.sock"],
-        "protect_kernel_defaults": False})
+    dist = site.distribution.model_copy(
+        update={
+            "extra_args": ["--kube-apiserver-arg=event-ttl=2h"],
+            "agent_args": ["--container-runtime-endpoint=unix:///run/cri.sock"],
+            "protect_kernel_defaults": False,
+        }
+    )
     site = site.model_copy(update={"distribution": dist})
     hosts = ordered_hosts(site)
     flags = {h.name: node_spec(site, h, hosts[0]).extra_args for h in hosts}
-    assert flags == {"ha-1": ("--kube-apiserver-arg=event-ttl=2h",), "ha-2": ("--kube-apiserver-arg=event-ttl=2h",),
-                     "ha-3": ("--kube-apiserver-arg=event-ttl=2h",),
-                     "ha-agent": ("--container-runtime-endpoint=unix:///run/cri.sock",)}
+    assert flags == {
+        "ha-1": ("--kube-apiserver-arg=event-ttl=2h",),
+        "ha-2": ("--kube-apiserver-arg=event-ttl=2h",),
+        "ha-3": ("--kube-apiserver-arg=event-ttl=2h",),
+        "ha-agent": ("--container-runtime-endpoint=unix:///run/cri.sock",),
+    }
     r = build_sites(lab, site)
     assert "protect-kernel-defaults" not in k3s_config(r, "lab-ha", "ha-agent")
     props = r.get("lab-ha").inputs
@@ -660,10 +783,16 @@ def test_stack_settings_reach_every_remote_step(tmp_path: Path) -> None:
     loaded = load_inventory(inv)
 
     def program() -> Any:
-        EdgeFleet("fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET), command_timeout_s=900))
+        EdgeFleet(
+            "fleet", fleet_args(loaded, pulumi.Config(), pulumi.Output.secret(FLEET_SECRET), command_timeout_s=900)
+        )
 
-    r = run(program, {"sshKeyFleet": PRIVATE_KEY, "sshKeyPassphrase": "pass phrase"},
-            secret_keys=("sshKeyFleet", "sshKeyPassphrase"), preview=True)
+    r = run(
+        program,
+        {"sshKeyFleet": PRIVATE_KEY, "sshKeyPassphrase": "pass phrase"},
+        secret_keys=("sshKeyFleet", "sshKeyPassphrase"),
+        preview=True,
+    )
     steps = [x for x in r.registered if x.kind in (COMMAND, COPY)]
     assert steps and {x.inputs["timeout"] for x in steps} == {900}
     for x in steps:

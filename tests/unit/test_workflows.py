@@ -8,8 +8,9 @@ secret runs in a protected environment, only from main."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -70,7 +71,9 @@ def pr_violations(doc: dict[str, Any], where: str, workflows: Path = WORKFLOWS) 
     """What a pull request could reach in a workflow it triggers."""
     if not triggers(doc) & PR_TRIGGERS:
         return []
-    problems = [f"{where}: workflow env: secret {n}" for n in sorted(secret_names(doc.get("env") or {}) - PR_ALLOWED_SECRETS)]
+    problems = [
+        f"{where}: workflow env: secret {n}" for n in sorted(secret_names(doc.get("env") or {}) - PR_ALLOWED_SECRETS)
+    ]
     for name, job in (doc.get("jobs") or {}).items():
         at = f"{where}: jobs.{name}"
         problems += [f"{at}: secret {n}" for n in sorted(secret_names(job) - PR_ALLOWED_SECRETS)]
@@ -83,8 +86,11 @@ def pr_violations(doc: dict[str, Any], where: str, workflows: Path = WORKFLOWS) 
             problems += pr_violations(inner, f"{at} -> {called}", workflows)
         if "pull_request_target" in triggers(doc):
             # The target branch's secrets with the pull request's code: never check it out.
-            problems += [f"{at}: checks out the pull request's head" for text in strings(job.get("steps") or [])
-                         if PR_HEAD.search(text)]
+            problems += [
+                f"{at}: checks out the pull request's head"
+                for text in strings(job.get("steps") or [])
+                if PR_HEAD.search(text)
+            ]
     return problems
 
 
@@ -128,7 +134,8 @@ def test_every_workflow_declares_minimal_permissions(path: Path) -> None:
         if writes:
             steps = job.get("steps") or []
             assert not any("actions/checkout" in s.get("uses", "") or "run" in s for s in steps), (
-                f"jobs.{name} can write to the pull request, so it runs no code and checks out nothing")
+                f"jobs.{name} can write to the pull request, so it runs no code and checks out nothing"
+            )
 
 
 def test_the_pull_request_preview_is_dev_only_and_prod_preview_is_protected() -> None:
@@ -149,12 +156,13 @@ jobs:
   preview:
     strategy: {matrix: {stack: [dev, prod]}}
     env:
-      PULUMI_CONFIG_PASSPHRASE: ${{ matrix.stack == 'prod' && secrets.PULUMI_CONFIG_PASSPHRASE_PROD || secrets.PULUMI_CONFIG_PASSPHRASE_DEV }}
+      PULUMI_CONFIG_PASSPHRASE: ${{ matrix.stack == 'prod' && secrets.PULUMI_CONFIG_PASSPHRASE_PROD
+        || secrets.PULUMI_CONFIG_PASSPHRASE_DEV }}
       AWS_SECRET_ACCESS_KEY: ${{ secrets.AWS_SECRET_ACCESS_KEY }}
     steps: [{run: scripts/bootstrap}]
 """,
     "bracket syntax": "on: pull_request\njobs: {a: {steps: [{run: \"echo ${{ secrets['SSH_KEY'] }}\"}]}}\n",
-    "whole context": "on: [pull_request]\njobs: {a: {steps: [{run: \"echo ${{ toJSON(secrets) }}\"}]}}\n",
+    "whole context": 'on: [pull_request]\njobs: {a: {steps: [{run: "echo ${{ toJSON(secrets) }}"}]}}\n',
     "prod environment": "on: pull_request\njobs: {a: {environment: {name: prod}, steps: [{run: 'true'}]}}\n",
     "target with the head": """
 on: pull_request_target
@@ -174,8 +182,12 @@ def test_the_check_finds_what_a_pull_request_could_leak(name: str) -> None:
 def test_a_called_workflow_is_checked_with_the_callers_trigger(tmp_path: Path) -> None:
     workflows = tmp_path / ".github" / "workflows"
     workflows.mkdir(parents=True)
-    (workflows / "deploy.yml").write_text("on: workflow_call\njobs: {d: {steps: [{run: 'echo ${{ secrets.PROD_KEY }}'}]}}\n")
+    (workflows / "deploy.yml").write_text(
+        "on: workflow_call\njobs: {d: {steps: [{run: 'echo ${{ secrets.PROD_KEY }}'}]}}\n"
+    )
     caller = load("on: pull_request\njobs: {c: {uses: ./.github/workflows/deploy.yml}}\n")
-    assert pr_violations(caller, "caller.yml", workflows) == ["caller.yml: jobs.c -> ./.github/workflows/deploy.yml: jobs.d: secret PROD_KEY"]
+    assert pr_violations(caller, "caller.yml", workflows) == [
+        "caller.yml: jobs.c -> ./.github/workflows/deploy.yml: jobs.d: secret PROD_KEY"
+    ]
     inherit = load("on: pull_request\njobs: {c: {uses: octo/x/.github/workflows/y.yml@v1, secrets: inherit}}\n")
     assert pr_violations(inherit, "caller.yml") == ["caller.yml: jobs.c: secret *"]

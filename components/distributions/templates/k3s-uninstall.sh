@@ -16,11 +16,19 @@ if command -v ip >/dev/null 2>&1; then
 fi
 for tables in iptables ip6tables; do
   if command -v "$tables-save" >/dev/null 2>&1 && command -v "$tables-restore" >/dev/null 2>&1; then
-    if "$tables-save" 2>/dev/null | grep -qE 'KUBE-|CNI-|flannel'; then
+    # grep reads everything: with -q it would stop early, and pipefail would take the save's
+    # SIGPIPE for "nothing to clean".
+    if "$tables-save" 2>/dev/null | grep -E 'KUBE-|CNI-|flannel' >/dev/null; then
       "$tables-save" | grep -v KUBE- | grep -v CNI- | grep -iv flannel | "$tables-restore" || log "could not clean $tables rules"
     fi
   fi
 done
+# kube-router's network policy sets (KUBE-SRC-*, KUBE-DST-*), free once no rule refers to them.
+if command -v ipset >/dev/null 2>&1; then
+  while read -r set; do
+    ipset destroy "$set" 2>/dev/null || log "could not destroy ipset $set"
+  done < <(ipset list -n 2>/dev/null | grep -E '^(inet6:)?KUBE-' || true)
+fi
 svc_remove
 for path in @@PATHS@@; do
   if [[ -e "$path" || -L "$path" ]]; then
