@@ -72,7 +72,8 @@ def prod(tmp_path: Path) -> Pulumi:
 
 
 def _creates_per_site(out: str, sites: list[str]) -> dict[str, int]:
-    return {s: len([line for line in out.splitlines() if " create" in line and f" {s}-" in line]) for s in sites}
+    # Resources are named under the fleet component (``fleet-<site>-…``).
+    return {s: len([line for line in out.splitlines() if " create" in line and f" fleet-{s}-" in line]) for s in sites}
 
 
 def test_dev_preview_with_the_pack_shows_every_site(dev: Pulumi):
@@ -82,10 +83,11 @@ def test_dev_preview_with_the_pack_shows_every_site(dev: Pulumi):
     counts = _creates_per_site(out.stdout, ["lab-single", "lab-ha", "lab-gw"])
     assert all(counts.values()), counts
     assert counts["lab-ha"] > counts["lab-gw"], "three servers and more workloads than the gateway"
-    for host in ("single-1", "ha-1", "ha-2", "ha-3", "gw-1"):
+    hosts = ("single-1", "agent-1", "ha-1", "ha-2", "ha-3", "gw-1")
+    for host in hosts:
         assert re.search(rf"edge:host:EdgeHost\s+fleet-lab-[a-z]+-{host}\s", out.stdout), host
     # A host's steps are named by its machine (pinned host key), not by its inventory name.
-    assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == 5
+    assert len(set(re.findall(r"\bm-[0-9a-f]{12}-install\b", out.stdout))) == len(hosts)
 
 
 def test_prod_preview_with_mandatory_pack_passes_offline(prod: Pulumi):
