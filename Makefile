@@ -1,5 +1,6 @@
 # The two commands a new machine needs:
-#   make up    bootstrap, bring up the lab, `pulumi up` the dev stack (with the policy pack)
+#   make up    bootstrap, bring up the lab, `pulumi up` the dev stack (with the policy pack),
+#              reinstalling first whatever the lab hosts lost since the last one
 #   make test  bootstrap, then every test (unit, policy, real engine, lab end-to-end)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -28,7 +29,7 @@ LAB_CLAIM = $${EDGEFLEET_LAB_DIR:-$${EDGEFLEET_CACHE:-$$HOME/.cache/edgefleet}/l
 
 up: lab-up
 	printf '%s\n' "$(CURDIR) (make up, $$(date -u +%FT%TZ))" >"$(LAB_CLAIM)"
-	scripts/stack dev up --yes
+	scripts/stack dev heal --yes
 
 preview: bootstrap
 	scripts/stack $(or $(STACK),dev) preview

@@ -69,7 +69,6 @@ STEP_LABELS = {
     "kubernetes": "kubernetes provider plugin",
     "kwok": "kwok",
     "k3s": "K3s",
-    "fakecri": "lab CRI stand-in",
     "tools": "kube-score + actionlint",
     "plugins": "plugins into PULUMI_HOME",
 }

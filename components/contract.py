@@ -38,6 +38,11 @@ S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/(?P<key
 LATENCY_BUDGET_MS = {"control": 10.0, "video": 50.0, "batch": 1000.0}
 
 # The one variable an inventory path may name: the project's own cache directory.
+# What a read-back script (run on refresh) prints as its last line: what it checks is in place,
+# or it is not, followed by why (a host whose disk was wiped or that was reimaged).
+CHECK_PRESENT = "edgefleet-check: present"
+CHECK_ABSENT = "edgefleet-check: absent: "
+
 CACHE_VAR = "EDGEFLEET_CACHE"
 
 

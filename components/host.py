@@ -33,6 +33,7 @@ from typing import Any
 import pulumi
 
 from components import remote
+from components.contract import CHECK_ABSENT, CHECK_PRESENT
 from components.distributions import NODE_NAME_MARK, Driver, NodeSpec, UploadedArtifact
 from components.distributions.bash import q
 
@@ -72,20 +73,74 @@ printf '%s\\n' {q(claim)} >{CLAIM_FILE}
     )
 
 
-def unless_claimed(script: str, claim: str, what: str) -> str:
-    """``script`` run only while the machine is still claimed by ``claim`` (or by nobody):
-    a machine another live resource has claimed since is left alone."""
+def stack_claims(stack: str, machine: str) -> tuple[str, ...]:
+    """What this stack's install writes to :data:`CLAIM_FILE`, then the claims it inherits: a
+    site stack ``<env>.<site>`` took its machines over from the whole-fleet stack ``<env>``
+    (``fleet migrate`` moves the state and touches no host, so the hosts still name it)."""
+    claims = [f"{stack}/{machine}"]
+    if "." in stack:
+        claims.append(f"{stack.split('.', 1)[0]}/{machine}")
+    return tuple(claims)
+
+
+def _not_ours(claims: Sequence[str]) -> str:
+    """A bash test: ``$owner`` (the machine's claim) is none of ``claims``."""
+    return " && ".join(f'"$owner" != {q(c)}' for c in claims)
+
+
+def unless_claimed(script: str, claim: str, what: str, inherited: Sequence[str] = ()) -> str:
+    """``script`` run only while the machine is still claimed by ``claim`` (or one it
+    ``inherited``, or by nobody): a machine another live resource has claimed since is left
+    alone."""
     return (
         f"""#!/usr/bin/env bash
 set -euo pipefail
 owner="$(cat {CLAIM_FILE} 2>/dev/null || true)"
-if [[ -n "$owner" && "$owner" != {q(claim)} ]]; then
+if [[ -n "$owner" && {_not_ours([claim, *inherited])} ]]; then
   printf '%s\\n' "[$(hostname)] not running {what}: this machine is managed as $owner now, not as {claim}" >&2
   exit 0
 fi
 """
         + script
         + f"rm -f -- {CLAIM_FILE}\n"
+    )
+
+
+def reads_back(script: str, what: str) -> str:
+    """A read-back (see components.contract) from a script that prints something or fails: its
+    output, then present; absent when it fails (what it reads is gone from the host)."""
+    delim = "EDGEFLEET_READ_BACK"
+    while delim in script:
+        delim += "_"
+    return f"""#!/usr/bin/env bash
+if out="$(bash -s 2>/dev/null <<'{delim}'
+{script.rstrip()}
+{delim}
+)"; then
+  printf '%s\\n' "$out" {q(CHECK_PRESENT)}
+else
+  printf '%s%s\\n' {q(CHECK_ABSENT)} "{what} cannot be read on $(hostname)"
+fi
+"""
+
+
+def claimed_check(check: str, claim: str, inherited: Sequence[str] = ()) -> str:
+    """The install's read-back: a machine nobody claims has lost its install (wiped, reimaged);
+    one another stack has claimed since is not this stack's to judge (present); ours is checked
+    by the driver's ``check``."""
+    return (
+        f"""#!/usr/bin/env bash
+owner="$(cat {CLAIM_FILE} 2>/dev/null || true)"
+if [[ -z "$owner" ]]; then
+  printf '%s%s\\n' {q(CHECK_ABSENT)} "nothing is installed on $(hostname) by this stack ({CLAIM_FILE} is missing)"
+  exit 0
+fi
+if [[ {_not_ours([claim, *inherited])} ]]; then
+  printf '%s\\n' {q(CHECK_PRESENT)}
+  exit 0
+fi
+"""
+        + check
     )
 
 
@@ -150,6 +205,7 @@ class EdgeHostArgs:
     version: str
     machine: str  # stable machine id (see machine_id): names the children
     claim: str  # what the install writes to CLAIM_FILE
+    inherited_claims: tuple[str, ...] = ()  # earlier stacks' claims this one took over (stack_claims)
     # The first server this host joined through (its node operations run there); None: this
     # host is the first server.
     joins_via: EdgeHost | None = None
@@ -173,9 +229,9 @@ class NodeSteps:
     timeout_s: int = 300
 
     def drain(self) -> str:
-        # The first server itself is not drained through its own API: restarting it leaves
-        # running pods in place, and a first server whose API is down could not drain anything.
-        return self.driver.render_drain(self.node.host, timeout_s=self.timeout_s) if self.joined else "true\n"
+        # The first server is drained through its own API (its restart briefly interrupts the
+        # network of the pods it runs); when that API is down, it is upgraded in place.
+        return self.driver.render_drain(self.node.host, timeout_s=self.timeout_s, own_api=not self.joined)
 
     def install(self) -> str:
         return self.driver.render_install(self.node, self.artifacts, ready_timeout_s=self.timeout_s)
@@ -186,6 +242,15 @@ class NodeSteps:
 
     def remove(self, registered: str) -> str:
         return self.driver.render_remove_node(registered, timeout_s=self.timeout_s)
+
+    def check(self, claim: str, inherited: Sequence[str] = ()) -> str | None:
+        """The install's read-back, or None when the distribution is not read back."""
+        check = self.driver.render_check(self.node, self.artifacts)
+        return claimed_check(check, claim, inherited) if check is not None else None
+
+    def node_check(self, registered: str) -> str:
+        check = self.driver.render_node_check(replace(self.node, host=registered))
+        return reads_back(check, f"node {registered}")
 
     def trigger(self, version: str) -> list[str]:
         """What re-runs drain, install and ready: a change of version, artifact or steady-state
@@ -260,6 +325,7 @@ class EdgeHost(pulumi.ComponentResource):
                 remote_path=a.remote_path(),
                 label=label,
                 triggers=[a.sha256],
+                sha256=a.sha256,
                 timeout_s=args.target.command_timeout_s,  # None: bounded by the file's size
                 opts=opts_for(f"upload-{a.name}"),
             )
@@ -289,7 +355,8 @@ class EdgeHost(pulumi.ComponentResource):
             label=label,
             create=installed,
             update=installed,
-            delete=unless_claimed(driver.render_uninstall(node), args.claim, "the uninstall"),
+            delete=unless_claimed(driver.render_uninstall(node), args.claim, "the uninstall", args.inherited_claims),
+            check=steps.check(args.claim, args.inherited_claims),
             environment=dict(args.environment),
             triggers=install_trigger,
             timeout_s=args.target.deadline(args.ready_timeout_s),
@@ -308,6 +375,7 @@ class EdgeHost(pulumi.ComponentResource):
             update=ready,
             # Removing the first server removes the site: there is no cluster to leave.
             delete=registered.apply(steps.remove) if first else None,
+            check=registered.apply(steps.node_check),
             triggers=install_trigger,
             timeout_s=args.target.deadline(args.ready_timeout_s),
             opts=opts_for("node", args.protect, depends_on=[self.install]),
@@ -330,6 +398,8 @@ class EdgeHost(pulumi.ComponentResource):
                 create=driver.render_fetch_kubeconfig(node),
                 triggers=[args.target.address],
                 secret_stdout=True,
+                check=reads_back(driver.render_fetch_kubeconfig(node), "the admin kubeconfig"),
+                check_stdout=True,
                 timeout_s=args.target.deadline(args.ready_timeout_s),
                 opts=opts_for("kubeconfig", depends_on=[self.node_ready]),
             )

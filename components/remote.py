@@ -12,6 +12,11 @@ Semantics chosen for host lifecycles:
   runs. Resources are named per machine, so a new connection is the same machine reached
   another way, never a reason to delete and recreate (see :func:`in_place_diff`).
 - ``delete`` runs when the resource is deleted (host removed from the inventory, destroy).
+- On refresh, a Command with a ``check`` script and a copy with its ``sha256`` read the host
+  back: what the host no longer has (a wiped disk, a reimaged machine, an install removed behind
+  the stack's back) is reported gone, so refresh drops it from the state and the next update
+  creates it again. A host that cannot be reached fails the refresh, naming it; it is never
+  taken for a host that lost its install.
 - Scripts reach the host on stdin with ``environment`` exported first: secrets never appear
   on a command line, in the process list, or in the state (environment and connection are
   secret outputs).
@@ -41,9 +46,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from components.contract import file_sha256
+from components.contract import CHECK_ABSENT, CHECK_PRESENT, file_sha256
 
 if TYPE_CHECKING:  # imported where used: the dynamic providers load this module in every step
     import paramiko
@@ -436,6 +441,28 @@ def in_place_diff(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, .
     return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
 
+def read_verdict(stdout: str, label: str, step: str) -> tuple[bool, str]:
+    """A check script's output: (present, what it printed before its verdict line)."""
+    lines = stdout.rstrip("\n").split("\n")
+    verdict = lines[-1] if lines else ""
+    if verdict == CHECK_PRESENT:
+        return True, "\n".join(lines[:-1])
+    if verdict.startswith(CHECK_ABSENT):
+        return False, verdict[len(CHECK_ABSENT) :]
+    raise RemoteError(f"{label}: step {step!r}: the read-back printed no verdict (last line: {verdict[:200]!r})")
+
+
+def _read_back(id_: str, props: dict[str, Any], script: str) -> ReadResult:
+    """Run ``script`` on the host: the resource as it is, or gone (an empty id) when the host
+    no longer has what it describes."""
+    step = _step(props, "read")
+    out, _ = run_script(props["connection"], script, {}, props["label"], **step)
+    present, printed = read_verdict(out, props["label"], step["step"])
+    if present and props.get("check_stdout") and printed.strip() != (props.get("stdout") or "").strip():
+        present = False  # what it reads is not what the state holds: made again by the next update
+    return ReadResult(id_, props) if present else ReadResult(None, {})
+
+
 class _CommandProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         out, err = run_script(
@@ -448,8 +475,13 @@ class _CommandProvider(ResourceProvider):
         return CreateResult(id_=uuid.uuid4().hex, outs={**props, "stdout": out, "stderr": err})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("create", "update", "delete", "environment", "triggers", "connection", "label")
+        keys = ("create", "update", "delete", "check", "environment", "triggers", "connection", "label")
         return in_place_diff(olds, news, keys)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if not props.get("check"):
+            return ReadResult(id_, props)
+        return _read_back(id_, props, props["check"])
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         script = news.get("update")
@@ -478,10 +510,21 @@ class _CopyProvider(ResourceProvider):
         return CreateResult(id_=uuid.uuid4().hex, outs=props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        diff = in_place_diff(olds, news, ("source", "remote_path", "triggers", "connection", "label"))
+        diff = in_place_diff(olds, news, ("source", "remote_path", "sha256", "triggers", "connection", "label"))
         # A new destination is a new file: written first, the old one removed after.
         replaces = [k for k in ("remote_path",) if olds.get(k) != news.get(k)]
         return DiffResult(changes=diff.changes, replaces=replaces, delete_before_replace=False)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if not props.get("sha256"):
+            return ReadResult(id_, props)
+        path, sha = shlex.quote(props["remote_path"]), props["sha256"]
+        check = (
+            f'if [[ "$(sha256sum {path} 2>/dev/null | cut -d" " -f1)" == {sha} ]]; then '
+            f"echo {shlex.quote(CHECK_PRESENT)}; "
+            f'else echo "{CHECK_ABSENT}{props["remote_path"]} is missing or changed on $(hostname)"; fi\n'
+        )
+        return _read_back(id_, props, check)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         if news.get("triggers") != olds.get("triggers") or news.get("source") != olds.get("source"):
@@ -543,10 +586,14 @@ class Command(pulumi.dynamic.Resource):
         triggers: list[Any] | None = None,
         secret_stdout: bool = False,
         timeout_s: int | None = None,
+        check: pulumi.Input[str] | None = None,
+        check_stdout: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """``timeout_s``: the deadline of each run once connected (default
-        ``DEFAULT_COMMAND_TIMEOUT_S``; callers derive it with :func:`step_deadline`)."""
+        ``DEFAULT_COMMAND_TIMEOUT_S``; callers derive it with :func:`step_deadline`).
+        ``check``: the read-back run on refresh (prints a verdict, see components.contract);
+        with ``check_stdout`` the output before the verdict must also equal ``stdout``."""
         secret = ["connection", "environment", *(["stdout"] if secret_stdout else [])]
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=secret))
         super().__init__(
@@ -559,6 +606,8 @@ class Command(pulumi.dynamic.Resource):
                 "create": create,
                 "update": update,
                 "delete": delete,
+                "check": check,
+                "check_stdout": check_stdout,
                 "environment": environment or {},
                 "triggers": triggers or [],
                 "step": name,
@@ -583,10 +632,11 @@ class CopyToRemote(pulumi.dynamic.Resource):
         label: str,
         triggers: list[Any] | None = None,
         timeout_s: int | None = None,
+        sha256: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """``timeout_s``: the deadline of the transfer once connected (default: from the file's
-        size, :func:`upload_deadline`)."""
+        size, :func:`upload_deadline`). ``sha256``: the file's digest, read back on refresh."""
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["connection"]))
         super().__init__(
             _CopyProvider(),
@@ -597,6 +647,7 @@ class CopyToRemote(pulumi.dynamic.Resource):
                 "connection": connection,
                 "source": source,
                 "remote_path": remote_path,
+                "sha256": sha256,
                 "triggers": triggers or [],
                 "step": name,
                 "timeout": timeout_s,

@@ -91,6 +91,16 @@ def render_start(
     ).render("require_root\n" + body)
 
 
+def render_check(site: str, host: str, count: int, access: KubeAccess) -> str:
+    """Fails unless kwok runs and every simulated node is registered (the read-back of the start)."""
+    svc = _service(access.kubeconfig)
+    names = " ".join(q(node_name(site, i)) for i in range(1, count + 1))
+    body = svc.shell() + access.define
+    body += 'svc_running || die "kwok is not running on $HOST"\n'
+    body += f"{access.command()} get node {names} -o name >/dev/null\n"
+    return Script(purpose=f"Check kwok and the simulated nodes of site {site}.", host=host, lib=("log",)).render(body)
+
+
 def render_stop(site: str, host: str, count: int, access: KubeAccess) -> str:
     """Delete the simulated nodes, stop kwok, remove it."""
     svc = _service(access.kubeconfig)

@@ -22,7 +22,7 @@ from components import remote, simulated
 from components.distributions import Driver, NodeSpec, driver_for
 from components.distributions.k0s import ENCRYPTION_KEY_ENV
 from components.distributions.k3s import AGENT_TOKEN_ENV, TOKEN_ENV, render_ca_hash, secure_token
-from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget
+from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget, reads_back, stack_claims
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class EdgeSite(pulumi.ComponentResource):
         first_host: EdgeHost | None = None
         previous: EdgeHost | None = None
         for host in args.hosts:
+            claims = stack_claims(pulumi.get_stack(), host.machine)
             if k3s and first_host is not None and "agent" not in envs:
                 envs = k3s_environments(
                     args.site, args.fleet_secret, self._cluster_ca(name, first_host, args.hosts[0].node)
@@ -145,7 +146,8 @@ class EdgeSite(pulumi.ComponentResource):
                     environment=environment,
                     version=args.version,
                     machine=host.machine,
-                    claim=f"{pulumi.get_stack()}/{host.machine}",
+                    claim=claims[0],
+                    inherited_claims=claims[1:],
                     joins_via=first_host,
                     ready_timeout_s=args.ready_timeout_s,
                     protect=host.protect,
@@ -215,6 +217,8 @@ class EdgeSite(pulumi.ComponentResource):
             label=first.label,
             create=script,
             update=script,
+            check=reads_back(script, "the cluster CA"),
+            check_stdout=True,
             triggers=[first.machine],
             timeout_s=first.step_timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[first.node_ready]),
@@ -265,6 +269,7 @@ class EdgeSite(pulumi.ComponentResource):
             remote_path=art.remote_path(),
             label=first.label,
             triggers=[art.sha256, first.machine],  # moved to another server: copied there
+            sha256=art.sha256,
             timeout_s=timeout_s,
             opts=pulumi.ResourceOptions(parent=self, depends_on=after),
         )
@@ -278,6 +283,7 @@ class EdgeSite(pulumi.ComponentResource):
             create=start,
             update=start,
             delete=simulated.render_stop(site, host, sim.count, access),
+            check=reads_back(simulated.render_check(site, host, sim.count, access), "kwok and its nodes"),
             # Re-run (idempotent start) whenever the first server's install re-runs: after a
             # restart of the host, kwok comes back with K3s.
             triggers=[art.sha256, sim.count, *first.install_trigger],

@@ -25,7 +25,7 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from fleet import health
+from fleet import heal, health
 
 PR_SET_PDEATHSIG = 1
 
@@ -190,6 +190,10 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                         "changes": 0,
                         "already": True,
                     }
+                if req.get("refresh"):
+                    # Hosts read back first: a wiped or reimaged host is reinstalled by this update.
+                    healing = heal.read_back(stack, log)
+                    notes += [f"gone from its host: {urn.split('::')[-1]}" for urn in healing.gone]
                 update = stack.up(
                     message=req["message"],
                     on_output=log,

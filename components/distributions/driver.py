@@ -19,6 +19,7 @@ from components.distributions.kube import (
     KubeAccess,
     drain_body,
     kube_script,
+    node_check_body,
     node_ready_body,
     remove_node_body,
     rewrite_kubeconfig,
@@ -71,6 +72,13 @@ class Driver(ABC):
         """The node runs a kubelet, so it registers a Node object."""
         return True
 
+    def render_check(self, node: NodeSpec, artifacts: Sequence[UploadedArtifact]) -> str | None:
+        """A script that reads the install back (run on refresh): it prints ``CHECK_PRESENT``
+        (components.contract) when the binary, the applied configuration and the running service
+        are the ones rendered, else ``CHECK_ABSENT`` and what is missing. None: this
+        distribution is not read back."""
+        return None
+
     def kube_access(self, node: NodeSpec) -> KubeAccess:
         """How ``node`` (a server) reaches its own API with admin rights."""
         return self.access
@@ -81,12 +89,13 @@ class Driver(ABC):
     def rewrite_kubeconfig(self, text: str, server_url: str) -> str:
         return rewrite_kubeconfig(text, server_url)
 
-    def render_drain(self, node_name: str, *, timeout_s: int = 300) -> str:
-        """Cordon and drain a node before its install re-runs (run on a server)."""
+    def render_drain(self, node_name: str, *, timeout_s: int = 300, own_api: bool = False) -> str:
+        """Cordon and drain a node before its install re-runs (run on a server; ``own_api``: on
+        the node itself, the first server, through its own API)."""
         return kube_script(
             f"Cordon and drain {self.title} node {node_name}{self.on_server}.",
             self.access,
-            drain_body(self.access, node_name, timeout_s),
+            drain_body(self.access, node_name, timeout_s, own_api=own_api),
         )
 
     def render_node_ready(self, node: NodeSpec, *, timeout_s: int = 300) -> str:
@@ -95,6 +104,15 @@ class Driver(ABC):
             f"Wait until {self.title} node {node.host} is Ready; uncordon it after an upgrade drain{self.on_server}.",
             self.access,
             node_ready_body(self.access, node.host, timeout_s, has_node=self.has_node(node)),
+        )
+
+    def render_node_check(self, node: NodeSpec) -> str:
+        """Fails unless the API answers and the node is registered (run on a server; the
+        read-back of :meth:`render_node_ready`)."""
+        return kube_script(
+            f"Check that the {self.title} API answers and node {node.host} is registered{self.on_server}.",
+            self.access,
+            node_check_body(self.access, node.host, has_node=self.has_node(node)),
         )
 
     def render_remove_node(self, node_name: str, *, timeout_s: int = 300) -> str:

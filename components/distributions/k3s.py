@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from components.contract import SHA256
+from components.contract import CHECK_ABSENT, CHECK_PRESENT, SHA256
 from components.distributions.artifacts import (
     UNAME_ARCH,
     UploadedArtifact,
@@ -466,6 +466,24 @@ class K3sDriver(Driver):
             f"Reads the join token from ${TOKEN_ENV}; idempotent.",
             node.host,
             lib=_INSTALL_LIB,
+        ).render(body)
+
+    def render_check(self, node: NodeSpec, artifacts: Sequence[UploadedArtifact]) -> str:
+        validate(node)
+        arts = _artifacts(node, artifacts)
+        applied = hashlib.sha256(steady_config(node).encode()).hexdigest()
+        body = service(node).shell() + fill(
+            "k3s-check.sh",
+            BIN=BIN,
+            BIN_SHA256=arts.binary.sha256,
+            APPLIED_FILE=APPLIED_FILE,
+            APPLIED=applied,
+            PRESENT=q(CHECK_PRESENT),
+            ABSENT=q(CHECK_ABSENT),
+        )
+        return Script(
+            f"Read back the K3s install on {node.host} of site {node.site}: present, or absent and why.",
+            node.host,
         ).render(body)
 
     def render_join_token(self, node: NodeSpec) -> str | None:

@@ -57,16 +57,21 @@ class KubeAccess:
         return 'node_exists() { [[ -n "$("${KUBECTL[@]}" get node "$NODE" --ignore-not-found -o name)" ]]; }\n'
 
 
-def drain_body(access: KubeAccess, node_name: str, timeout_s: int) -> str:
+def drain_body(access: KubeAccess, node_name: str, timeout_s: int, *, own_api: bool = False) -> str:
     """Cordon and drain a node before its upgrade. A node not (yet) registered has nothing to
-    drain; a node an operator had already cordoned stays cordoned after the upgrade."""
-    return (
-        f"NODE={q(node_name)}\n"
-        + access.wait_api(min(timeout_s, 120))
-        + access.node_exists()
-        + "\n"
-        + fill("kube-drain.sh", TIMEOUT=int(timeout_s))
-    )
+    drain; a node an operator had already cordoned stays cordoned after the upgrade. ``own_api``:
+    the node is the server whose API the drain goes through (the first server); when that API
+    does not answer, the upgrade is what may bring it back, so the node is upgraded in place."""
+    if own_api:
+        wait = (
+            f'if ! wait_for {min(int(timeout_s), 30)} "the Kubernetes API" api_ready; then\n'
+            '  log "the API on $HOST does not answer: $NODE is upgraded in place, without a drain"\n'
+            "  exit 0\n"
+            "fi\n"
+        )
+    else:
+        wait = access.wait_api(min(timeout_s, 120))
+    return f"NODE={q(node_name)}\n" + wait + access.node_exists() + "\n" + fill("kube-drain.sh", TIMEOUT=int(timeout_s))
 
 
 def node_ready_body(access: KubeAccess, node_name: str, timeout_s: int, *, has_node: bool = True) -> str:
@@ -78,14 +83,24 @@ def node_ready_body(access: KubeAccess, node_name: str, timeout_s: int, *, has_n
 
 
 def remove_node_body(access: KubeAccess, node_name: str, timeout_s: int) -> str:
-    """Drain and delete a node leaving the cluster (idempotent)."""
+    """Drain and delete a node leaving the cluster (idempotent). A deletion still pending after
+    a grace period is explained by the finalizers that hold it."""
     return (
         f"NODE={q(node_name)}\n"
         + access.wait_api(min(timeout_s, 120))
         + access.node_exists()
         + "\n"
-        + fill("kube-remove-node.sh", TIMEOUT=int(timeout_s))
+        + fill("kube-remove-node.sh", TIMEOUT=int(timeout_s), GRACE=min(int(timeout_s), 60))
     )
+
+
+def node_check_body(access: KubeAccess, node_name: str, *, has_node: bool) -> str:
+    """Fails unless the API answers (within 10 s) and, for a node with a kubelet, the node is
+    registered: the read-back of a node's readiness step."""
+    body = f"NODE={q(node_name)}\n" + access.wait_api(10)
+    if has_node:
+        body += access.node_exists() + 'node_exists || die "node $NODE is not registered"\n'
+    return body
 
 
 def kube_script(purpose: str, access: KubeAccess, body: str) -> str:

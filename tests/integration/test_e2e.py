@@ -25,11 +25,11 @@ import yaml
 
 from fleet import toolchain
 
-from .conftest import CACHE, REPO, Pulumi, pulumi_env
+from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Pulumi, pulumi_env
 from .test_remote import in_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
-K3S = next((CACHE / "toolchain").glob("k3s-*/k3s"), None)
+K3S = TOOLCHAIN / f"k3s-{VERSIONS['K3S_VERSION']}" / "k3s"  # the lab's release (bootstrap also builds the next)
 LAB_HOSTS = ["single-1", "agent-1", "ha-1", "ha-2", "ha-3", "gw-1"]
 
 
@@ -192,6 +192,65 @@ def test_refresh_shows_drift_and_up_restores_it(fleet: Fleet):
     fleet.stack("up", "--yes", "--expect-no-changes")
 
 
+def _state_script(fleet: Fleet, resource_name: str, field: str = "delete") -> str:
+    """A script the state holds for one remote resource (e.g. the uninstall of an install)."""
+    resources = fleet.p.json("stack", "export")["deployment"]["resources"]
+    return next(r["outputs"][field] for r in resources if r["urn"].endswith(f"::{resource_name}"))
+
+
+def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(fleet: Fleet):
+    """gw-1 loses its disk behind the stack's back: kwok and K3s removed by their own scripts,
+    the uploaded artifacts and the claim gone. A plain `up` still sees nothing to do (the state
+    says installed); `scripts/stack dev heal` reads every host back, reinstalls gw-1, fetches its
+    new kubeconfig and re-creates lab-gw's objects, in one run; the other sites are untouched."""
+    state = fleet.p.json("stack", "export")["deployment"]["resources"]
+    gw_install = next(
+        r["urn"].rsplit("::", 1)[1]
+        for r in state
+        if r["urn"].endswith("-install") and "host 'gw-1'" in (r.get("outputs") or {}).get("label", "")
+    )
+    for script in (_state_script(fleet, "fleet-lab-gw-kwok"), _state_script(fleet, gw_install)):
+        wiped = subprocess.run(
+            [str(REPO / "lab/lab"), "exec", "gw-1", "bash", "-s"],
+            input=script,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
+        assert wiped.returncode == 0, wiped.stderr
+    assert in_host(None, "gw-1", "rm", "-rf", "/var/lib/edgefleet").returncode == 0
+    assert k3s_procs("gw-1") == []
+    kc = fleet.kubeconfig("lab-gw")
+    assert not ready("10.213.7.31", kc)
+    others = {s: fleet.kubeconfig(s).read_text() for s in ("lab-single", "lab-ha")}
+
+    t0 = time.monotonic()
+    healed = fleet.stack("heal", "--yes")
+    fleet.figures["heal_wiped_host_s"] = round(time.monotonic() - t0, 1)
+    assert f"heal: gone from its host: {gw_install}" in healed.stdout, healed.stdout[-3000:]
+    assert "heal: site fleet-lab-gw lost an install" in healed.stdout
+    gone = set(re.findall(r"heal: gone from its host: (\S+)", healed.stdout))
+    assert all(name.startswith(gw_install.rsplit("-", 1)[0]) or "lab-gw" in name for name in gone), gone
+    kc = fleet.kubeconfig("lab-gw")
+    assert kubectl(kc, "get", "--raw", "/readyz").stdout.strip() == "ok"
+    deadline = time.monotonic() + 120
+    while True:
+        dep = json.loads(
+            kubectl(
+                kc, "-n", "predictive-maintenance", "get", "deployment", "predictive-maintenance", "-o", "json"
+            ).stdout
+        )
+        if {c["type"]: c["status"] for c in dep["status"].get("conditions", [])}.get("Available") == "True":
+            break
+        assert time.monotonic() < deadline, dep["status"]
+        time.sleep(3)
+    policies = kubectl(kc, "-n", "predictive-maintenance", "get", "networkpolicy", "-o", "name").stdout
+    assert "networkpolicy.networking.k8s.io/default-deny" in policies
+    assert {s: fleet.kubeconfig(s).read_text() for s in others} == others, "the other sites' clusters are the same"
+    assert "BEGIN" not in fleet.p.run("stack", "export").stdout, "read-back keeps every secret encrypted"
+    fleet.stack("up", "--yes", "--expect-no-changes")
+
+
 def _server_pids(host: str) -> list[int]:
     """k3s and its supervisor in one lab host (all hosts share the PID namespace)."""
     pids = subprocess.run(["ip", "netns", "pids", f"ef-{host}"], text=True, capture_output=True).stdout.split()
@@ -299,6 +358,10 @@ def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, ki
     time.sleep(kill_after_s)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    # The engine's plugins (language host, policy pack, dynamic provider) run in process groups
+    # of their own and outlive a killed CLI, as after a crash: gone with it here, so that they
+    # do not linger on this machine for the rest of the run.
+    subprocess.run(["pkill", "-KILL", "-f", str(fleet.root)], check=False)
     rec = subprocess.run(
         [str(fleet.root / "scripts/recover"), "dev"],
         cwd=fleet.root,
@@ -459,6 +522,6 @@ def test_lab_down_leaves_nothing():
     assert "efbr0" not in subprocess.run(["ip", "link"], text=True, capture_output=True).stdout
     mounts = Path("/proc/mounts").read_text()
     assert str(CACHE / "lab/hosts") not in mounts
-    for pattern in (str(CACHE / "lab/hosts"), "edgefleet-fakecri"):
+    for pattern in (str(CACHE / "lab/hosts"), "edgefleet-runtime"):
         procs = subprocess.run(["pgrep", "-f", pattern], text=True, capture_output=True).stdout
         assert procs.strip() == "", pattern

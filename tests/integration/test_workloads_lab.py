@@ -2,7 +2,8 @@
 kubelet and containerd on single-1, agent-1 as an agent) runs the inference servers from the
 images scripts/build-images made; a declared client namespace gets the model's answer through
 the Service, any other namespace is refused by the NetworkPolicies; a drain of a node holding a
-replica keeps serving; destroy leaves both hosts clean.
+replica keeps serving; an upgrade to the next K3s release goes one node at a time and keeps
+serving; destroy leaves both hosts clean.
 
 CoreDNS is disabled on the lab (there is no image of it), so clients call the Service by its
 ClusterIP. The tests share one stack and run in file order; their figures go to
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,7 +27,7 @@ import yaml
 
 from images.build import read_index
 
-from .conftest import CACHE, REPO, Lab
+from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Lab
 from .test_e2e import K3S, Fleet, fresh_fleet, k3s_procs, kubectl
 from .test_remote import in_host
 
@@ -323,6 +325,159 @@ def test_a_drain_keeps_serving_with_two_replicas(fleet: Fleet, traffic: dict[str
     )
     assert int(counts["ok"]) > 20 and int(counts["failed"]) == 0, out + err
     kubectl(kc, "uncordon", traffic["drained"])
+
+
+# Runs by itself in a pod on every node (a DaemonSet: a drain leaves it in place, and it needs
+# no API while the server restarts): requests through the Service until /tmp/stop exists or
+# 600 s passed, its counts always current in /tmp/counts (failures' times in /tmp/failed-at); then
+# it idles until deleted.
+SELF_LOOP = """ok=0; failed=0; start=$(date +%s); end=$(( start + 600 ))
+# A new pod's address reaches the NetworkPolicies (kube-router's ipsets) a moment after it
+# starts: counting begins with the first answer, and how long that took is kept.
+until curl -sf -o /dev/null -m 2 -H 'Content-Type: application/json' --data-binary "$BODY" "$URL"; do
+  [ "$(date +%s)" -lt "$end" ] || break
+  sleep 0.2
+done
+echo $(( $(date +%s) - start )) >/tmp/first-answer-s
+while [ ! -e /tmp/stop ] && [ "$(date +%s)" -lt "$end" ]; do
+  if curl -sf -o /dev/null -m 2 -H 'Content-Type: application/json' --data-binary "$BODY" "$URL"; then
+    ok=$((ok + 1)); else failed=$((failed + 1)); date +%s >>/tmp/failed-at; fi
+  echo "ok=$ok failed=$failed" >/tmp/counts
+  sleep 0.05
+done
+exec sleep 900
+"""
+
+
+def _loop_daemonset(image: str, url: str) -> dict:
+    pod = _client_pod(CLIENT, "", image)["spec"]
+    del pod["nodeSelector"]
+    container = pod["containers"][0]
+    container["args"] = ["-c", SELF_LOOP]
+    container["env"] = [{"name": "URL", "value": url}, {"name": "BODY", "value": request_body()}]
+    labels = {"app": "upgrade-client"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "upgrade-client", "namespace": CLIENT},
+        "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }
+
+
+def _watch_nodes(kc: Path, stop: threading.Event, seen: dict[str, list[float]]) -> None:
+    """Every second: when (epoch seconds) each node was cordoned or not Ready, and when the API
+    did not answer."""
+    while not stop.wait(1):
+        now = time.time()
+        proc = kubectl(kc, "get", "nodes", "-o", "json", "--request-timeout=2s", check=False, timeout=10)
+        if proc.returncode != 0:
+            seen.setdefault("api", []).append(now)
+            continue
+        for node in json.loads(proc.stdout)["items"]:
+            ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}.get("Ready")
+            if node["spec"].get("unschedulable") or ready != "True":
+                seen.setdefault(node["metadata"]["name"], []).append(now)
+
+
+@pytest.mark.lab
+def test_an_upgrade_goes_one_node_at_a_time_and_keeps_serving(fleet: Fleet, traffic: dict[str, str]) -> None:
+    """The production path: a new K3s release named in the inventory (version and artifact),
+    one `up`. The server restarts in place (its pods keep running), the agent is cordoned and
+    drained (real evictions under the PodDisruptionBudget), upgraded, Ready, uncordoned;
+    clients on both nodes send requests through the Service the whole time."""
+    kc = _kc(fleet)
+    old, new = VERSIONS["K3S_VERSION"], VERSIONS["K3S_NEXT_VERSION"]
+    assert (TOOLCHAIN / f"k3s-{new}/k3s").is_file(), "scripts/bootstrap k3s builds the next release"
+    manifest = fleet.tmp / "upgrade-client.json"
+    manifest.write_text(json.dumps(_loop_daemonset(read_index(IMAGES)["client"]["reference"], traffic["url"])))
+    kubectl(kc, "apply", "-f", str(manifest))
+    kubectl(kc, "-n", CLIENT, "rollout", "status", "daemonset/upgrade-client", "--timeout=90s", timeout=100)
+    # The earlier tests' bare client pods would stop the drains (no controller to recreate them).
+    for ns in (CLIENT, STRANGER):
+        kubectl(kc, "-n", ns, "delete", "pod", "client", "--wait=true", timeout=90)
+    client_node = {
+        p["metadata"]["name"]: p["spec"]["nodeName"] for p in _pods(fleet, CLIENT) if p["metadata"]["name"] != "client"
+    }
+    clients = sorted(client_node)
+    assert sorted(client_node.values()) == sorted(HOSTS), client_node
+    first_answer = {}
+    for pod in clients:  # every client gets answers before the upgrade starts
+        for _ in range(60):
+            proc = kubectl(kc, "-n", CLIENT, "exec", pod, "--", "cat", "/tmp/first-answer-s", check=False)
+            if proc.returncode == 0 and proc.stdout.strip():
+                first_answer[pod] = int(proc.stdout)
+                break
+            time.sleep(1)
+        assert pod in first_answer, f"{pod} got no answer through the Service within 60 s"
+    fleet.figures["new_client_first_answer_s"] = max(first_answer.values())
+
+    inv = fleet.inventory()
+    site = next(s for s in inv["sites"] if s["name"] == "lab-single")
+    site["distribution"]["version"] = new
+    for art in site["artifacts"]:
+        if art["name"] == "k3s":
+            art["source"], art["sha256_from"] = (
+                a.replace(f"k3s-{old}", f"k3s-{new}") for a in (art["source"], art["sha256_from"])
+            )
+    fleet.write_inventory(inv)
+    stop, seen = threading.Event(), {}
+    watcher = threading.Thread(target=_watch_nodes, args=(kc, stop, seen), daemon=True)
+    time.sleep(3)  # requests flow before the upgrade starts
+    watcher.start()
+    t0, started = time.monotonic(), time.time()
+    try:
+        upgraded = fleet.stack("up", "--yes")
+        fleet.figures["upgrade_s"] = round(time.monotonic() - t0, 1)
+        wait_ready(fleet, MODEL, 2, 120)
+        time.sleep(3)
+    finally:
+        stop.set()
+        watcher.join(timeout=15)
+        counts = {}
+        for pod in clients:
+            proc = kubectl(
+                kc,
+                "-n",
+                CLIENT,
+                "exec",
+                pod,
+                "--",
+                "sh",
+                "-c",
+                ": >/tmp/stop; sleep 3; cat /tmp/counts; cat /tmp/failed-at 2>/dev/null || true",
+                check=False,
+            )
+            lines = proc.stdout.split() if proc.returncode == 0 else []
+            counts[pod] = dict(item.split("=") for item in lines if "=" in item)
+            counts[pod]["failed_at_s"] = [round(int(t) - started) for t in lines if t.isdigit()]
+        kubectl(kc, "-n", CLIENT, "delete", "daemonset", "upgrade-client", "--wait=false", check=False)
+    for name, times in seen.items():
+        fleet.figures[f"upgrade_out_of_service_s_{name}"] = round(max(times) - min(times) + 1, 1)
+    ok = sum(int(c.get("ok", 0)) for c in counts.values())
+    failed = sum(int(c.get("failed", 0)) for c in counts.values())
+    fleet.figures["upgrade_requests_ok"], fleet.figures["upgrade_requests_failed"] = ok, failed
+    phases = {name: (round(min(t) - started), round(max(t) - started)) for name, t in seen.items()}
+
+    # The Service keeps serving: a client fails only while its own node is the one restarting
+    # (cordoned or not Ready, a few seconds of margin at the edges), never because of another
+    # node's upgrade. Every failure is counted in the figures either way.
+    def excused(pod: str, t: int) -> bool:
+        window = phases.get(client_node[pod])
+        return window is not None and window[0] - 5 <= t <= window[1] + 5
+
+    stray = {pod: [t for t in c.get("failed_at_s", []) if not excused(pod, t)] for pod, c in counts.items()}
+    fleet.figures["upgrade_requests_failed_on_the_restarting_node"] = failed - sum(len(v) for v in stray.values())
+    assert all("ok" in c for c in counts.values()) and ok > 100 and not any(stray.values()), (
+        f"requests per client {client_node} (failures at seconds into the upgrade): {counts}; "
+        f"out of service (seconds into the upgrade): {phases}\n{upgraded.stdout[-3000:]}"
+    )
+    assert "agent-1" in seen, "the agent was cordoned for its upgrade"
+    nodes = _get(fleet, "nodes")["items"]
+    assert {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes} == dict.fromkeys(
+        HOSTS, new
+    )
+    assert not any(n["spec"].get("unschedulable") for n in nodes), "every node uncordoned"
+    fleet.stack("up", "--yes", "--expect-no-changes")
 
 
 @pytest.mark.lab

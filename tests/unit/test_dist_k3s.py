@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.contract import CHECK_ABSENT, CHECK_PRESENT
 from components.distributions import DistributionError, NodeSpec, k3s
 from components.distributions.artifacts import UploadedArtifact
 from components.distributions.bash import ARTIFACT_VERIFY_EXIT
@@ -326,8 +327,9 @@ FAKE_KUBECTL = """fake_kubectl() {
   mkdir -p "$kube"
   printf '%s\\n' "$*" >>"$kube/calls"
   case "$*" in
-    "get --raw /readyz") echo ok ;;
+    "get --raw /readyz") [[ ! -e "$kube/api-down" ]] && echo ok ;;
     "get node "*" --ignore-not-found -o name") echo "node/$3" ;;
+    "get nodes -o jsonpath="*) [[ -e "$kube/alone" ]] || echo 'other||True' ;;
     *"jsonpath={.spec.unschedulable}") cat "$kube/unschedulable" 2>/dev/null || true ;;
     *"jsonpath={.status.conditions"*) echo True ;;
     *"jsonpath={.metadata.annotations"*) cat "$kube/cordoned-by" 2>/dev/null || true ;;
@@ -380,11 +382,14 @@ STEPS = [
     "verify_fails",
     "install",
     "install_again",
+    "check_installed",
     "install_changed",
+    "check_stale",
     "drain",
     "upgrade",
     "ready",
     "uninstall",
+    "check_uninstalled",
     "uninstall_again",
 ]
 
@@ -432,11 +437,14 @@ def sandbox_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "verify_fails": K3S.render_install(node, tampered, ready_timeout_s=20),
         "install": K3S.render_install(node, artifact, ready_timeout_s=20),
         "install_again": K3S.render_install(node, artifact, ready_timeout_s=20),
+        "check_installed": K3S.render_check(node, artifact),
         "install_changed": K3S.render_install(changed, artifact, ready_timeout_s=20),
+        "check_stale": K3S.render_check(node, artifact),  # the state still describes the old config
         "drain": upgrade.drain(),
         "upgrade": upgrade.install(),
         "ready": upgrade.ready(node.host),
         "uninstall": K3S.render_uninstall(node),
+        "check_uninstalled": K3S.render_check(node, artifact),
         "uninstall_again": K3S.render_uninstall(node),
     }
     for name, text in scripts.items():
@@ -540,6 +548,21 @@ def test_reinstall_with_the_same_inputs_changes_nothing_and_restarts_nothing(san
     assert again["starts"] == 1 and again["pid"] == first["pid"]
     assert "wrote" not in again["err"] and "installed" not in again["err"]
     assert "running and unchanged; not restarted" in again["err"]
+
+
+def test_the_install_reads_back_present_then_absent_once_changed_or_removed(sandbox_run: dict) -> None:
+    """What refresh sees: the install as the state describes it is present; a configuration
+    other than the state's, or no K3s at all (a wiped host), is absent and says why."""
+    verdicts = {
+        s: sandbox_run[s]["out"].strip().splitlines() for s in ("check_installed", "check_stale", "check_uninstalled")
+    }
+    for step in verdicts:
+        assert sandbox_run[step]["rc"] == 0, sandbox_run[step]["err"]
+    assert verdicts["check_installed"] == [CHECK_PRESENT]
+    assert verdicts["check_stale"] == [
+        f"{CHECK_ABSENT}the configuration on {GATEWAY.host} is missing or not the one rendered"
+    ]
+    assert verdicts["check_uninstalled"] == [f"{CHECK_ABSENT}/usr/local/bin/k3s is not installed on {GATEWAY.host}"]
 
 
 def test_a_changed_configuration_restarts_the_service(sandbox_run: dict) -> None:

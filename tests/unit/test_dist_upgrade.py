@@ -104,9 +104,13 @@ def test_a_new_version_reruns_drain_install_and_node_in_that_order(upgrade: Upgr
         assert f"{machine}-drain" in install.depends_on and node.depends_on == {f"{machine}-install"}
 
 
-def test_the_first_server_is_not_drained_through_its_own_api(upgrade: Upgrade) -> None:
+def test_the_first_server_is_drained_through_its_own_api_or_upgraded_in_place(upgrade: Upgrade) -> None:
     _, _, after = upgrade
-    assert after["m-first-drain"].inputs["update"] == "true\n"
+    drain = after["m-first-drain"]
+    assert drain.plain("connection")["host"] == FIRST.address
+    script = drain.inputs["update"]
+    assert f"NODE={FIRST.host}\n" in script and 'drain "$NODE"' in script
+    assert "does not answer: $NODE is upgraded in place, without a drain" in script
     assert after["m-first-node"].inputs.get("delete") is None, "removing the first server removes the site"
 
 
@@ -160,7 +164,7 @@ def test_the_upgrade_scripts_are_shellcheck_clean(upgrade: Upgrade, tmp_path: Pa
                 path = tmp_path / f"{machine}-{step}.sh"
                 path.write_text(text)
                 files[str(path)] = f"{machine}-{step}"
-    assert len(files) == 3 * len(machines(dist)) - 1  # all but the first server's drain
+    assert len(files) == 3 * len(machines(dist))
     assert shellcheck(files, "--shell=bash") == {}
 
 
@@ -204,6 +208,37 @@ def test_drain_then_ready_leave_the_node_schedulable_again(dist: str, tmp_path: 
     assert not (tmp_path / "kube/unschedulable").exists() and not (tmp_path / "kube/cordoned-by").exists()
     calls = [c.split()[0] for c in (tmp_path / "kube/calls").read_text().splitlines() if not c.startswith("get")]
     assert calls == ["annotate", "cordon", "drain", "uncordon", "annotate"]
+
+
+@pytest.mark.parametrize(
+    ("situation", "joined", "says"),
+    [
+        ("alone", True, "no other node can take the pods of n1: it is upgraded in place, without a drain"),
+        ("api-down", False, "does not answer: n1 is upgraded in place, without a drain"),
+    ],
+)
+def test_a_drain_that_could_only_strand_pods_or_cannot_reach_its_api_upgrades_in_place(
+    tmp_path: Path, situation: str, joined: bool, says: str
+) -> None:
+    """A node with nowhere to move its pods keeps them through the restart; a first server
+    whose own API is down is upgraded anyway (the upgrade may be what brings it back)."""
+    steps = NodeSteps(driver_for("k0s"), dataclasses.replace(AGENT, host="n1"), [], joined=joined, timeout_s=4)
+    fake = tmp_path / "k0s"
+    fake.write_text(f'#!/usr/bin/env bash\n{FAKE_KUBECTL}shift\nfake_kubectl "$@"\n')
+    fake.chmod(0o755)
+    (tmp_path / "kube").mkdir()
+    (tmp_path / "kube" / situation).touch()
+    done = subprocess.run(
+        ["bash", "-c", steps.drain().replace("/usr/local/bin/k0s", str(fake))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FAKE_KUBE": str(tmp_path / "kube")},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert says in done.stderr
+    calls = (tmp_path / "kube/calls").read_text()
+    assert "cordon" not in calls and "drain" not in calls
 
 
 def test_a_node_an_operator_cordoned_stays_cordoned(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import tests.unit.test_topology as topo
 from components import remote
 from components.distributions import k3s
 from components.distributions.bash import LIB
-from components.host import CLAIM_FILE, claiming, machine_id, unless_claimed
+from components.host import CLAIM_FILE, claiming, machine_id, stack_claims, unless_claimed
 from components.inventory import LoadedInventory, Site, load_inventory
 from tests.unit.test_inventory import HOST_KEY, PRIVATE_KEY, REPO
 from tests.unit.test_topology import COMMAND, COPY, Run, build_sites, k3s_config, lab_site
@@ -211,6 +211,22 @@ def test_uninstall_leaves_a_machine_claimed_by_another_resource_alone(
     assert claim.exists() is not runs
     if not runs:
         assert "not running the uninstall: this machine is managed as dev/m-2 now, not as dev/m-1" in done.stderr
+
+
+@pytest.mark.parametrize("owner, runs", [("dev/m-1", True), ("dev.plant-a/m-1", True), ("prod/m-1", False)])
+def test_a_site_stack_uninstalls_the_machines_its_whole_fleet_stack_claimed(
+    tmp_path: Path, owner: str, runs: bool
+) -> None:
+    """``fleet migrate`` moves state only: the hosts still name the whole-fleet stack ``dev``,
+    and the site stack ``dev.plant-a`` that took them over owns them all the same."""
+    claim = tmp_path / "owner"
+    claim.write_text(owner + "\n")
+    mine, *inherited = stack_claims("dev.plant-a", "m-1")
+    assert (mine, inherited) == ("dev.plant-a/m-1", ["dev/m-1"]) and stack_claims("dev", "m-1") == ("dev/m-1",)
+    script = unless_claimed("set -euo pipefail\ntouch uninstalled\n", mine, "the uninstall", inherited)
+    done = run_bash(script.replace(CLAIM_FILE, str(claim)), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "uninstalled").exists() is runs
 
 
 def test_install_claims_the_machine_after_it_succeeded(tmp_path: Path) -> None:

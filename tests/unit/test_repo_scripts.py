@@ -47,4 +47,4 @@ def test_bootstrap_lists_every_step_it_defines() -> None:
         for line in (REPO / "scripts/bootstrap").read_text().splitlines()
         if line.startswith("step_") and "()" in line
     )
-    assert sorted(listed) == defined and "fakecri" in listed
+    assert sorted(listed) == defined and "k3s" in listed
