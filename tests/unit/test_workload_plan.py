@@ -80,7 +80,9 @@ def fleet(**plant_changes: Any) -> dict[str, Any]:
         "topology": "gateway",
         "wave": 2,
         "hardware_class": "gateway",
-        "latency_class": "control",
+        # Budgets are judged on real measurements: "batch" leaves this machine's load out of the
+        # structural tests here (too slow for its site: test_a_model_too_slow_for_the_site_names_the_site).
+        "latency_class": "batch",
         "distribution": {"name": "microshift", "version": "4.19.0"},
         "hosts": [host("tc-gw", "10.3.0.1")],
         "workloads": [{"model": PM, "version": "1"}],
