@@ -391,14 +391,15 @@ class EdgeHost(pulumi.ComponentResource):
             # The admin kubeconfig (CA and client certificate) outlives restarts, upgrades and
             # address changes: fetched once per machine, so none of them makes the site's
             # provider (and everything deployed through it) look replaced.
+            fetch_script = driver.render_fetch_kubeconfig(node)
             fetch = remote.Command(
                 f"{machine}-kubeconfig",
                 connection=conn,
                 label=label,
-                create=driver.render_fetch_kubeconfig(node),
+                create=fetch_script,
                 triggers=[args.target.address],
                 secret_stdout=True,
-                check=reads_back(driver.render_fetch_kubeconfig(node), "the admin kubeconfig"),
+                check=reads_back(fetch_script, "the admin kubeconfig"),
                 check_stdout=True,
                 timeout_s=args.target.deadline(args.ready_timeout_s),
                 opts=opts_for("kubeconfig", depends_on=[self.node_ready]),

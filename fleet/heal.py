@@ -97,10 +97,11 @@ def read_back(stack: auto.Stack, log: Callable[[str], Any]) -> Healing:
     if not remote:
         return Healing()
     stack.refresh(target=remote, on_output=log, color="never", message="heal: read the hosts back", show_secrets=False)
-    gone, sites = lost_sites(before, {r["urn"] for r in _resources(stack)})
+    after = _resources(stack)
+    gone, sites = lost_sites(before, {r["urn"] for r in after})
     healing = Healing(gone=gone, sites=sites)
     if sites:
-        objects = site_objects(_resources(stack), sites)
+        objects = site_objects(after, sites)
         if objects:
             with _env(stack, DELETE_UNREACHABLE, "true"):
                 stack.refresh(
