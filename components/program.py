@@ -157,6 +157,7 @@ def fleet_args(
                 if h.ssh.private_key_passphrase
             },
             machines=machines,
+            claims_as=config.get("claimsAs") or None,  # checked by build_fleet
         )
         sites.append(site_args(site, settings))
     return FleetArgs(fleet=inv.fleet, environment=inv.environment, sites=tuple(sites))
@@ -301,6 +302,13 @@ def build_fleet(config: pulumi.Config, stack: str) -> dict[str, object]:
             f"Pulumi.{stack}.yaml: config edgefleet:siteStacks: the sites of stack {stack!r} are managed as site "
             f"stacks ({stack}.<site>) (fix: run `python -m fleet up --stack {stack}`; this stack only holds their "
             "shared config)"
+        )
+    claims_as = config.get("claimsAs") or ""
+    if claims_as and not (stack == claims_as or stack.startswith(f"{claims_as}.")):
+        raise pulumi.RunError(
+            f"Pulumi.{stack}.yaml: config edgefleet:claimsAs: {claims_as!r} is neither this stack nor the "
+            f"whole-fleet stack its name starts with (fix: unset it, or set the stack `python -m fleet migrate` "
+            f"moved this site from, e.g. {stack.split('.', 1)[0]!r})"
         )
     whole = inventory
     inventory = select_site(inventory, site, stack, inventory_path)

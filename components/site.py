@@ -59,6 +59,7 @@ class EdgeSiteArgs:
     pull_secret: pulumi.Output[str] | None = None  # MicroShift's pull secret
     ready_timeout_s: int = 300
     simulated: SimulatedNodesArgs | None = None
+    claims_as: str | None = None  # the stack named in the machines' claims (None: this stack)
 
 
 def _derived(fleet_secret: pulumi.Output[str], purpose: str) -> pulumi.Output[bytes]:
@@ -122,7 +123,7 @@ class EdgeSite(pulumi.ComponentResource):
         first_host: EdgeHost | None = None
         previous: EdgeHost | None = None
         for host in args.hosts:
-            claims = stack_claims(pulumi.get_stack(), host.machine)
+            claims = stack_claims(args.claims_as or pulumi.get_stack(), host.machine)
             if k3s and first_host is not None and "agent" not in envs:
                 envs = k3s_environments(
                     args.site, args.fleet_secret, self._cluster_ca(name, first_host, args.hosts[0].node)

@@ -44,6 +44,9 @@ class SiteSettings:
     private_key_passphrases: dict[str, pulumi.Output[str]] | None = None  # host name -> passphrase (secret)
     # Host name -> machine id, computed over the whole fleet (see machine_ids); None: this site's.
     machines: dict[str, str] | None = None
+    # The stack whose name the install writes into each machine's claim (None: this stack);
+    # site stacks migrated from a whole-fleet stack keep claiming as it (config claimsAs).
+    claims_as: str | None = None
 
 
 def machine_ids(hosts: list[tuple[str, str]]) -> dict[str, str]:
@@ -189,6 +192,7 @@ def site_args(site: Site, settings: SiteSettings) -> EdgeSiteArgs:
             stages=expand_path(sim.stages, base).read_text(),
         )
     return EdgeSiteArgs(
+        claims_as=settings.claims_as,
         site=site.name,
         distribution=site.distribution.name,
         version=site.distribution.version,

@@ -476,6 +476,7 @@ def _locked(
     finally:
         lock.release()
     failed = [r for r in results if r.failed]
+    write_result(ctx.args, {"results": [r.__dict__ for r in results]})
     print(f"{op}: {len(results)} site stack(s), {len(failed)} failed")
     for r in failed:
         print(f"  failed: {r.site}: {r.reason}")
@@ -567,6 +568,7 @@ def cmd_status(ctx: Context) -> int:
             drift=(d.status if d.status in ("drifted", "in-sync", "absent") else "error") if d else "not-checked",
             drifted=[res["urn"].rsplit("::", 1)[-1] for res in d.detail.get("resources", [])] if d else [],
             locked=bool(lock and not stale(lock, time.time(), "")),
+            health=out.get("health"),
         )
 
     with ThreadPoolExecutor(max_workers=max(1, ctx.args.parallel)) as pool:

@@ -44,7 +44,7 @@ class Healing:
     objects_dropped: int = 0
 
 
-def _resources(stack: auto.Stack) -> list[dict[str, Any]]:
+def resources(stack: auto.Stack) -> list[dict[str, Any]]:
     return list((stack.export_stack().deployment or {}).get("resources") or [])
 
 
@@ -92,12 +92,12 @@ def _env(stack: auto.Stack, name: str, value: str) -> Iterator[None]:
 
 def read_back(stack: auto.Stack, log: Callable[[str], Any]) -> Healing:
     """Steps 1 and 2: the state then holds only what the hosts and sites really have."""
-    before = _resources(stack)
+    before = resources(stack)
     remote = [r["urn"] for r in before if r["type"] == DYNAMIC]
     if not remote:
         return Healing()
     stack.refresh(target=remote, on_output=log, color="never", message="heal: read the hosts back", show_secrets=False)
-    after = _resources(stack)
+    after = resources(stack)
     gone, sites = lost_sites(before, {r["urn"] for r in after})
     healing = Healing(gone=gone, sites=sites)
     if sites:
@@ -111,7 +111,7 @@ def read_back(stack: auto.Stack, log: Callable[[str], Any]) -> Healing:
                     message="heal: objects of sites that lost an install",
                     show_secrets=False,
                 )
-            healing.objects_dropped = len(set(objects) - {r["urn"] for r in _resources(stack)})
+            healing.objects_dropped = len(set(objects) - {r["urn"] for r in resources(stack)})
     return healing
 
 

@@ -112,6 +112,9 @@ def migrate(repo, base: str, sites: list[str], env: dict[str, str], log=print) -
     # From now on the base stack is the site stacks' shared config only: its program refuses
     # to manage the whole fleet again (which would install every site a second time).
     source.set_config(f"{project}:siteStacks", auto.ConfigValue("true"))
+    # The hosts keep the claims they carry (``<base>/<machine>``): the site stacks render the
+    # same scripts, so their first update changes nothing and no host is contacted.
+    source.set_config(f"{project}:claimsAs", auto.ConfigValue(base))
     for site in sites:
         exported = source.export_stack()
         deployment = exported.deployment or {}

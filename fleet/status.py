@@ -2,7 +2,9 @@
 three renderings (terminal table, JSON, Markdown). Rendering is pure.
 
 Connectivity is what the preflight saw now: an offline site shows ``offline`` with the time
-it was last seen (the end of its last successful update), never a stale ``ok``.
+it was last seen (the end of its last successful update), never a stale ``ok``. Health is
+what the site's API says now (the health gate's checks, read once): a site whose hosts answer
+but whose cluster or workloads do not is ``degraded``, never ``available``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class SiteStatus:
     drift: str = "not-checked"  # in-sync | drifted | not-checked | absent
     drifted: list[str] = field(default_factory=list)
     locked: bool = False
+    health: list[str] | None = None  # what keeps the site's health gate shut now; None: not checked
 
     @property
     def applied(self) -> bool:
@@ -65,6 +68,7 @@ class SiteStatus:
             or self.drift == "drifted"
             or self.policy_mandatory > 0
             or self.connectivity == "hostkey-mismatch"
+            or bool(self.health)
         )
 
 
@@ -99,6 +103,12 @@ def _connectivity(r: SiteStatus) -> str:
     return r.connectivity
 
 
+def _health(r: SiteStatus) -> str:
+    if r.health is None:
+        return "-"
+    return "; ".join(r.health[:2]) + (" ..." if len(r.health) > 2 else "") if r.health else "ok"
+
+
 def _revision(r: SiteStatus) -> str:
     if r.applied_revision is None:
         return "-"
@@ -121,6 +131,7 @@ COLUMNS = (
     "models",
     "policy",
     "connectivity",
+    "health",
     "drift",
 )
 
@@ -137,6 +148,7 @@ def row_cells(r: SiteStatus) -> list[str]:
         models,
         r.policy,
         _connectivity(r),
+        _health(r),
         _drift(r),
     ]
 

@@ -39,11 +39,38 @@ def _die_with_parent() -> None:
     def stop(signum, _frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
+            # The engine's plugins (language host, providers, policy pack) run in process groups
+            # of their own: found through the process tree while their CLI still holds them.
+            for pid in descendants(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             os.killpg(os.getpgid(0), signal.SIGKILL)
         finally:
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
+    """Every process below ``root`` (Linux /proc), parents before their children."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after the command name, which may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
 
 
 def _stack(req: dict[str, Any], create: bool) -> auto.Stack:
@@ -127,35 +154,13 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                 if op == "unlock":
                     stack.cancel()
                     return {"status": "succeeded"}
-                drifted: list[dict[str, Any]] = []
-
-                def on_event(event: auto.events.EngineEvent) -> None:
-                    meta = getattr(event.res_outputs_event, "metadata", None) if event.res_outputs_event else None
-                    if meta is not None and (
-                        meta.op not in (auto.events.OpType.SAME,)
-                        and (meta.op != auto.events.OpType.REFRESH or meta.diffs)
-                    ):
-                        drifted.append(
-                            {
-                                "urn": meta.urn,
-                                "type": meta.type,
-                                "op": str(meta.op.value),
-                                "diffs": list(meta.diffs or []),
-                            }
-                        )
-
-                drift = stack.preview_refresh(on_output=log, on_event=on_event, color="never")
-                return {
-                    "status": "drifted" if drifted or _changes(drift.change_summary) else "in-sync",
-                    "changes": _changes(drift.change_summary),
-                    "resources": drifted,
-                }
+                return drift(stack, log)
             if op == "status":
                 try:
                     stack = _stack(req, create=False)
                 except auto.StackNotFoundError:
                     return {"status": "absent"}
-                return {"status": "succeeded", **stack_status(stack, req)}
+                return {"status": "succeeded", **stack_status(stack, req), "health": health_now(stack, req["site"])}
             stack = _stack(req, create=op in ("up", "preview"))
             notes = _recover(stack, log, bool(req.get("recover"))) if op in ("up", "refresh", "destroy") else []
             if op == "preview":
@@ -221,6 +226,67 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         except auto.CommandError as exc:
             log(str(exc))
             return {"status": "failed", "reason": engine_error(str(exc))}
+
+
+def drift(stack: auto.Stack, log) -> dict[str, Any]:
+    """A preview-refresh in two passes: the hosts first (each remote resource reads its host
+    back), then the Kubernetes objects. A site whose install is gone from a host cannot answer
+    for its objects (its API went with the install): it is reported drifted by what the hosts
+    lost, and ``up --refresh`` reinstalls it and creates its objects again."""
+    resources = heal.resources(stack)
+    remote = [r["urn"] for r in resources if r["type"] == heal.DYNAMIC]
+    objects = [
+        r["urn"]
+        for r in resources
+        if r.get("custom") and r["type"] != heal.DYNAMIC and not r["type"].startswith("pulumi:providers:")
+    ]
+    drifted: list[dict[str, Any]] = []
+
+    def on_event(event: auto.events.EngineEvent) -> None:
+        meta = getattr(event.res_outputs_event, "metadata", None) if event.res_outputs_event else None
+        if meta is None or meta.op == auto.events.OpType.SAME:
+            return
+        gone = meta.new is None or meta.op == auto.events.OpType.DELETE
+        if meta.op != auto.events.OpType.REFRESH or meta.diffs or gone:
+            drifted.append(
+                {
+                    "urn": meta.urn,
+                    "type": meta.type,
+                    "op": str(meta.op.value),
+                    "diffs": list(meta.diffs or []),
+                    "gone": gone,
+                }
+            )
+
+    changes, reason = 0, ""
+    for targets in (remote, objects):
+        if not targets:
+            continue
+        preview = stack.preview_refresh(target=targets, on_output=log, on_event=on_event, color="never")
+        changes += _changes(preview.change_summary)
+        gone = {d["urn"] for d in drifted if d["gone"]}
+        _, lost = heal.lost_sites(resources, {r["urn"] for r in resources} - gone)
+        if lost:
+            reason = (
+                f"install gone from its host ({', '.join(s.rsplit('::', 1)[-1] for s in lost)}): its Kubernetes "
+                "objects cannot be read; `up --refresh` reinstalls it and creates them again"
+            )
+            break
+    return {
+        "status": "drifted" if drifted or changes else "in-sync",
+        "changes": changes,
+        "resources": drifted,
+        "reason": reason,
+    }
+
+
+def health_now(stack: auto.Stack, site: str) -> list[str] | None:
+    """The health gate's checks, once (None when the stack has no kubeconfig output yet)."""
+    outputs = stack.outputs()
+    key = f"kubeconfig-{site}"
+    if key not in outputs or not outputs[key].value:
+        return None
+    return health.problems(health.getter_from_kubeconfig(str(outputs[key].value), timeout_s=5.0))
 
 
 REVISION = re.compile(r"\brev=([0-9a-f]{16})\b")

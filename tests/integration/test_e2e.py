@@ -1,6 +1,8 @@
 """End to end on the lab: `pulumi up` of the dev stack (policy pack attached) installs real K3s
 on the lab hosts over SSH, deploys the workloads, and keeps the fleet converged through drift,
-server loss, a rolling restart, interrupted updates, a tampered artifact and destroy.
+a wiped host, server loss, a rolling restart, interrupted updates, a tampered artifact and an
+agent's removal. Then the same fleet moves to a stack per site and the fleet command takes
+over: waves with a site that does not exist, a tampered canary, drift, a SIGKILL, destroy.
 
 The tests share one stack and run in file order: each starts from the fleet the one before it
 left (the module-scoped ``fleet`` fixture is that journey). Their timings go to
@@ -16,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import toolchain
+from fleet import EXIT, toolchain
 
 from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Pulumi, pulumi_env
 from .test_remote import in_host
@@ -192,24 +195,14 @@ def test_refresh_shows_drift_and_up_restores_it(fleet: Fleet):
     fleet.stack("up", "--yes", "--expect-no-changes")
 
 
-def _state_script(fleet: Fleet, resource_name: str, field: str = "delete") -> str:
-    """A script the state holds for one remote resource (e.g. the uninstall of an install)."""
-    resources = fleet.p.json("stack", "export")["deployment"]["resources"]
-    return next(r["outputs"][field] for r in resources if r["urn"].endswith(f"::{resource_name}"))
-
-
-def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(fleet: Fleet):
-    """gw-1 loses its disk behind the stack's back: kwok and K3s removed by their own scripts,
-    the uploaded artifacts and the claim gone. A plain `up` still sees nothing to do (the state
-    says installed); `scripts/stack dev heal` reads every host back, reinstalls gw-1, fetches its
-    new kubeconfig and re-creates lab-gw's objects, in one run; the other sites are untouched."""
-    state = fleet.p.json("stack", "export")["deployment"]["resources"]
-    gw_install = next(
-        r["urn"].rsplit("::", 1)[1]
-        for r in state
-        if r["urn"].endswith("-install") and "host 'gw-1'" in (r.get("outputs") or {}).get("label", "")
+def uninstall_gw1(state: list[dict]) -> str:
+    """Runs lab-gw's kwok and gw-1's K3s uninstall, the scripts the state (``state``: a stack
+    export's resources) holds, on gw-1 behind the stack's back; returns the install's name."""
+    install = next(
+        r for r in state if r["urn"].endswith("-install") and "host 'gw-1'" in (r.get("outputs") or {}).get("label", "")
     )
-    for script in (_state_script(fleet, "fleet-lab-gw-kwok"), _state_script(fleet, gw_install)):
+    kwok = next(r for r in state if r["urn"].endswith("::fleet-lab-gw-kwok"))
+    for script in (kwok["outputs"]["delete"], install["outputs"]["delete"]):
         wiped = subprocess.run(
             [str(REPO / "lab/lab"), "exec", "gw-1", "bash", "-s"],
             input=script,
@@ -218,8 +211,17 @@ def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(
             timeout=300,
         )
         assert wiped.returncode == 0, wiped.stderr
-    assert in_host(None, "gw-1", "rm", "-rf", "/var/lib/edgefleet").returncode == 0
     assert k3s_procs("gw-1") == []
+    return install["urn"].rsplit("::", 1)[1]
+
+
+def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(fleet: Fleet):
+    """gw-1 loses its disk behind the stack's back: kwok and K3s removed by their own scripts,
+    the uploaded artifacts and the claim gone. A plain `up` still sees nothing to do (the state
+    says installed); `scripts/stack dev heal` reads every host back, reinstalls gw-1, fetches its
+    new kubeconfig and re-creates lab-gw's objects, in one run; the other sites are untouched."""
+    gw_install = uninstall_gw1(fleet.p.json("stack", "export")["deployment"]["resources"])
+    assert in_host(None, "gw-1", "rm", "-rf", "/var/lib/edgefleet").returncode == 0
     kc = fleet.kubeconfig("lab-gw")
     assert not ready("10.213.7.31", kc)
     others = {s: fleet.kubeconfig(s).read_text() for s in ("lab-single", "lab-ha")}
@@ -504,8 +506,301 @@ def test_agent_leaves_cleanly_when_removed_and_joins_when_added(fleet: Fleet, la
     assert sorted(os.listdir("/")) == machine_root, "nothing outside the lab host was touched"
 
 
-def test_destroy_leaves_the_hosts_clean(fleet: Fleet):
-    fleet.stack("destroy", "--yes")
+# --- The same fleet as a stack per site, driven by the fleet command ------------------------------
+# From here on the journey continues on site stacks: the whole-fleet stack moves to them by state
+# alone, then `python -m fleet` rolls out in waves with a site that does not exist, stops at a
+# tampered canary, names drift, survives a SIGKILL and destroys. (A whole-fleet stack's destroy
+# is tested by test_workloads_lab.py.)
+
+ROLLOUT = {
+    "max_concurrency": 2,
+    "max_failures": 1,
+    "preflight_timeout": 5,
+    "min_success_time": 10,
+    "progress_deadline": "20m",
+}
+SITES = ("lab-single", "lab-ha", "lab-gw")
+GHOST_ADDRESS = "10.213.7.99"  # in the lab's own subnet, where no lab host answers
+
+
+def fleet_cmd(
+    fleet: Fleet, *args: str, check: int | None = 0, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """`python -m fleet ARGS --stack dev` on this journey's project copy and backend."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            *args,
+            "--stack",
+            "dev",
+            "--project-dir",
+            str(fleet.root),
+            "--log-dir",
+            str(fleet.tmp / "fleet-logs"),
+        ],
+        cwd=fleet.root,
+        env={**fleet.p.env, "PYTHONPATH": str(fleet.root), "CI": "true"},
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    if check is not None and proc.returncode != check:
+        raise AssertionError(
+            f"python -m fleet {' '.join(args)} exited {proc.returncode}, expected {check}\n"
+            f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def fleet_results(fleet: Fleet, *args: str, check: int | None = 0) -> tuple[dict[str, dict], str]:
+    """Per-site results of one fleet command (its --result-file) and its output."""
+    out = fleet.tmp / "fleet-result.json"
+    out.unlink(missing_ok=True)
+    proc = fleet_cmd(fleet, *args, "--result-file", str(out), check=check)
+    data = json.loads(out.read_text())
+    return {r["site"]: r for r in data.get("results", data.get("sites", []))}, proc.stdout
+
+
+def fleet_status(fleet: Fleet) -> dict:
+    return json.loads(fleet_cmd(fleet, "status", "--format", "json").stdout)
+
+
+def site_export(fleet: Fleet, stack: str, *, secrets: bool = False) -> list[dict]:
+    args = ["stack", "export", "--stack", stack] + (["--show-secrets"] if secrets else [])
+    return fleet.p.json(*args)["deployment"]["resources"]
+
+
+def site_kubeconfig(fleet: Fleet, site: str) -> Path:
+    path = fleet.tmp / f"kubeconfig-{site}"
+    out = fleet.p.run("stack", "output", f"kubeconfig-{site}", "--show-secrets", "--stack", f"dev.{site}").stdout
+    path.write_text(out)
+    path.chmod(0o600)
+    return path
+
+
+def ssh_logins() -> dict[str, int]:
+    """Sessions each lab host's sshd accepted so far (its own log): what ran commands there."""
+    logs = CACHE / "lab/hosts"
+    return {h: (logs / h / "log/sshd.log").read_text().count("Accepted publickey") for h in LAB_HOSTS}
+
+
+def history_length(fleet: Fleet, stack: str) -> int:
+    return len(fleet.p.json("stack", "history", "--json", "--stack", stack))
+
+
+def test_fleet_migrate_moves_every_site_to_its_own_stack_by_state_alone(fleet: Fleet):
+    inv = fleet.inventory()
+    inv["rollout"] = ROLLOUT
+    fleet.write_inventory(inv)
+    logins = ssh_logins()
+    before = {
+        r["urn"].rsplit("::", 1)[1]: r.get("outputs")
+        for r in site_export(fleet, "dev", secrets=True)
+        if r["type"] == "pulumi-python:dynamic:Resource"
+    }
+    assert before
+    t0 = time.monotonic()
+    out = fleet_cmd(fleet, "migrate", "--yes").stdout
+    fleet.figures["fleet_migrate_s"] = round(time.monotonic() - t0, 1)
+    for site in SITES:
+        assert f"migrate: {site}: moved" in out, out
+    after: dict[str, object] = {}
+    for site in SITES:
+        after.update(
+            {
+                r["urn"].rsplit("::", 1)[1]: r.get("outputs")
+                for r in site_export(fleet, f"dev.{site}", secrets=True)
+                if r["type"] == "pulumi-python:dynamic:Resource"
+            }
+        )
+    assert after == before, "every remote resource moved as it was (secrets compared in plaintext)"
+    preview, _ = fleet_results(fleet, "preview")
+    assert {s: r["detail"]["changes"] for s, r in preview.items()} == dict.fromkeys(SITES, 0), preview
+    whole = fleet.stack("preview", check=False)
+    assert whole.returncode != 0 and "siteStacks" in whole.stdout + whole.stderr, whole.stdout[-3000:]
+    assert ssh_logins() == logins, "no host was contacted"
+
+
+def test_fleet_rollout_goes_canary_first_and_a_missing_site_is_offline_fast(fleet: Fleet):
+    inv = fleet.inventory()
+    ghost = json.loads(json.dumps(next(s for s in inv["sites"] if s["name"] == "lab-ha")))
+    ghost.update(name="lab-ghost", topology="single-node", wave=1, workloads=[], simulated_nodes=None)
+    ghost["distribution"].pop("disable_agent")
+    ghost["hosts"] = [
+        {
+            "name": "ghost-1",
+            "address": GHOST_ADDRESS,
+            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/spare-1.pub"},
+        }
+    ]
+    inv["sites"].append(ghost)
+    fleet.write_inventory(inv)
+    plan = json.loads(fleet_cmd(fleet, "plan", "--format", "json").stdout)
+    assert [[s["site"] for s in w["sites"]] for w in plan["waves"]] == [
+        ["lab-single"],
+        ["lab-ha", "lab-ghost"],
+        ["lab-gw"],
+    ]
+    logins = ssh_logins()
+    t0 = time.monotonic()
+    results, out = fleet_results(fleet, "up", check=EXIT["tolerated"])  # one site offline: within budget
+    fleet.figures["fleet_up_unchanged_s"] = round(time.monotonic() - t0, 1)
+    assert list(results) == ["lab-single", "lab-ha", "lab-ghost", "lab-gw"] or list(results) == [
+        "lab-single",
+        "lab-ghost",
+        "lab-ha",
+        "lab-gw",
+    ], "waves in order, the canary first"
+    assert {s: r["status"] for s, r in results.items()} == {
+        "lab-single": "unchanged",
+        "lab-ha": "unchanged",
+        "lab-ghost": "offline",
+        "lab-gw": "unchanged",
+    }, out
+    ghost_result = results["lab-ghost"]
+    fleet.figures["fleet_offline_site_s"] = ghost_result["duration_s"]
+    assert ghost_result["duration_s"] <= ROLLOUT["preflight_timeout"] + 2, ghost_result
+    assert f"ghost-1 ({GHOST_ADDRESS})" in ghost_result["reason"], ghost_result
+    assert ssh_logins() == logins, "the first up of each migrated site stack changed nothing on any host"
+    status = fleet_status(fleet)
+    sites = {s["site"]: s for s in status["sites"]}
+    assert sites["lab-ghost"]["state"] == "offline" and sites["lab-ghost"]["last_seen"] is None
+    assert {sites[s]["state"] for s in SITES} == {"available"}, {s: sites[s] for s in SITES}
+    assert all(sites[s]["health"] == [] for s in SITES)
+    assert status["summary"] == {
+        "total": 4,
+        "applied": 3,
+        "available": 3,
+        "progressing": 0,
+        "degraded": 0,
+        "offline": 1,
+        "skipped": 0,
+    }
+    again, _ = fleet_results(fleet, "up", check=EXIT["tolerated"])
+    assert all(again[s]["status"] == "unchanged" and again[s]["detail"].get("already") for s in SITES), again
+
+
+def test_fleet_a_tampered_canary_stops_the_rollout_before_later_waves(fleet: Fleet, lab, tmp_path: Path):
+    tampered = tmp_path / "k3s"
+    shutil.copyfile(K3S, tampered)
+    with tampered.open("ab") as f:
+        f.write(b"\0")
+    inv = fleet.inventory()
+    canary = json.loads(json.dumps(next(s for s in inv["sites"] if s["name"] == "lab-single")))
+    canary.update(name="lab-tamper", workloads=[], wave=0)
+    canary["artifacts"] = [{**canary["artifacts"][0], "source": str(tampered)}]
+    canary["hosts"] = [
+        {
+            "name": "spare-1",
+            "address": lab.address("spare-1"),
+            "ssh": {"host_key_file": "${EDGEFLEET_CACHE}/lab/hostkeys/spare-1.pub"},
+        }
+    ]
+    inv["sites"].append(canary)
+    fleet.write_inventory(inv)
+    later = {s: history_length(fleet, f"dev.{s}") for s in ("lab-ha", "lab-gw")}
+    results, out = fleet_results(fleet, "up", check=EXIT["stopped"])
+    assert results["lab-tamper"]["status"] == "failed", results["lab-tamper"]
+    got = hashlib.sha256(tampered.read_bytes()).hexdigest()
+    log = (fleet.tmp / "fleet-logs/dev.lab-tamper.log").read_text()
+    assert "refusing artifact k3s" in log and f"has sha256 {got}, expected" in log, log[-3000:]
+    assert "rollout STOPPED" in out and "lab-tamper (wave 0)" in out, out
+    assert {results[s]["status"] for s in ("lab-ha", "lab-ghost", "lab-gw")} == {"not-started"}, results
+    assert {s: history_length(fleet, f"dev.{s}") for s in later} == later, "no later wave was touched"
+    assert in_host(None, "spare-1", "test", "-e", "/usr/local/bin/k3s").returncode == 1, "nothing was installed"
+    status = {s["site"]: s for s in fleet_status(fleet)["sites"]}
+    assert status["lab-tamper"]["state"] == "degraded" and status["lab-tamper"]["last_result"] == "failed"
+    fleet_cmd(fleet, "destroy", "--site", "lab-tamper", "--yes")
+    fleet.p.run("stack", "rm", "dev.lab-tamper", "--yes")
+    inv["sites"].pop()
+    fleet.write_inventory(inv)
+
+
+def test_fleet_drift_names_the_changed_sites_and_a_killed_rollout_resumes_and_heals_them(fleet: Fleet):
+    """lab-ha loses a NetworkPolicy and gw-1 its K3s behind Pulumi's back: drift names exactly
+    those two sites; `fleet up --refresh` is SIGKILLed while it reinstalls gw-1; the rerun
+    recovers the interrupted stack and converges; drift is then clean."""
+    kubectl(site_kubeconfig(fleet, "lab-ha"), "-n", "predictive-maintenance", "delete", "networkpolicy", "default-deny")
+    install = uninstall_gw1(site_export(fleet, "dev.lab-gw"))
+    status = {s["site"]: s for s in fleet_status(fleet)["sites"]}
+    assert status["lab-gw"]["state"] == "degraded" and status["lab-gw"]["health"], status["lab-gw"]
+    assert status["lab-gw"]["connectivity"] == "online", "the host answers: degraded, not offline"
+
+    drift = json.loads(fleet_cmd(fleet, "drift", "--format", "json", check=EXIT["drift"]).stdout)
+    by_site = {s["site"]: s for s in drift["sites"]}
+    assert {s for s, v in by_site.items() if v["status"] == "drifted"} == {"lab-ha", "lab-gw"}, drift
+    assert any("default-deny" in r for r in by_site["lab-ha"]["resources"]), by_site["lab-ha"]
+    assert install in by_site["lab-gw"]["resources"], by_site["lab-gw"]
+    assert "install gone" in by_site["lab-gw"]["reason"]
+    assert by_site["lab-single"]["status"] == "in-sync" and by_site["lab-ghost"]["status"] == "absent"
+
+    logs = fleet.tmp / "fleet-logs"
+    gw_log = logs / "dev.lab-gw.log"
+    start = gw_log.stat().st_size
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "up",
+            "--refresh",
+            "--stack",
+            "dev",
+            "--project-dir",
+            str(fleet.root),
+            "--log-dir",
+            str(logs),
+        ],
+        cwd=fleet.root,
+        env={**fleet.p.env, "PYTHONPATH": str(fleet.root), "CI": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 900
+    while "Updating (dev.lab-gw)" not in gw_log.read_text()[start:]:
+        assert first.poll() is None and time.monotonic() < deadline, "lab-gw's update never started"
+        time.sleep(1)
+    time.sleep(8)  # into the reinstall
+    first.kill()
+    first.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    # The workers follow their fleet command (PR_SET_PDEATHSIG), with their engines and plugins.
+    while left := subprocess.run(["pgrep", "-f", str(fleet.root)], text=True, capture_output=True).stdout.split():
+        assert time.monotonic() < deadline, f"processes of the killed rollout are still running: {left}"
+        time.sleep(1)
+    t0 = time.monotonic()
+    rerun, out = fleet_results(fleet, "up", "--refresh", check=EXIT["tolerated"])
+    fleet.figures["fleet_resume_heal_s"] = round(time.monotonic() - t0, 1)
+    assert rerun["lab-ghost"]["status"] == "offline"
+    assert rerun["lab-single"]["status"] == "unchanged", rerun["lab-single"]
+    assert rerun["lab-ha"]["status"] in ("unchanged", "succeeded"), rerun["lab-ha"]  # healed before the kill
+    assert rerun["lab-gw"]["status"] == "succeeded", (rerun["lab-gw"], out)
+    notes = " ".join(rerun["lab-gw"]["detail"].get("notes", []))
+    assert "removed the lock a dead run left" in notes, notes
+    kubectl(site_kubeconfig(fleet, "lab-ha"), "-n", "predictive-maintenance", "get", "networkpolicy", "default-deny")
+    assert ready("10.213.7.31", site_kubeconfig(fleet, "lab-gw"))
+    drift = json.loads(fleet_cmd(fleet, "drift", "--format", "json").stdout)
+    assert {s["site"]: s["status"] for s in drift["sites"]} == {
+        "lab-single": "in-sync",
+        "lab-ha": "in-sync",
+        "lab-ghost": "absent",
+        "lab-gw": "in-sync",
+    }, drift
+    status = {s["site"]: s for s in fleet_status(fleet)["sites"]}
+    assert {status[s]["state"] for s in SITES} == {"available"}, {s: status[s] for s in SITES}
+    assert "BEGIN" not in fleet.p.run("stack", "export", "--stack", "dev.lab-gw").stdout, "secrets stay encrypted"
+
+
+def test_fleet_destroy_leaves_the_hosts_clean(fleet: Fleet):
+    inv = fleet.inventory()
+    inv["sites"] = [s for s in inv["sites"] if s["name"] != "lab-ghost"]
+    fleet.write_inventory(inv)
+    t0 = time.monotonic()
+    results, _ = fleet_results(fleet, "destroy", "--yes")
+    fleet.figures["fleet_destroy_s"] = round(time.monotonic() - t0, 1)
+    assert {s: r["status"] for s, r in results.items()} == dict.fromkeys(SITES, "succeeded"), results
     for host in LAB_HOSTS:
         assert k3s_procs(host) == [], host
         for path in ("/usr/local/bin/k3s", "/etc/rancher/k3s", "/var/lib/rancher/k3s", "/usr/local/bin/kwok"):

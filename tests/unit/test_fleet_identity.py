@@ -229,6 +229,20 @@ def test_a_site_stack_uninstalls_the_machines_its_whole_fleet_stack_claimed(
     assert (tmp_path / "uninstalled").exists() is runs
 
 
+def test_site_stacks_that_claim_as_their_whole_fleet_stack_render_its_very_scripts(machines: LoadedInventory) -> None:
+    """After ``fleet migrate`` (config claimsAs: the whole-fleet stack), a site stack renders
+    the same scripts as the stack it was moved from: its first update changes nothing and no
+    host is contacted; without it the claim names the stack itself."""
+    site = lab_site(machines, "lab-ha")
+    own = host_steps(build_sites(machines, site))
+    whole = host_steps(build_sites(machines, site, claims_as="unit"))
+    assert {n: r.inputs for n, r in whole.items()} == {n: r.inputs for n, r in own.items()}
+    moved = host_steps(build_sites(machines, site, claims_as="dev"))
+    installs = [n for n in moved if n.endswith("-install")]
+    assert installs and all("dev/m-" in moved[n].inputs["create"] for n in installs)
+    assert not any("unit/m-" in str(moved[n].inputs) for n in installs), "only the whole-fleet stack's claim"
+
+
 def test_install_claims_the_machine_after_it_succeeded(tmp_path: Path) -> None:
     claim = tmp_path / "owner"
     script = claiming("true\n", "dev/m-1").replace(CLAIM_FILE, str(claim)).replace("/var/lib/edgefleet", str(tmp_path))

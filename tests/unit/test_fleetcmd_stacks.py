@@ -220,3 +220,10 @@ def test_a_base_stack_whose_sites_moved_to_site_stacks_refuses_the_whole_fleet(t
     )
     unknown = build_program_error(tmp_path, UNIT_INVENTORY, stack="prod.nowhere", site="nowhere", fleetSecret="s")
     assert "config edgefleet:site: 'nowhere' is not a site of" in unknown
+    foreign = build_program_error(tmp_path, UNIT_INVENTORY, stack="prod.a", claimsAs="dev", fleetSecret="s")
+    assert (
+        foreign.startswith(
+            "Pulumi.prod.a.yaml: config edgefleet:claimsAs: 'dev' is neither this stack nor the whole-fleet stack"
+        )
+        and "(fix: unset it, or set the stack `python -m fleet migrate` moved this site from, e.g. 'prod')" in foreign
+    )

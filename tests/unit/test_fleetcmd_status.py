@@ -63,6 +63,16 @@ def test_an_offline_site_is_never_available_even_with_a_successful_last_update()
     assert "offline (last seen never)" in render_plain([ROWS[5]])
 
 
+def test_a_site_whose_hosts_answer_but_whose_api_does_not_is_degraded_not_available():
+    wiped = row("wiped", health=["API unreachable ([Errno 111] Connection refused)"])
+    assert wiped.applied and wiped.connectivity == "online" and wiped.state == "degraded"
+    assert "health=API unreachable ([Errno 111] Connection refused)" in render_plain([wiped])
+    assert row("fine", health=[]).state == "available" and "health=ok" in render_plain([row("fine", health=[])])
+    assert "health=-" in render_plain([row("unchecked")]), "not checked is not shown as ok"
+    three = row("three", health=["node a is not Ready", "node b is not Ready", "node c is not Ready"])
+    assert "health=node a is not Ready; node b is not Ready ..." in render_plain([three])
+
+
 def test_summary_counts_like_ocm():
     assert summary(ROWS) == {
         "total": 8,

@@ -177,8 +177,9 @@ def site_outputs(site: EdgeSite) -> pulumi.Output[dict[str, Any]]:
     return pulumi.Output.all(kubeconfig=site.kubeconfig, secret=pulumi.Output.from_input(site.kubeconfig.is_secret()))
 
 
-def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
-    """One EdgeSite per site, as EdgeFleet builds them; returns each site's outputs by name."""
+def build_sites(loaded: LoadedInventory, *sites: Site, claims_as: str | None = None) -> Run:
+    """One EdgeSite per site, as EdgeFleet builds them (in stack ``unit``); returns each site's
+    outputs by name."""
     machines = machine_ids([(h.name, host_key(h, loaded.base)) for s in sites for h in s.hosts])
 
     def program() -> Any:
@@ -191,6 +192,7 @@ def build_sites(loaded: LoadedInventory, *sites: Site) -> Run:
                 fleet_secret=pulumi.Output.secret(FLEET_SECRET),
                 private_keys={h.name: read_secret(h.ssh.private_key, loaded.base, config) for h in site.hosts},
                 machines=machines,
+                claims_as=claims_as,
             )
             outs[site.name] = site_outputs(EdgeSite(site.name, site_args(site, settings)))
         return outs

@@ -1,0 +1,44 @@
+"""The fleet worker's process tree: when its fleet command dies, the worker takes down
+everything below it, including engine plugins that run in process groups of their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from fleet.worker import descendants
+
+
+def fake_proc(tmp_path: Path, parents: dict[int, int]) -> Path:
+    for pid, ppid in parents.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (odd ) name) S {ppid} {pid} {pid} 0 -1\n")
+    (tmp_path / "self").mkdir()  # not a process directory
+    return tmp_path
+
+
+def test_descendants_are_found_through_parents_whatever_the_command_names(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, {10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 21: 20})
+    assert descendants(10, proc) == [11, 13, 12]
+    assert descendants(12, proc) == [] and descendants(99, proc) == []
+
+
+def test_a_child_in_a_session_of_its_own_is_still_found_and_killed() -> None:
+    tree = subprocess.Popen(["bash", "-c", "setsid sleep 60 & sleep 60 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(found := descendants(tree.pid)) < 2:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        groups = {os.getpgid(pid) for pid in found}
+        assert len(groups) == 2, "one sleep runs in a process group of its own"
+        for pid in found:
+            os.kill(pid, signal.SIGKILL)
+        tree.wait(timeout=10)
+        assert descendants(tree.pid) == []
+    finally:
+        if tree.poll() is None:
+            os.killpg(tree.pid, signal.SIGKILL)
