@@ -167,11 +167,19 @@ def run_worker(
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT lets the engine cancel and write its state; SIGKILL after the grace period."""
+    """SIGINT lets the engine cancel and write its state; SIGKILL after the grace period, to the
+    worker's whole process tree (the engine's plugins run in process groups of their own)."""
+    from fleet.worker import descendants
+
     try:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=GRACE_S)
     except subprocess.TimeoutExpired:
+        for pid in descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     except ProcessLookupError:

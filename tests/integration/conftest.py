@@ -65,6 +65,23 @@ def _toolchain() -> None:
         pytest.fail(f"the Pulumi toolchain is missing at {CLI_DIR} (run scripts/bootstrap)")
 
 
+def processes_of(project: Path) -> list[str]:
+    """Processes working in ``project`` or naming it on their command line (an engine, its
+    plugins, a program): what a killed run may have left behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if cwd == str(project) or cwd.startswith(f"{project}/") or str(project) in cmd:
+            found.append(f"{entry.name} {cmd[:200]}")
+    return found
+
+
 @pytest.fixture
 def make_pulumi(tmp_path: Path):
     """Factory: a Pulumi runner for a project directory (copied into tmp when asked)."""

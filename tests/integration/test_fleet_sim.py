@@ -23,7 +23,7 @@ import yaml
 
 from tests.unit.test_fleetcmd_preflight import free_port, ssh_server
 
-from .conftest import REPO, pulumi_env
+from .conftest import REPO, processes_of, pulumi_env
 
 pytestmark = pytest.mark.integration
 
@@ -234,9 +234,11 @@ def test_sigkill_mid_rollout_then_rerun_converges_and_a_second_command_is_refuse
     finally:
         if first.poll() is None:
             first.kill()
-    time.sleep(3)  # the workers follow their parent (PR_SET_PDEATHSIG) and take the engine down
-    leftovers = subprocess.run(["pgrep", "-f", "--stack sim.a1"], capture_output=True, text=True).stdout.split()
-    assert leftovers == [], "the engine of the interrupted site outlived the fleet command"
+    # The workers follow their parent (PR_SET_PDEATHSIG) and take the engine and its plugins down.
+    deadline = time.monotonic() + 30
+    while left := processes_of(sim.root):
+        assert time.monotonic() < deadline, f"the interrupted site's engine outlived the fleet command: {left}"
+        time.sleep(0.5)
 
     sim.site("a1")["labels"]["sim-seconds"] = "0"
     sim.write()
@@ -290,6 +292,7 @@ def test_a_site_past_its_progress_deadline_is_stopped_and_leaves_no_lock(sim: Si
     took = time.monotonic() - start
     assert results["a1"]["status"] == "timeout" and "progress deadline of" in results["a1"]["reason"]
     assert took < 45 + 30 + 60, "the site was stopped within its deadline and the grace period"
+    assert processes_of(sim.root) == [], "the stopped update's engine and plugins are gone"
     locks = sim.root.parent / "state/.pulumi/locks/organization/fleetsim/sim.a1"
     assert not locks.exists() or not any(locks.iterdir()), "the stopped update left its stack locked"
     sim.site("a1")["labels"]["sim-seconds"] = "0"
