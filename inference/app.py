@@ -20,7 +20,7 @@ from inference.limits import BODY_CAP, DEFAULT_MAX_ELEMENTS, NO_MODEL_BODY, Limi
 from inference.logs import MAX_PATH_CHARS, RequestLog, event
 from inference.metrics import Metrics
 from inference.repository import READY, ModelVersion, Repository
-from inference.runtime import INPUT_ERRORS
+from inference.runtime import INPUT_ERRORS, fast_run
 
 JSON = b"application/json"
 PLATFORM = "onnxruntime_onnx"
@@ -59,6 +59,7 @@ class App:
         self.server_metadata = dumps({"name": SERVER_NAME, "version": __version__, "extensions": []})
         self._routes: dict[str, tuple[str, str, str | None]] = {}
         self._limits: dict[int, tuple[Signature, Limits]] = {}  # id(signature) -> its limits
+        self._plans: dict[int, _Plan] = {}  # id(model version) -> how to serve it
         self._log_suppressed = 0
         metrics.log_rate.set(log.rate)
         metrics.log_sample.set(log.sample)
@@ -176,7 +177,10 @@ class App:
         signature = mv.signature
         if mv.state != READY or signature is None:  # a READY version always has its signature
             raise _not_ready(mv)
-        limits = self.limits(signature)
+        plan = self._plans.get(id(mv))
+        if plan is None or plan.session is not mv.session or plan.signature is not signature:
+            plan = self._plan(mv, signature)
+        limits = plan.limits
         if len(body) > limits.body_bytes:
             raise TooLarge(
                 f"request body of {len(body)} bytes exceeds the limit of {limits.body_bytes} "
@@ -190,7 +194,7 @@ class App:
             )
         request = decode_infer_request(body, signature, limits.elements)
         try:
-            arrays = mv.session.run(request.outputs, request.inputs)
+            arrays = plan.run(request.outputs, request.inputs, None)
         except INPUT_ERRORS as exc:
             raise InferenceError(400, f"the model rejected the input: {exc}") from None
         if request.outputs is signature.output_names:
@@ -198,6 +202,15 @@ class App:
         else:
             specs = [signature.output_map[name] for name in request.outputs]
         return Response(200, encode_infer_response(mv.model, mv.version, request.id, specs, arrays))
+
+    def _plan(self, mv: ModelVersion, signature: Signature) -> _Plan:
+        """A new plan for ``mv`` (first request, or its session changed); plans of versions no
+        longer in the repository go, so that they do not keep their sessions alive."""
+        live = {id(v) for v in self.repository.all_versions()}
+        for key in [key for key in self._plans if key not in live]:
+            del self._plans[key]
+        plan = self._plans[id(mv)] = _Plan(mv.session, signature, self.limits(signature))
+        return plan
 
     def _server_ready(self) -> Response:
         repo = self.repository
@@ -244,6 +257,17 @@ class App:
         if mv.reason:
             meta["reason"] = mv.reason
         return meta
+
+
+class _Plan:
+    """What serving one loaded model version needs, looked up once: valid while the version
+    keeps this session and signature."""
+
+    __slots__ = ("session", "signature", "limits", "run")
+
+    def __init__(self, session: Any, signature: Signature, limits: Limits) -> None:
+        self.session, self.signature, self.limits = session, signature, limits
+        self.run: Any = fast_run(session)
 
 
 class _MethodNotAllowed(Exception):

@@ -66,6 +66,8 @@ _ACCEPTED_KINDS: dict[str, str] = {
 }
 _KIND_NAMES = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}
 MAX_DIM = 2**31 - 1
+_FLOAT64 = NUMPY_DTYPES["FP64"]
+_FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64"))
 
 # A float too large for the datatype (1e300 as FP32) becomes inf, as in any float cast; numpy
 # warns about it on stderr. Filtering the warning costs nothing per request, unlike np.errstate.
@@ -240,22 +242,33 @@ def _decode_tensor(
     data = tensor.get("data")
     if type(data) is not list:
         raise DecodeError(f"{where}.data", "must be an array (flat in row-major order, or nested)")
+    dtype = NUMPY_DTYPES[datatype]
     if datatype == "BYTES":
         array = _as_array(data, where, dtype=object)
         if not all(type(v) is str for v in array.flat):
             raise DecodeError(f"{where}.data", "BYTES takes JSON strings only")
     else:
-        array = _as_array(data, where)
+        try:  # _as_array(data, where), inlined: this runs for every tensor of every request
+            converted: np.ndarray | None = np.asarray(data)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            converted = None
+        if converted is None:
+            raise DecodeError(f"{where}.data", "must be a rectangular array of values")
+        array = converted
     if array.shape != shape and not (array.ndim == 1 and array.size == size):
         raise DecodeError(
             f"{where}.data",
             f"has {array.size} value(s) in shape {list(array.shape)}; "
             f"shape {list(shape)} needs {size}, flat or nested to that shape",
         )
-    dtype = NUMPY_DTYPES[datatype]
     if size == 0:
         return np.empty(shape, dtype=dtype)
-    if datatype != "BYTES":
+    found = array.dtype
+    if found is dtype or datatype == "BYTES":
+        pass  # values of the tensor's own type (JSON integers as INT64, numbers as FP64, true/false as BOOL)
+    elif found is _FLOAT64 and datatype in _FLOAT_TYPES:
+        array = array.astype(dtype)  # JSON numbers into a float tensor: all _cast would do
+    else:
         array = _cast(array, data, datatype, dtype, where)
     return array if array.shape == shape else array.reshape(shape)
 

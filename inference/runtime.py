@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -60,6 +62,21 @@ def create_session(model: bytes, tuning: SessionTuning = SessionTuning()) -> ort
     """A CPU session for the serialized model ``model`` (the bytes that were verified)."""
     ort.set_default_logger_severity(4)  # as log_severity_level, for messages outside a session
     return ort.InferenceSession(model, sess_options=session_options(tuning), providers=["CPUExecutionProvider"])
+
+
+def fast_run(session: Any) -> Callable[[Sequence[str], dict[str, np.ndarray], Any], list[np.ndarray]]:
+    """``session.run`` as ``run(output_names, feed, run_options)``, without the Python wrapper of
+    :class:`onnxruntime.InferenceSession` when the session has its usual native one.
+
+    The wrapper checks that the feed names every input (the server's decoder has done so), that
+    OrtValues are not moved between devices (the server feeds numpy arrays), fills in the output
+    names (the server always gives them), and retries once with fallback providers on
+    ``EPFail`` (the server runs the CPU provider only): about 1.5 us of a 10 us model run.
+    """
+    native = getattr(session, "_sess", None)
+    if isinstance(session, ort.InferenceSession) and native is not None and callable(getattr(native, "run", None)):
+        return native.run  # type: ignore[no-any-return]
+    return session.run  # type: ignore[no-any-return]
 
 
 def signature_of(session: ort.InferenceSession) -> Signature:
