@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import EXIT
+from fleet.core import SILENT_AFTER_S, SiteLive, core_url
 from fleet.errors import FleetError
 from fleet.plan import Plan, Selector, SitePlan, build_plan, catalog_versions
 from fleet.rollout import RolloutResult, SiteResult, run_rollout
@@ -39,6 +40,8 @@ class Context:
     log_dir: Path
     args: argparse.Namespace
     sites: dict[str, SitePlan] = field(default_factory=dict)
+    core_url: str | None = None  # the monitoring core's HTTP API (status reads the live view there)
+    budgets_ms: dict[str, float] = field(default_factory=dict)  # site -> its latency class's budget
 
 
 # --- setup --------------------------------------------------------------------------------------
@@ -83,6 +86,7 @@ def load_context(args: argparse.Namespace) -> Context:
     )
     env = toolchain_env(repo, inventory.inventory.environment)
     log_dir = Path(args.log_dir) if args.log_dir else repo / ".fleet-logs"
+    monitoring = inventory.inventory.monitoring
     return Context(
         repo,
         args.stack,
@@ -93,6 +97,8 @@ def load_context(args: argparse.Namespace) -> Context:
         log_dir,
         args,
         {s.name: s for w in plan.waves for s in (*w.sites, *w.skipped)},
+        core_url(args.core, monitoring.core if monitoring else None),
+        {s.name: s.latency_budget_ms for s in inventory.inventory.sites},
     )
 
 
@@ -531,6 +537,20 @@ def cmd_drift(ctx: Context) -> int:
     return EXIT["drift"] if any(r.status == "drifted" for r in results) else EXIT["ok"]
 
 
+def live_view(ctx: Context, sites: list[SitePlan]) -> dict[str, SiteLive]:
+    """What the monitoring core holds of ``sites`` now; every site ``unreachable`` (with the
+    reason) when it cannot be read, nothing without a core."""
+    from fleet.core import fetch, unreachable
+
+    if ctx.core_url is None:
+        return {}
+    if not ctx.args.silent_after > 0:
+        raise FleetError(f"--silent-after: {ctx.args.silent_after} is not a positive number of seconds")
+    budgets = {s.name: ctx.budgets_ms[s.name] for s in sites}
+    view = fetch(ctx.core_url, budgets, silent_after_s=ctx.args.silent_after)
+    return unreachable(budgets, view) if isinstance(view, str) else view
+
+
 def cmd_status(ctx: Context) -> int:
     from fleet import status as st
     from fleet.lock import stale, store_for
@@ -538,6 +558,7 @@ def cmd_status(ctx: Context) -> int:
 
     sites = [*ctx.plan.sites, *ctx.plan.skipped]
     sites.sort(key=lambda s: (s.wave, s.name))
+    live = live_view(ctx, sites)
     write_site_configs(ctx.repo, ctx.base, [s.name for s in sites])
     store = store_for(ctx.env["PULUMI_BACKEND_URL"])
     drift = {r.site: r for r in drift_results(ctx)} if ctx.args.drift else {}
@@ -577,6 +598,7 @@ def cmd_status(ctx: Context) -> int:
             drifted=[res["urn"].rsplit("::", 1)[-1] for res in d.detail.get("resources", [])] if d else [],
             locked=bool(lock and not stale(lock, time.time(), "")),
             health=out.get("health"),
+            live=live.get(site.name),
         )
 
     with ThreadPoolExecutor(max_workers=max(1, ctx.args.parallel)) as pool:
@@ -699,6 +721,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-policy", action="store_true", help="preview/up without the CrossGuard pack")
     p.add_argument("--drift", action="store_true", help="status: also preview-refresh every stack")
     p.add_argument("--check", action="store_true", help="status: exit 5 unless every site is available")
+    p.add_argument(
+        "--core",
+        help="status: the monitoring core's URL, read for the live view (default: the inventory's "
+        "monitoring.core, http://ADDRESS:PORT; 'none': no live view)",
+    )
+    p.add_argument(
+        "--silent-after",
+        type=float,
+        default=SILENT_AFTER_S,
+        help=f"status: seconds without a sample at the core after which a site is silent (default "
+        f"{SILENT_AFTER_S:g}, the site-silent alert's window)",
+    )
     p.add_argument("--yes", action="store_true", help="destroy: confirm")
     p.add_argument("--gate-wave", type=int, help="gate: the wave whose results to judge")
     p.add_argument("--results-dir", default=".", help="gate: directory of per-site result files")

@@ -21,12 +21,13 @@ from components.monitoring.rules import SiteExpectation, Thresholds, render_rule
 RULES_FILE = "edge-rules.yml"
 
 
-def _seconds(duration: str) -> int:
+def duration_seconds(duration: str) -> int:
+    """Seconds of a Prometheus duration of one unit (``30s``, ``5m``, ``1h``)."""
     return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
 
 
 def longest_outage_window() -> str:
-    return max((p.outage_window for p in PROFILES.values()), key=_seconds)
+    return max((p.outage_window for p in PROFILES.values()), key=duration_seconds)
 
 
 @dataclass(frozen=True)
