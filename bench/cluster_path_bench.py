@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from components.contract import cache_dir
 from fleet.toolchain import versions
+from images.build import read_index
 
 MODEL, VERSION, CLIENT_NS, SITE = "predictive-maintenance", "1", "line-control", "lab-single"
 BODY = json.dumps(
@@ -69,7 +70,18 @@ def once(c):
     data = r.read()
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
-c = connect()
+# A new pod's address reaches the NetworkPolicies' ipsets about a second after it starts:
+# until then its connections are refused (waited for, at most 20 s; not measured).
+deadline = time.perf_counter() + 20
+while True:
+    c = connect()
+    try:
+        once(c)
+        break
+    except ConnectionRefusedError:
+        if time.perf_counter() > deadline:
+            raise
+        time.sleep(0.2)
 for _ in range(100):
     once(c)
 lat = []
@@ -245,8 +257,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    images = json.loads((cache_dir() / "images/images.json").read_text())
-    image = images["inference"]["reference"]
+    image = read_index(cache_dir() / "images/images.json")["inference"]["reference"]
     with tempfile.TemporaryDirectory(prefix="cluster-path-") as tmp:
         work = Path(tmp)
         kc = site_kubeconfig(work)
