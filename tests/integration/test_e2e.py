@@ -27,13 +27,16 @@ import pytest
 import yaml
 
 from fleet import EXIT, toolchain
+from images.build import read_index
 
 from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Pulumi, pulumi_env
+from .pods import MODEL, PORT, assert_answer, assert_refused, client_pod, curl_args, infer_url, request_body
 from .test_remote import in_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 K3S = TOOLCHAIN / f"k3s-{VERSIONS['K3S_VERSION']}" / "k3s"  # the lab's release (bootstrap also builds the next)
 LAB_HOSTS = ["single-1", "agent-1", "ha-1", "ha-2", "ha-3", "gw-1"]
+CLIENTS = ("line-control", "vision")  # lab-ha's model: a declared client namespace, and one that is not
 
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -86,7 +89,7 @@ def ready(address: str, kubeconfig: Path) -> bool:
 
 
 def k3s_procs(host: str) -> list[str]:
-    """Names of K3s and kwok processes running in one lab host's network namespace."""
+    """Names of K3s, kwok and container shim processes running in one lab host's network namespace."""
     pids = subprocess.run(["ip", "netns", "pids", f"ef-{host}"], text=True, capture_output=True).stdout.split()
     names = []
     for pid in pids:
@@ -94,7 +97,7 @@ def k3s_procs(host: str) -> list[str]:
             names.append(Path(f"/proc/{pid}/comm").read_text().strip())
         except OSError:
             continue
-    return [n for n in names if n.startswith(("k3s", "kwok"))]
+    return [n for n in names if n.startswith(("k3s", "kwok", "containerd-shim"))]
 
 
 def fresh_fleet(tmp_path_factory: pytest.TempPathFactory, name: str, sites: tuple[str, ...] = ()) -> Fleet:
@@ -169,6 +172,57 @@ def test_workloads_available_with_network_policies(fleet: Fleet):
             assert {"default-deny", "allow-dns"} <= policies, (site, policies)
 
 
+# One request to the server on its pod's loopback, from inside the pod (the image has no curl).
+ASK_LOCALLY = (
+    "import sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request("
+    f"'http://127.0.0.1:{PORT}/v2/models/{MODEL}/infer', data=sys.argv[1].encode(), "
+    "headers={'Content-Type': 'application/json'}), timeout=5).read().decode())"
+)
+
+
+def test_every_site_serves_its_model_and_its_network_policies_hold(fleet: Fleet):
+    """On lab-ha a declared client namespace gets the model's answer through the Service (its two
+    replicas on two of the three servers) and another namespace is refused; on lab-gw, whose
+    gateway declares no client, the Service has its server as a ready endpoint and the server
+    answers inside its pod."""
+    kc = fleet.kubeconfig("lab-ha")
+    image = read_index(CACHE / "images/images.json")["client"]["reference"]
+    items: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in CLIENTS]
+    items += [client_pod(ns, "ha-3", image) for ns in CLIENTS]
+    manifests = fleet.tmp / "ha-clients.json"
+    manifests.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    kubectl(kc, "apply", "-f", str(manifests))
+    try:
+        for ns in CLIENTS:
+            kubectl(kc, "-n", ns, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100)
+        ip = json.loads(kubectl(kc, "-n", MODEL, "get", "service", MODEL, "-o", "json").stdout)["spec"]["clusterIP"]
+        client, stranger = CLIENTS
+        # A new client's address reaches the policies' ipsets about a second after it starts.
+        deadline = time.monotonic() + 20
+        while (
+            answer := kubectl(kc, "-n", client, "exec", "client", "--", *curl_args(infer_url(ip)), check=False)
+        ).returncode:
+            assert time.monotonic() < deadline, answer.stdout + answer.stderr
+            time.sleep(1)
+        assert_answer(answer)
+        assert_refused(kubectl(kc, "-n", stranger, "exec", "client", "--", *curl_args(infer_url(ip)), check=False))
+    finally:
+        # Bare pods would stop the drains of the rolling restart below: gone before it.
+        kubectl(kc, "delete", "namespace", *CLIENTS, "--timeout=90s", check=False, timeout=100)
+    # The gateway: its Service has the server as a ready endpoint, and the server answers (asked
+    # from inside its own pod: the gateway declares no client namespace to ask from).
+    gw = fleet.kubeconfig("lab-gw")
+    slices = json.loads(
+        kubectl(
+            gw, "-n", MODEL, "get", "endpointslices", "-l", f"kubernetes.io/service-name={MODEL}", "-o", "json"
+        ).stdout
+    )["items"]
+    assert [e for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")], slices
+    assert_answer(
+        kubectl(gw, "-n", MODEL, "exec", f"deployment/{MODEL}", "--", "python", "-c", ASK_LOCALLY, request_body())
+    )
+
+
 def test_ha_site_has_three_etcd_members(fleet: Fleet):
     # K3s's supervisor endpoint lists the embedded etcd members (what joining servers read).
     out = in_host(
@@ -196,27 +250,25 @@ def test_refresh_shows_drift_and_up_restores_it(fleet: Fleet):
 
 
 def uninstall_gw1(state: list[dict]) -> str:
-    """Runs lab-gw's kwok and gw-1's K3s uninstall, the scripts the state (``state``: a stack
-    export's resources) holds, on gw-1 behind the stack's back; returns the install's name."""
+    """Runs gw-1's K3s uninstall, the script the state (``state``: a stack export's resources)
+    holds, on gw-1 behind the stack's back (its pods go with it); returns the install's name."""
     install = next(
         r for r in state if r["urn"].endswith("-install") and "host 'gw-1'" in (r.get("outputs") or {}).get("label", "")
     )
-    kwok = next(r for r in state if r["urn"].endswith("::fleet-lab-gw-kwok"))
-    for script in (kwok["outputs"]["delete"], install["outputs"]["delete"]):
-        wiped = subprocess.run(
-            [str(REPO / "lab/lab"), "exec", "gw-1", "bash", "-s"],
-            input=script,
-            text=True,
-            capture_output=True,
-            timeout=300,
-        )
-        assert wiped.returncode == 0, wiped.stderr
+    wiped = subprocess.run(
+        [str(REPO / "lab/lab"), "exec", "gw-1", "bash", "-s"],
+        input=install["outputs"]["delete"],
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert wiped.returncode == 0, wiped.stderr
     assert k3s_procs("gw-1") == []
     return install["urn"].rsplit("::", 1)[1]
 
 
 def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(fleet: Fleet):
-    """gw-1 loses its disk behind the stack's back: kwok and K3s removed by their own scripts,
+    """gw-1 loses its disk behind the stack's back: K3s and its pods removed by its own script,
     the uploaded artifacts and the claim gone. A plain `up` still sees nothing to do (the state
     says installed); `scripts/stack dev heal` reads every host back, reinstalls gw-1, fetches its
     new kubeconfig and re-creates lab-gw's objects, in one run; the other sites are untouched."""
@@ -627,7 +679,7 @@ def test_fleet_rollout_goes_canary_first_and_a_missing_site_is_offline_fast(flee
     inv = fleet.inventory()
     ghost = json.loads(json.dumps(next(s for s in inv["sites"] if s["name"] == "lab-ha")))
     ghost.update(name="lab-ghost", topology="single-node", wave=1, workloads=[], simulated_nodes=None)
-    ghost["distribution"].pop("disable_agent")
+    ghost["artifacts"] = ghost["artifacts"][:1]
     ghost["hosts"] = [
         {
             "name": "ghost-1",

@@ -20,23 +20,19 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import yaml
 
 from images.build import read_index
 
 from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Lab
+from .pods import MODEL, assert_answer, assert_refused, client_pod, curl_args, infer_url, request_body
 from .test_e2e import K3S, Fleet, fresh_fleet, k3s_procs, kubectl
 from .test_remote import in_host
 
 pytestmark = pytest.mark.integration
 HOSTS = ("single-1", "agent-1")
-MODEL = "predictive-maintenance"
 CLIENT, STRANGER = "line-control", "vision"  # a declared client of MODEL, and a client of another model only
-PORT = 8080
-FEATURES = [[7.9, 8.4, 6.1, 5.2, 3.1, 78.0, 14.2, 1450.0]]
 IMAGES = CACHE / "images/images.json"
 
 
@@ -181,34 +177,6 @@ def test_up_serves_the_models_from_real_pods_on_two_nodes(fleet: Fleet) -> None:
         fleet.figures[f"pss_mib_{host}"] = host_pss_mib(host)
 
 
-def _client_pod(namespace: str, node: str, image: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "client",
-                    "image": image,
-                    "args": ["-c", "sleep 900"],
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "readOnlyRootFilesystem": True,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }
-            ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Mi"}}],
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def traffic(fleet: Fleet) -> dict[str, str]:
     """Client pods in a declared client namespace and in another one, on the node the drain
@@ -219,60 +187,27 @@ def traffic(fleet: Fleet) -> dict[str, str]:
     image = read_index(IMAGES)["client"]["reference"]
     manifests = fleet.tmp / "clients.json"
     items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in (CLIENT, STRANGER)]
-    items += [_client_pod(ns, spared, image) for ns in (CLIENT, STRANGER)]
+    items += [client_pod(ns, spared, image) for ns in (CLIENT, STRANGER)]
     manifests.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     kubectl(_kc(fleet), "apply", "-f", str(manifests))
     for ns in (CLIENT, STRANGER):
         kubectl(_kc(fleet), "-n", ns, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100)
     ip = _get(fleet, "-n", MODEL, "service", MODEL)["spec"]["clusterIP"]
-    return {"drained": drained, "spared": spared, "url": f"http://{ip}:{PORT}/v2/models/{MODEL}/infer"}
-
-
-def request_body() -> str:
-    return json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": FEATURES[0]}]})
+    return {"drained": drained, "spared": spared, "url": infer_url(ip)}
 
 
 def infer(fleet: Fleet, namespace: str, url: str) -> subprocess.CompletedProcess[str]:
-    return kubectl(
-        _kc(fleet),
-        "-n",
-        namespace,
-        "exec",
-        "client",
-        "--",
-        "curl",
-        "-sS",
-        "-m",
-        "5",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        request_body(),
-        url,
-        check=False,
-        timeout=30,
-    )
+    return kubectl(_kc(fleet), "-n", namespace, "exec", "client", "--", *curl_args(url), check=False, timeout=30)
 
 
 @pytest.mark.lab
 def test_a_declared_client_gets_the_models_answer_through_the_service(fleet: Fleet, traffic: dict[str, str]) -> None:
-    proc = infer(fleet, CLIENT, traffic["url"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    outputs = {o["name"]: o for o in json.loads(proc.stdout)["outputs"]}
-    session = ort.InferenceSession(str(REPO / f"models/{MODEL}/1/model.onnx"))
-    label, probabilities = session.run(None, {"features": np.array(FEATURES, dtype=np.float32)})
-    assert outputs["label"]["data"] == label.tolist()
-    np.testing.assert_allclose(outputs["probabilities"]["data"], probabilities.ravel(), rtol=1e-6)
+    assert_answer(infer(fleet, CLIENT, traffic["url"]))
 
 
 @pytest.mark.lab
 def test_a_namespace_that_is_not_a_client_is_refused(fleet: Fleet, traffic: dict[str, str]) -> None:
-    proc = infer(fleet, STRANGER, traffic["url"])
-    # curl: 7 = connection refused (kube-router rejects), 28 = timed out (a dropping policy).
-    assert proc.returncode != 0 and ("exit code 7" in proc.stderr or "exit code 28" in proc.stderr), (
-        proc.stdout + proc.stderr
-    )
-    assert "outputs" not in proc.stdout
+    assert_refused(infer(fleet, STRANGER, traffic["url"]))
 
 
 # Requests until /tmp/stop exists (at most 180 s); prints the counts.
@@ -355,7 +290,7 @@ MAX_UPGRADE_FAILURES = 3
 
 
 def _loop_daemonset(image: str, url: str) -> dict:
-    pod = _client_pod(CLIENT, "", image)["spec"]
+    pod = client_pod(CLIENT, "", image)["spec"]
     del pod["nodeSelector"]
     container = pod["containers"][0]
     container["args"] = ["-c", SELF_LOOP]
