@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,16 @@ def processes_of(project: Path) -> list[str]:
         if cwd == str(project) or cwd.startswith(f"{project}/") or str(project) in cmd:
             found.append(f"{entry.name} {cmd[:200]}")
     return found
+
+
+def kill_processes_of(project: Path) -> None:
+    """SIGKILL what :func:`processes_of` finds (a killed engine's plugins: they run in process
+    groups of their own and some name the project only by their working directory)."""
+    for line in processes_of(project):
+        try:
+            os.kill(int(line.split(" ", 1)[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import yaml
 from fleet import EXIT, toolchain
 from images.build import read_index
 
-from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Pulumi, pulumi_env
+from .conftest import CACHE, REPO, TOOLCHAIN, VERSIONS, Pulumi, kill_processes_of, pulumi_env
 from .pods import MODEL, PORT, assert_answer, assert_refused, client_pod, curl_args, infer_url, request_body
 from .test_remote import in_host
 
@@ -415,7 +415,7 @@ def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, ki
     # The engine's plugins (language host, policy pack, dynamic provider) run in process groups
     # of their own and outlive a killed CLI, as after a crash: gone with it here, so that they
     # do not linger on this machine for the rest of the run.
-    subprocess.run(["pkill", "-KILL", "-f", str(fleet.root)], check=False)
+    kill_processes_of(fleet.root)
     rec = subprocess.run(
         [str(fleet.root / "scripts/recover"), "dev"],
         cwd=fleet.root,
