@@ -21,7 +21,13 @@ import pulumi_kubernetes as k8s
 from components import remote, simulated
 from components.distributions import Driver, NodeSpec, driver_for
 from components.distributions.k0s import ENCRYPTION_KEY_ENV
-from components.distributions.k3s import AGENT_TOKEN_ENV, TOKEN_ENV, render_ca_hash, secure_token
+from components.distributions.k3s import (
+    AGENT_TOKEN_ENV,
+    NODE_PASSWORD_ENV,
+    TOKEN_ENV,
+    render_ca_hash,
+    secure_token,
+)
 from components.host import EdgeHost, EdgeHostArgs, LocalArtifact, SshTarget, reads_back, stack_claims
 
 
@@ -77,6 +83,15 @@ def agent_token(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[st
     return pulumi.Output.secret(_derived(fleet_secret, f"edgefleet/agent-join/{site}").apply(bytes.hex))
 
 
+def node_password(fleet_secret: pulumi.Output[str], site: str, node: str) -> pulumi.Output[str]:
+    """The password a K3s node registers with (16 bytes, hex, as K3s makes its own), derived
+    per site and node name (what the servers check it against): a reinstalled host presents
+    the same one and rejoins under its name."""
+    return pulumi.Output.secret(
+        _derived(fleet_secret, f"edgefleet/node-password/{site}/{node}").apply(lambda d: d[:16].hex())
+    )
+
+
 def encryption_key(fleet_secret: pulumi.Output[str], site: str) -> pulumi.Output[str]:
     """The site's Secrets encryption key (k0s): 32 bytes, base64, derived from the fleet
     secret like the join token, so it is never stored in plain text."""
@@ -129,7 +144,10 @@ class EdgeSite(pulumi.ComponentResource):
                     args.site, args.fleet_secret, self._cluster_ca(name, first_host, args.hosts[0].node)
                 )
             if k3s:
-                environment = envs["first" if first_host is None else host.role]
+                environment = {
+                    **envs["first" if first_host is None else host.role],
+                    NODE_PASSWORD_ENV: node_password(args.fleet_secret, args.site, host.node.host),
+                }
             else:
                 environment = {
                     driver.token_env: self._minted_token(name, args.site, host, driver, first_host)

@@ -16,6 +16,12 @@ steps on one stack:
 
 ``scripts/stack STACK heal`` runs it on one stack; the fleet command's ``up --refresh`` runs it
 per site stack.
+
+An update that was killed half way (``clear_interrupted``) leaves pending operations, and may
+have stopped a site's server between an install's stop and start: its API refuses the refresh
+that clears them. Then the hosts alone are read back (pending creates cleared); the update that
+follows runs the interrupted install again, which starts the server. ``scripts/recover`` and
+the fleet command's recovery of a dead run both use it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pulumi import automation as auto
 DYNAMIC = "pulumi-python:dynamic:Resource"
 SITE = "edge:site:EdgeSite"
 DELETE_UNREACHABLE = "PULUMI_K8S_DELETE_UNREACHABLE"
+UNREACHABLE_CLUSTER = "unreachable cluster"
 
 
 @dataclass
@@ -115,6 +122,40 @@ def read_back(stack: auto.Stack, log: Callable[[str], Any]) -> Healing:
     return healing
 
 
+def pending(stack: auto.Stack) -> int:
+    deployment = stack.export_stack().deployment or {}
+    return len(deployment.get("pending_operations") or [])
+
+
+def clear_interrupted(stack: auto.Stack, log: Callable[[str], Any]) -> str:
+    """Clear the pending operations of an interrupted update; returns how ("" if none)."""
+    if not pending(stack):
+        return ""
+    try:
+        stack.refresh(clear_pending_creates=True, on_output=log, color="never", message="recover an interrupted update")
+        return "refreshed"
+    except auto.CommandError as exc:
+        remote = [r["urn"] for r in resources(stack) if r["type"] == DYNAMIC]
+        if UNREACHABLE_CLUSTER not in str(exc) or not remote:
+            raise
+    log(
+        "a site's Kubernetes API is down (the interrupted update may have stopped its server): "
+        "reading the hosts back alone; the update that follows runs the install again\n"
+    )
+    stack.refresh(
+        target=remote,
+        clear_pending_creates=True,
+        on_output=log,
+        color="never",
+        message="recover an interrupted update (hosts only: a site's API is down)",
+    )
+    return "hosts-only"
+
+
+def _print(line: str) -> None:
+    print(line, end="" if line.endswith("\n") else "\n", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fleet.heal", description=__doc__.split("\n\n")[0])
     p.add_argument("--stack", required=True)
@@ -122,11 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-pack", action="append", default=[])
     p.add_argument("--policy-pack-config", action="append", default=[])
     p.add_argument("--yes", action="store_true", help="accepted for symmetry with pulumi up (never prompts)")
+    p.add_argument(
+        "--clear-pending",
+        action="store_true",
+        help="only clear the pending operations of an interrupted update (scripts/recover), no update",
+    )
     args = p.parse_args(argv)
     opts = auto.LocalWorkspaceOptions(work_dir=args.repo, pulumi_command=auto.PulumiCommand(skip_version_check=True))
     try:
         stack = auto.create_or_select_stack(args.stack, work_dir=args.repo, opts=opts)
-        healing = read_back(stack, lambda line: print(line, end="" if line.endswith("\n") else "\n", flush=True))
+        if args.clear_pending:
+            how = clear_interrupted(stack, _print)
+            print(f"heal: pending operations: {how or 'none'}", flush=True)
+            return 0
+        healing = read_back(stack, _print)
         for urn in healing.gone:
             print(f"heal: gone from its host: {urn.split('::')[-1]}", flush=True)
         for site in healing.sites:
@@ -136,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         stack.up(
-            on_output=lambda line: print(line, end="" if line.endswith("\n") else "\n", flush=True),
+            on_output=_print,
             color="never",
             policy_packs=args.policy_pack or None,
             policy_pack_configs=args.policy_pack_config or None,

@@ -41,7 +41,9 @@ def _die_with_parent() -> None:
         try:
             # The engine's plugins (language host, providers, policy pack) run in process groups
             # of their own: found through the process tree while their CLI still holds them.
-            for pid in descendants(os.getpid()):
+            # The tree is frozen first, so that nothing in it starts a process (or loses its
+            # parent) between the walk and the kill.
+            for pid in freeze(os.getpid()):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -51,6 +53,22 @@ def _die_with_parent() -> None:
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def freeze(root: int, rounds: int = 50) -> list[int]:
+    """SIGSTOP every process below ``root`` until the walk finds no new one; returns them."""
+    frozen: list[int] = []
+    for _ in range(rounds):
+        new = [pid for pid in descendants(root) if pid not in frozen]
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                continue  # gone meanwhile
+            frozen.append(pid)
+    return frozen
 
 
 def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
@@ -83,11 +101,6 @@ def _stack(req: dict[str, Any], create: bool) -> auto.Stack:
     return auto.select_stack(req["stack"], work_dir=req["repo"], opts=opts)
 
 
-def _pending(stack: auto.Stack) -> int:
-    deployment = stack.export_stack().deployment or {}
-    return len(deployment.get("pending_operations") or [])
-
-
 def _changes(summary: Mapping[str, int] | Mapping[auto.events.OpType, int] | None) -> int:
     return sum(n for op, n in (summary or {}).items() if op != "same")
 
@@ -108,12 +121,13 @@ def _recover(stack: auto.Stack, log, took_over: bool) -> list[str]:
             notes.append("removed the lock a dead run left")
         except auto.CommandError:
             pass  # no lock to remove
-    pending = _pending(stack)
-    if pending:
-        stack.refresh(
-            clear_pending_creates=True, message="fleet: recover an interrupted update", on_output=log, color="never"
+    how = heal.clear_interrupted(stack, log)
+    if how == "hosts-only":
+        notes.append(
+            "cleared the pending operations of an interrupted update (hosts read back alone: the site's API was down)"
         )
-        notes.append(f"cleared {pending} pending operation(s) of an interrupted update")
+    elif how:
+        notes.append("cleared the pending operations of an interrupted update")
     return notes
 
 

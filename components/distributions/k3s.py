@@ -70,6 +70,12 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 TOKEN_FILE = f"{CONFIG_DIR}/token"
 AGENT_TOKEN_ENV = "K3S_AGENT_TOKEN"
 AGENT_TOKEN_FILE = f"{CONFIG_DIR}/agent-token"
+# The password a node presents when it registers; the servers keep its hash (a Secret
+# ``<node>.node-password.k3s``) and reject a node of the same name with another password. K3s
+# makes a random one unless the file exists: seeded with one derived per site and machine, a
+# reinstalled (wiped, reimaged) host rejoins under its name.
+NODE_PASSWORD_ENV = "EDGEFLEET_NODE_PASSWORD"
+NODE_PASSWORD_FILE = "/etc/rancher/node/password"
 # Digest of the steady-state settings the service last (re)started with.
 APPLIED_FILE = f"{CONFIG_DIR}/.edgefleet-applied"
 BOOTSTRAP_KEYS = ("server", "cluster-init")
@@ -458,6 +464,7 @@ class K3sDriver(Driver):
         body += f"write_secret {TOKEN_ENV} {TOKEN_FILE}\n"
         if node.role == "server":
             body += f"write_secret {AGENT_TOKEN_ENV} {AGENT_TOKEN_FILE}\n"
+        body += f"seed_secret {NODE_PASSWORD_ENV} {NODE_PASSWORD_FILE}\n"
         body += "svc_apply\n" + _wait_ready(node, ready_timeout_s)
         body += f"printf '{NODE_NAME_MARK}%s\\n' \"$K3S_NODE_NAME\"\n"
         role = "server" if node.role == "server" else "agent"

@@ -250,41 +250,63 @@ def test_refresh_shows_drift_and_up_restores_it(fleet: Fleet):
 
 
 def uninstall_gw1(state: list[dict]) -> str:
-    """Runs gw-1's K3s uninstall, the script the state (``state``: a stack export's resources)
-    holds, on gw-1 behind the stack's back (its pods go with it); returns the install's name."""
+    return uninstall_behind_the_back(state, "gw-1")
+
+
+def uninstall_behind_the_back(state: list[dict], host: str) -> str:
+    """Runs ``host``'s K3s uninstall, the script the state (``state``: a stack export's resources)
+    holds, on it behind the stack's back (its pods go with it); returns the install's name."""
     install = next(
-        r for r in state if r["urn"].endswith("-install") and "host 'gw-1'" in (r.get("outputs") or {}).get("label", "")
+        r
+        for r in state
+        if r["urn"].endswith("-install") and f"host '{host}'" in (r.get("outputs") or {}).get("label", "")
     )
     wiped = subprocess.run(
-        [str(REPO / "lab/lab"), "exec", "gw-1", "bash", "-s"],
+        [str(REPO / "lab/lab"), "exec", host, "bash", "-s"],
         input=install["outputs"]["delete"],
         text=True,
         capture_output=True,
         timeout=300,
     )
     assert wiped.returncode == 0, wiped.stderr
-    assert k3s_procs("gw-1") == []
+    assert k3s_procs(host) == []
     return install["urn"].rsplit("::", 1)[1]
 
 
 def test_a_wiped_host_is_drift_and_heal_reinstalls_it_and_recreates_its_objects(fleet: Fleet):
-    """gw-1 loses its disk behind the stack's back: K3s and its pods removed by its own script,
-    the uploaded artifacts and the claim gone. A plain `up` still sees nothing to do (the state
-    says installed); `scripts/stack dev heal` reads every host back, reinstalls gw-1, fetches its
-    new kubeconfig and re-creates lab-gw's objects, in one run; the other sites are untouched."""
-    gw_install = uninstall_gw1(fleet.p.json("stack", "export")["deployment"]["resources"])
-    assert in_host(None, "gw-1", "rm", "-rf", "/var/lib/edgefleet").returncode == 0
+    """gw-1 and agent-1 lose their disks behind the stack's back: K3s and its pods removed by
+    its own script, the uploaded artifacts, the claim and the node password gone. A plain `up`
+    still sees nothing to do (the state says installed); `scripts/stack dev heal` reads every
+    host back, reinstalls gw-1 (its new kubeconfig fetched, lab-gw's objects re-created) and
+    agent-1, which rejoins lab-single under its name (lab-single's server still holds agent-1's
+    node and its password hash: the node password is the one the stack derives, not a random
+    one), in one run; the other sites are untouched."""
+    state = fleet.p.json("stack", "export")["deployment"]["resources"]
+    gw_install = uninstall_gw1(state)
+    agent_install = uninstall_behind_the_back(state, "agent-1")
+    for host in ("gw-1", "agent-1"):
+        assert in_host(None, host, "rm", "-rf", "/var/lib/edgefleet").returncode == 0
+    assert in_host(None, "agent-1", "test", "-e", "/etc/rancher/node/password").returncode == 1
     kc = fleet.kubeconfig("lab-gw")
     assert not ready("10.213.7.31", kc)
+    single = fleet.kubeconfig("lab-single")
+    assert "agent-1.node-password.k3s" in kubectl(single, "-n", "kube-system", "get", "secret", "-o", "name").stdout
     others = {s: fleet.kubeconfig(s).read_text() for s in ("lab-single", "lab-ha")}
 
     t0 = time.monotonic()
     healed = fleet.stack("heal", "--yes")
     fleet.figures["heal_wiped_host_s"] = round(time.monotonic() - t0, 1)
     assert f"heal: gone from its host: {gw_install}" in healed.stdout, healed.stdout[-3000:]
+    assert f"heal: gone from its host: {agent_install}" in healed.stdout, healed.stdout[-3000:]
     assert "heal: site fleet-lab-gw lost an install" in healed.stdout
     gone = set(re.findall(r"heal: gone from its host: (\S+)", healed.stdout))
-    assert all(name.startswith(gw_install.rsplit("-", 1)[0]) or "lab-gw" in name for name in gone), gone
+    assert all(
+        name.startswith((gw_install.rsplit("-", 1)[0], agent_install.rsplit("-", 1)[0])) or "lab-gw" in name
+        for name in gone
+    ), gone
+    node = json.loads(kubectl(single, "get", "node", "agent-1", "-o", "json").stdout)
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True", node["status"]
+    assert not node["spec"].get("unschedulable"), "the rejoined agent takes pods again"
     kc = fleet.kubeconfig("lab-gw")
     assert kubectl(kc, "get", "--raw", "/readyz").stdout.strip() == "ok"
     deadline = time.monotonic() + 120
@@ -393,13 +415,15 @@ def test_unreachable_host_fails_the_update_naming_it(fleet: Fleet, lab):
     fleet.stack("up", "--yes", "--expect-no-changes")
 
 
-@pytest.mark.parametrize("kill_after_s", [8, 20, 40])
-def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, kill_after_s: int):
+@pytest.mark.parametrize(("kill_after_s", "server_left_down"), [(8, False), (20, False), (None, True)])
+def test_interrupted_update_recovers_with_the_documented_script(
+    fleet: Fleet, kill_after_s: int | None, server_left_down: bool
+):
     inv = fleet.inventory()
     single = next(s for s in inv["sites"] if s["name"] == "lab-single")
     single["distribution"]["extra_args"] = [
         a for a in single["distribution"]["extra_args"] if "event-ttl=" not in a
-    ] + [f"--kube-apiserver-arg=event-ttl={kill_after_s}m"]
+    ] + [f"--kube-apiserver-arg=event-ttl={kill_after_s or 40}m"]
     fleet.write_inventory(inv)
     proc = subprocess.Popen(
         [str(fleet.root / "scripts/stack"), "dev", "up", "--yes"],
@@ -409,13 +433,26 @@ def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, ki
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    time.sleep(kill_after_s)
+    if kill_after_s is not None:
+        time.sleep(kill_after_s)
+    else:
+        # Killed the moment lab-single's install has stopped its server to restart it.
+        kc = fleet.kubeconfig("lab-single")
+        deadline = time.monotonic() + 300
+        while ready("10.213.7.11", kc):
+            assert time.monotonic() < deadline and proc.poll() is None, "single-1's install never restarted its server"
+            time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # The engine's plugins (language host, policy pack, dynamic provider) run in process groups
     # of their own and outlive a killed CLI, as after a crash: gone with it here, so that they
     # do not linger on this machine for the rest of the run.
     kill_processes_of(fleet.root)
+    if server_left_down:
+        # A kill between the install's stop and start of the server (as the link dropping at
+        # that moment does) leaves the site's API down: the refresh cannot read its objects.
+        assert in_host(None, "single-1", "/usr/local/lib/edgefleet/k3s-supervise", "stop").returncode == 0
+        assert not ready("10.213.7.11", fleet.kubeconfig("lab-single"))
     rec = subprocess.run(
         [str(fleet.root / "scripts/recover"), "dev"],
         cwd=fleet.root,
@@ -425,6 +462,8 @@ def test_interrupted_update_recovers_with_the_documented_script(fleet: Fleet, ki
         timeout=1200,
     )
     assert rec.returncode == 0, rec.stdout[-4000:] + rec.stderr[-2000:]
+    if server_left_down:
+        assert "Kubernetes API is down" in rec.stdout, rec.stdout[-3000:]
     fleet.stack("up", "--yes", "--expect-no-changes")
     assert ready("10.213.7.11", fleet.kubeconfig("lab-single"))
 

@@ -293,3 +293,26 @@ def test_templates_are_filled_exactly_or_not_at_all() -> None:
         fill("kube-drain.sh", TIMEOUT=90, NODE="n1")
     with pytest.raises(ValueError, match="takes whole lines"):
         fill("microshift-firewall.sh", RULES="  fw_add port public 6443/tcp")  # without its newline
+
+
+def test_a_seeded_secret_is_written_once_and_never_replaced(tmp_path: Path) -> None:
+    """The node password: seeded on a host that has none (first install, or a wiped host), kept
+    on a host that already presented one, and never printed."""
+    dest = tmp_path / "node" / "password"
+    script = Script("seed", "unit", lib=("files", "secret")).render(f'seed_secret PW {dest}\necho "changed=$CHANGED"\n')
+
+    def seed(value: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", script], env={**os.environ, "PW": value}, capture_output=True, text=True, timeout=20
+        )
+
+    first = seed("0123abcd")
+    assert first.returncode == 0, first.stderr
+    assert dest.read_text() == "0123abcd\n" and oct(dest.stat().st_mode & 0o777) == "0o600"
+    assert oct(dest.parent.stat().st_mode & 0o777) == "0o700"
+    assert "changed=1" in first.stdout and "0123abcd" not in first.stdout + first.stderr
+    again = seed("ffffeeee")
+    assert again.returncode == 0 and "changed=0" in again.stdout
+    assert dest.read_text() == "0123abcd\n", "an existing password is never replaced"
+    dest.unlink()
+    assert seed("").returncode == 0 and not dest.exists(), "nothing to seed: K3s makes its own"

@@ -201,6 +201,7 @@ def test_script_runs_strict_and_untraced(key: str) -> None:
 
 TOKEN_USES = (
     re.compile(r"^write_secret (K3S_TOKEN|K0S_TOKEN|MICROSHIFT_PULL_SECRET) /\S+$"),
+    re.compile(r"^seed_secret EDGEFLEET_NODE_PASSWORD /etc/rancher/node/password$"),
     # the pull secret's shape check reads it without printing it
     re.compile(
         r"""^if \[\[ -n "\$\{MICROSHIFT_PULL_SECRET:-\}" && "\$\{MICROSHIFT_PULL_SECRET\}" """
@@ -215,13 +216,17 @@ def test_secrets_are_only_ever_written_to_their_file(key: str) -> None:
     for line in SCRIPTS[key].splitlines():
         if line.lstrip().startswith("#"):
             continue
-        if re.search(r"K3S_TOKEN|K0S_TOKEN|MICROSHIFT_PULL_SECRET", line):
+        if re.search(r"K3S_TOKEN|K0S_TOKEN|MICROSHIFT_PULL_SECRET|EDGEFLEET_NODE_PASSWORD", line):
             assert any(p.match(line) for p in TOKEN_USES), f"{key}: secret variable used outside write_secret: {line}"
     # the one function that reads a secret sends it nowhere but put_file
     if "write_secret() {" in SCRIPTS[key]:
         body = SCRIPTS[key].split("write_secret() {", 1)[1].split("\n}\n", 1)[0]
         reads = [ln.strip() for ln in body.splitlines() if "${!var}" in ln]
         assert reads == ['put_file "$file" 0600 < <(printf \'%s\' "${!var}")']
+    if "seed_secret() {" in SCRIPTS[key]:
+        body = SCRIPTS[key].split("seed_secret() {", 1)[1].split("\n}\n", 1)[0]
+        reads = [ln.strip() for ln in body.splitlines() if "${!var}" in ln]
+        assert reads == ['put_file "$file" 0600 < <(printf \'%s\\n\' "${!var}")']
 
 
 def test_rendering_is_deterministic() -> None:

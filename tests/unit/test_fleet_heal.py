@@ -3,7 +3,10 @@ Kubernetes objects of exactly the sites that lost an install (never another site
 
 from __future__ import annotations
 
-from fleet.heal import lost_sites, site_objects, site_of
+import pytest
+from pulumi import automation as auto
+
+from fleet.heal import clear_interrupted, lost_sites, site_objects, site_of
 
 P = "urn:pulumi:dev::edgefleet::"
 FLEET = P + "edge:fleet:EdgeFleet::edge-lab"
@@ -80,3 +83,51 @@ def test_only_the_objects_of_the_sites_named_are_refreshed_with_their_providers_
 
 def test_nothing_gone_names_no_site() -> None:
     assert lost_sites(STATE, {r["urn"] for r in STATE}) == ([], [])
+
+
+class FakeStack:
+    """The two calls clear_interrupted makes: export_stack and refresh (which may fail the way
+    the engine does when a site's API is down)."""
+
+    def __init__(self, pending: int, refresh_error: str | None):
+        self.pending, self.refresh_error, self.refreshes = pending, refresh_error, []
+
+    def export_stack(self):
+        from types import SimpleNamespace
+
+        ops = [{"type": "updating", "resource": {"urn": STATE[4]["urn"]}}] * self.pending
+        return SimpleNamespace(deployment={"resources": STATE, "pending_operations": ops})
+
+    def refresh(self, **kw):
+        self.refreshes.append(kw)
+        if self.refresh_error and "target" not in kw:
+            raise auto.CommandError(auto.CommandResult(stdout="", stderr=self.refresh_error, code=255))
+        self.pending = 0
+
+
+DOWN = "error: failed to read resource state due to unreachable cluster. If the cluster was deleted, ..."
+
+
+def test_an_interrupted_update_is_cleared_by_a_full_refresh_when_every_api_answers() -> None:
+    stack, lines = FakeStack(1, None), []
+    assert clear_interrupted(stack, lines.append) == "refreshed"
+    assert len(stack.refreshes) == 1 and stack.refreshes[0]["clear_pending_creates"] is True
+    assert "target" not in stack.refreshes[0]
+
+
+def test_a_site_api_stopped_by_the_interrupted_install_falls_back_to_the_hosts_alone() -> None:
+    stack, lines = FakeStack(1, DOWN), []
+    assert clear_interrupted(stack, lines.append) == "hosts-only"
+    hosts_only = stack.refreshes[1]
+    assert hosts_only["clear_pending_creates"] is True
+    assert hosts_only["target"] == [r["urn"] for r in STATE if r["type"] == "pulumi-python:dynamic:Resource"]
+    assert any("Kubernetes API is down" in line for line in lines)
+
+
+def test_other_refresh_failures_are_not_hidden_and_nothing_pending_means_no_refresh() -> None:
+    stack = FakeStack(1, "error: ssh: handshake failed")
+    with pytest.raises(auto.CommandError, match="handshake"):
+        clear_interrupted(stack, print)
+    assert len(stack.refreshes) == 1
+    idle = FakeStack(0, DOWN)
+    assert clear_interrupted(idle, print) == "" and idle.refreshes == []

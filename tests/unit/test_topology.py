@@ -418,10 +418,18 @@ def test_join_token_is_a_secret_per_site_and_never_plain(lab: LoadedInventory) -
     installs = [c for c in r.commands() if c.name.endswith("-install")]
     assert len(installs) == 1 + 4 + 1
     first = {"lab-single-single-1-install", "lab-ha-ha-1-install", "lab-gw-gw-1-install"}
+    passwords = set()
     for install in installs:
         assert is_rpc_secret(install.inputs["environment"]), install.name
         site = r.get(install.parent).inputs["site"]
         env = install.plain("environment")
+        # Every node registers with a password of its own, derived per site and machine (a
+        # reinstalled host presents it again); the script seeds it without printing it.
+        password = env.pop("EDGEFLEET_NODE_PASSWORD")
+        node = install.name.removeprefix(f"{site}-").removesuffix("-install")  # the lab's hosts are their nodes
+        assert password == hmac_hex("node-password", f"{site}/{node}")[:32], install.name
+        assert "seed_secret EDGEFLEET_NODE_PASSWORD /etc/rancher/node/password" in install.inputs["create"]
+        passwords.add(password)
         if install.name in first:
             # The first server initialises the cluster with both tokens (no CA exists yet).
             assert env == {"K3S_TOKEN": tokens[site], "K3S_AGENT_TOKEN": agent_tokens[site]}, install.name
@@ -438,8 +446,9 @@ def test_join_token_is_a_secret_per_site_and_never_plain(lab: LoadedInventory) -
                 "K3S_AGENT_TOKEN": agent_tokens[site],
             }, install.name
     assert k3s_config(r, "lab-ha", "ha-2")["agent-token-file"] == "/etc/rancher/k3s/agent-token"
+    assert len(passwords) == len(installs)
     plain = [s for res in r.registered for s in plain_strings(res.inputs)]
-    for secret in [*tokens.values(), *agent_tokens.values(), FLEET_SECRET, PRIVATE_KEY]:
+    for secret in [*tokens.values(), *agent_tokens.values(), *passwords, FLEET_SECRET, PRIVATE_KEY]:
         assert not [s for s in plain if secret in s]
     # The engine keeps credentials and environment out of the state in plain text, too.
     for res in r.registered:
@@ -630,8 +639,8 @@ def test_prod_fleet_builds_every_site_with_config_secret_keys() -> None:
     assert installs == {f"{s.name}-{h.name}-install" for s in sites for h in s.hosts}
     envs = {c.name: set(c.plain("environment")) for c in r.commands() if c.name.endswith("-install")}
     assert envs["store-0307-st0307-1-install"] == {"K0S_TOKEN", "K0S_ENCRYPTION_KEY"}
-    assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN", "K3S_AGENT_TOKEN"}
-    assert envs["plant-hamburg-ham-gpu-1-install"] == {"K3S_TOKEN"}
+    assert envs["plant-lyon-lyo-cp-1-install"] == {"K3S_TOKEN", "K3S_AGENT_TOKEN", "EDGEFLEET_NODE_PASSWORD"}
+    assert envs["plant-hamburg-ham-gpu-1-install"] == {"K3S_TOKEN", "EDGEFLEET_NODE_PASSWORD"}
     # k0s's Secrets encryption key: 32 bytes derived from the fleet secret for this site only.
     store = r.get("store-0307-st0307-1-install")
     assert is_rpc_secret(store.inputs["environment"])
