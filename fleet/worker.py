@@ -37,7 +37,10 @@ def _die_with_parent() -> None:
         pass  # not Linux: a crashed fleet command leaves its workers running to completion
 
     def stop(signum, _frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The signal comes once per thread of the dying parent (the kernel hands its children to
+        # each remaining thread in turn and signals them every time): later ones are ignored, or
+        # their default action would end this process before it has stopped its engine.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             # The engine's plugins (language host, providers, policy pack) run in process groups
             # of their own: found through the process tree while their CLI still holds them.

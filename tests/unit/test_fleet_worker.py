@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,55 @@ def test_a_tree_that_keeps_starting_processes_is_frozen_whole_then_killed() -> N
     finally:
         os.killpg(tree.pid, signal.SIGKILL)
         tree.wait(timeout=10)
+
+
+PARENT = """
+import subprocess, sys, threading, time
+def start():
+    subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True)
+    time.sleep(60)
+threads = [threading.Thread(target=start)] + [threading.Thread(target=time.sleep, args=(60,)) for _ in range(64)]
+for t in threads:
+    t.start()
+time.sleep(60)
+"""
+
+CHILD = """
+import subprocess, sys, time
+from fleet.worker import _die_with_parent
+_die_with_parent()
+for _ in range(8):
+    subprocess.Popen(["setsid", "sleep", "60"])
+    subprocess.Popen(["sleep", "60"])
+time.sleep(60)
+"""
+
+
+def test_a_worker_whose_many_threaded_parent_is_killed_takes_its_whole_tree_down() -> None:
+    # The fleet command starts workers from pool threads and has several threads: when it is
+    # SIGKILLed the kernel hands the worker to each remaining thread in turn and sends the
+    # parent-death signal every time. The worker must survive the later ones until its engine
+    # (here sleeps in sessions of their own and in its group) is stopped.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, CHILD],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        start_new_session=True,
+    )
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(tree := descendants(parent.pid)) < 17:
+            assert time.monotonic() < deadline and parent.poll() is None, tree
+            time.sleep(0.05)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while left := [pid for pid in tree if alive(pid)]:
+            assert time.monotonic() < deadline, f"outlived their killed parent: {left}"
+            time.sleep(0.05)
+    finally:
+        for pid in descendants(parent.pid) + tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
