@@ -54,6 +54,10 @@ if TYPE_CHECKING:  # imported where used: the dynamic providers load this module
     import paramiko
 
 OUTPUT_LIMIT = 64 * 1024
+# sshd may send a script's exit status before the last of its output (it drains the script's
+# pipes after the script exits): output is read until the channel's EOF, or for this long after
+# the exit status when a process the script left behind still holds the pipe open.
+EOF_GRACE_S = 2.0
 KEEPALIVE_S = 15
 # A step whose caller gives no deadline: long enough for any install, short enough that a
 # dead host does not hold the stack lock for good.
@@ -289,6 +293,7 @@ def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: _Dea
         _send_all(chan, stdin, deadline)
         chan.shutdown_write()
         out, err = bytearray(), bytearray()
+        exited: float | None = None
         while True:
             while chan.recv_ready():
                 out += chan.recv(65536)
@@ -296,8 +301,11 @@ def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: _Dea
                 err += chan.recv_stderr(65536)
             _keep_tail(out)
             _keep_tail(err)
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
+            if chan.exit_status_ready():
+                exited = exited or time.monotonic()
+                drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+                if drained and (chan.eof_received or chan.closed or time.monotonic() - exited > EOF_GRACE_S):
+                    break
             if deadline.expired:
                 raise deadline.error()
             select.select([chan], [], [], max(0.01, min(1.0, deadline.remaining())))

@@ -84,7 +84,14 @@ class Fleet:
 
 
 def ready(address: str, kubeconfig: Path) -> bool:
-    proc = kubectl(kubeconfig, f"--server=https://{address}:6443", "get", "--raw", "/readyz", check=False, timeout=5)
+    """The API server at ``address`` answers /readyz with ok within 5 s (one that hangs, as a
+    stopping server may, is not ready)."""
+    try:
+        proc = kubectl(
+            kubeconfig, f"--server=https://{address}:6443", "get", "--raw", "/readyz", check=False, timeout=5
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
@@ -123,6 +130,7 @@ def fleet(lab, tmp_path_factory, request) -> Fleet:
     f = fresh_fleet(tmp_path_factory, "e2e")
     failed_before = request.session.testsfailed
     yield f
+    kill_processes_of(f.root)  # what a failed test may have left running (a killed run's engine)
     module_tests = {name for name in vars(request.module) if name.startswith("test_")}
     ran = {i.originalname for i in request.session.items if i.module is request.module}
     if request.session.testsfailed != failed_before or ran != module_tests:
@@ -415,7 +423,7 @@ def test_unreachable_host_fails_the_update_naming_it(fleet: Fleet, lab):
     fleet.stack("up", "--yes", "--expect-no-changes")
 
 
-@pytest.mark.parametrize(("kill_after_s", "server_left_down"), [(8, False), (20, False), (None, True)])
+@pytest.mark.parametrize(("kill_after_s", "server_left_down"), [(8, False), (None, True)])
 def test_interrupted_update_recovers_with_the_documented_script(
     fleet: Fleet, kill_after_s: int | None, server_left_down: bool
 ):

@@ -23,7 +23,7 @@ import yaml
 
 from tests.unit.test_fleetcmd_preflight import free_port, ssh_server
 
-from .conftest import REPO, processes_of, pulumi_env
+from .conftest import REPO, kill_processes_of, processes_of, pulumi_env
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +142,7 @@ def sim(tmp_path: Path):
             {**sim_site("resting", 2, "127.0.0.6", 22, OFFLINE_KEY), "maintenance": True},
         ]
         s.write()
+        stack.callback(kill_processes_of, root)  # what a failed test may have left running
         yield s
 
 

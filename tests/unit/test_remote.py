@@ -119,6 +119,9 @@ class FakeHost(paramiko.ServerInterface):
         self.client_public = public_base64(client_key)
         self.host_key = paramiko.ECDSAKey.generate()
         self.behaviour: str | Callable[[Exec], tuple[int, bytes, bytes]] = "run"
+        # "exit-first": the exit status goes before the output (as sshd may send it);
+        # "held-open": after output and exit status, no EOF for 30 s (a daemon holds the pipe).
+        self.order = "output-first"
         self.execs: list[Exec] = []
         self.users: list[str] = []
         self.keepalives = 0
@@ -188,9 +191,15 @@ class FakeHost(paramiko.ServerInterface):
             code, out, err = proc.returncode, proc.stdout, proc.stderr
         else:
             code, out, err = behaviour(record)
+        if self.order == "exit-first":
+            channel.send_exit_status(code)
+            time.sleep(1.5)  # past the client's 1 s poll, within its grace for the rest
         channel.sendall(out)
         channel.sendall_stderr(err)
-        channel.send_exit_status(code)
+        if self.order != "exit-first":
+            channel.send_exit_status(code)
+        if self.order == "held-open":
+            self.stop.wait(30)
         channel.close()
 
     def known_host(self) -> str:
@@ -272,6 +281,25 @@ def test_a_failing_script_names_label_step_and_exit_status(host: FakeHost, clien
     with pytest.raises(RemoteError) as info:
         remote.run_script(conn(host, client_key), "echo broken >&2; exit 3\n", {}, LABEL, step="h1-install/update")
     assert str(info.value) == f"{LABEL}: step 'h1-install/update': remote script exited 3:\nbroken"
+
+
+def test_output_that_arrives_after_the_exit_status_is_read_whole(host: FakeHost, client_key: Any) -> None:
+    # A read-back's verdict is its last line: a script whose exit status overtook its output
+    # must not be read as having printed half of it.
+    body = "".join(f"line {i}\n" for i in range(2000)) + "present\n"
+    host.behaviour = lambda _exec: (0, body.encode(), b"")
+    host.order = "exit-first"
+    out, _ = remote.run_script(conn(host, client_key), "true\n", {}, LABEL, step="h1-kubeconfig/read")
+    assert out == body
+
+
+def test_a_pipe_held_open_after_the_exit_status_ends_the_read_after_a_grace(host: FakeHost, client_key: Any) -> None:
+    host.behaviour = lambda _exec: (0, b"started\n", b"")
+    host.order = "held-open"
+    t0 = time.monotonic()
+    out, _ = remote.run_script(conn(host, client_key), "true\n", {}, LABEL, step="h1-install/create")
+    assert out == "started\n"
+    assert time.monotonic() - t0 < remote.EOF_GRACE_S + 5, "returned soon after the grace, not at the deadline"
 
 
 # --- deadlines and keepalives --------------------------------------------------------------------
