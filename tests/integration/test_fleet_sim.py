@@ -296,6 +296,9 @@ def test_a_site_past_its_progress_deadline_is_stopped_and_leaves_no_lock(sim: Si
     assert processes_of(sim.root) == [], "the stopped update's engine and plugins are gone"
     locks = sim.root.parent / "state/.pulumi/locks/organization/fleetsim/sim.a1"
     assert not locks.exists() or not any(locks.iterdir()), "the stopped update left its stack locked"
+    # The rerun recovers the stopped update (a refresh) before its own: it gets a deadline a
+    # loaded machine keeps (the 45 s above only had to stop the 300 s update).
+    sim.rollout["progress_deadline"] = 600
     sim.site("a1")["labels"]["sim-seconds"] = "0"
     sim.write()
     assert sim.results("up", check=0)["a1"]["status"] == "succeeded"
