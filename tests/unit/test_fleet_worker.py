@@ -30,9 +30,14 @@ def test_descendants_are_found_through_parents_whatever_the_command_names(tmp_pa
 def test_a_child_in_a_session_of_its_own_is_still_found_and_killed() -> None:
     tree = subprocess.Popen(["bash", "-c", "setsid sleep 60 & sleep 60 & wait"], start_new_session=True)
     try:
+        # Until both sleeps run (the forked child is in bash's group until setsid has run).
         deadline = time.monotonic() + 10
-        while len(found := descendants(tree.pid)) < 2:
-            assert time.monotonic() < deadline, found
+        while True:
+            found = descendants(tree.pid)
+            comms = [comm(pid) for pid in found]
+            if comms == ["sleep", "sleep"]:
+                break
+            assert time.monotonic() < deadline, (found, comms)
             time.sleep(0.05)
         groups = {os.getpgid(pid) for pid in found}
         assert len(groups) == 2, "one sleep runs in a process group of its own"
@@ -43,6 +48,13 @@ def test_a_child_in_a_session_of_its_own_is_still_found_and_killed() -> None:
     finally:
         if tree.poll() is None:
             os.killpg(tree.pid, signal.SIGKILL)
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""  # gone meanwhile
 
 
 def alive(pid: int) -> bool:
